@@ -143,7 +143,7 @@ def validate(data: object, node: yaml.Node | None, source: str) -> Constitution:
                 problems.append((line, f"{field_name(loc)}: {msg}"))
     if problems:
         lines = [f"{source}:{line}: {msg}" for line, msg in sorted(problems, key=lambda p: p[0])]
-        raise ConstitutionError(f"{source}: {len(lines)} problem(s)", problems=lines)
+        raise ConstitutionError("\n".join(lines), problems=lines)
     assert constitution is not None
     return constitution
 

@@ -1,0 +1,95 @@
+"""The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+CAI = [sys.executable, "-m", "cai.cli"]
+
+
+def cai(*args, cwd=None):
+    env = {**os.environ, "COLUMNS": "200"}
+    return subprocess.run([*CAI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+
+
+def test_help_lists_commands():
+    r = cai("--help")
+    assert r.returncode == 0
+    for word in ("constitution", "model", "demo"):
+        assert word in r.stdout
+
+
+def test_lint_shipped_library_passes():
+    from constitution import library_path
+
+    files = [str(library_path(n)) for n in ("harmless", "hhh", "character")]
+    r = cai("constitution", "lint", *files)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.count("ok ") == 3
+
+
+def test_lint_reports_every_problem_and_exits_2(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "name: bad\nprinciples:\n  - id: one\n    critique: c\n    revision: r\n"
+        "  - id: one\n    critique: ''\n    revision: r\n    colour: blue\n"
+    )
+    r = cai("constitution", "lint", str(bad))
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert lines == [
+        f"{bad}:6: principles[1].id: duplicate id 'one' (first used by principles[0])",
+        f"{bad}:7: principles[1].critique: must not be empty",
+        f"{bad}:9: principles[1].colour: unknown key 'colour'",
+    ]
+    assert "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["constitution", "lint", "missing.yaml"], "missing.yaml: file not found"),
+        (["constitution", "show", "nope"], "nope: no such file, and no shipped constitution has that name"),
+        (["constitution", "import", "x.json", "--format", "weird"], "--format: unknown format 'weird'; choose auto, cai-paper or hf-recipe"),
+    ],
+)
+def test_user_errors_are_one_line_exit_2(args, expect, tmp_path):
+    r = cai(*args, cwd=tmp_path)
+    assert r.returncode == 2
+    assert r.stderr.strip() == expect
+
+
+def test_bad_yaml_one_line(tmp_path):
+    f = tmp_path / "broken.yaml"
+    f.write_text("name: x\nprinciples: [\n")
+    r = cai("constitution", "lint", str(f))
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith(f"{f}:") and "invalid YAML" in r.stderr
+
+
+def test_show_and_import(tmp_path):
+    r = cai("constitution", "show", "harmless")
+    assert r.returncode == 0 and "evasive" in r.stdout
+    src = tmp_path / "paper.json"
+    src.write_text(json.dumps({"rude": {"prompt": ["Is it rude?"], "edit_request": "Make it polite."}}))
+    out = tmp_path / "paper.yaml"
+    r = cai("constitution", "import", str(src), "--out", str(out))
+    assert r.returncode == 0, r.stderr
+    assert cai("constitution", "lint", str(out)).returncode == 0
+
+
+@pytest.mark.slow
+def test_model_prepare_prints_a_checkpoint_path(default_model_dir):
+    r = cai("model", "prepare")
+    assert r.returncode == 0
+    assert r.stdout.strip() == str(default_model_dir)
+
+
+@pytest.mark.slow
+def test_model_sample(default_model_dir):
+    r = cai("model", "sample", "What is 2+2?", "--temperature", "0", "--max-new-tokens", "8")
+    assert r.returncode == 0, r.stderr
+    assert "assistant" in r.stdout and "tokens" in r.stdout

@@ -1,0 +1,103 @@
+"""The transformers backend on the real embedded model."""
+
+import math
+
+import pytest
+import torch
+
+from constitution import UserError
+from generators import SamplingParams, load_backend
+from generators.backends import BackendConfig
+
+pytestmark = pytest.mark.slow
+
+CHATS = [
+    [{"role": "user", "content": "What is the capital of France?"}],
+    [{"role": "user", "content": "Name three colours of the rainbow."}],
+    [{"role": "system", "content": "You answer in one word."}, {"role": "user", "content": "Is water wet?"}],
+    [{"role": "user", "content": "Write one sentence about the sea."}],
+]
+
+
+def test_greedy_batched_equals_one_by_one(hf_backend):
+    params = SamplingParams(temperature=0, max_new_tokens=24)
+    batched = hf_backend.generate(CHATS, params)
+    single = [hf_backend.generate([c], params)[0] for c in CHATS]
+    assert [b[0].text for b in batched] == [s[0].text for s in single]
+    assert "Paris" in batched[0][0].text
+    for (c,) in batched:
+        assert c.error is None and 0 < c.tokens <= 24 and c.finish_reason in ("stop", "length")
+
+
+def test_n_samples_seed_and_limits(hf_backend):
+    params = SamplingParams(n=3, temperature=1.0, max_new_tokens=12, seed=7)
+    a = hf_backend.generate(CHATS[:2], params)
+    assert [len(x) for x in a] == [3, 3]
+    assert a == hf_backend.generate(CHATS[:2], params)  # same seed, same samples
+    assert all(c.tokens <= 12 for x in a for c in x)
+    assert any(c.finish_reason == "length" for x in a for c in x)
+    assert len({c.text for c in a[1]}) > 1  # sampling, not three copies
+
+
+def test_stop_string_is_honoured_and_removed(hf_backend):
+    free = hf_backend.generate(CHATS[1:2], SamplingParams(temperature=0, max_new_tokens=40))[0][0].text
+    assert "," in free, free
+    stopped = hf_backend.generate(CHATS[1:2], SamplingParams(temperature=0, max_new_tokens=40, stop=[","]))[0][0]
+    assert stopped.text == free[: free.index(",")]
+    assert stopped.finish_reason == "stop"
+
+
+def test_overlong_prompt_fails_alone(hf_backend):
+    long_chat = [{"role": "user", "content": "word " * (hf_backend.context_length + 10)}]
+    out = hf_backend.generate([CHATS[0], long_chat, CHATS[1]], SamplingParams(temperature=0, max_new_tokens=8))
+    assert out[1][0].finish_reason == "error" and "context" in out[1][0].error
+    assert out[0][0].error is None and out[2][0].error is None
+    scores = hf_backend.choice_logprobs([long_chat, CHATS[0]], ["A", "B"])
+    assert scores[0].error and not scores[0]
+    assert set(scores[1]) == {"A", "B"}
+
+
+def test_empty_batch(hf_backend):
+    assert hf_backend.generate([], SamplingParams()) == []
+    assert hf_backend.choice_logprobs([], ["A", "B"]) == []
+
+
+def _reference_logprobs(backend, chat, continuation_ids):
+    """An independent computation: one unpadded forward pass of prompt + continuation."""
+    tok, lm = backend.tokenizer, backend.lm
+    cont = chat[-1]["role"] == "assistant"
+    text = tok.apply_chat_template(chat, tokenize=False, add_generation_prompt=not cont, continue_final_message=cont)
+    prompt = tok(text, add_special_tokens=False).input_ids
+    ids = torch.tensor([prompt + continuation_ids])
+    with torch.inference_mode():
+        logp = torch.log_softmax(lm(ids).logits[0].float(), -1)
+    return sum(logp[len(prompt) - 1 + k, t].item() for k, t in enumerate(continuation_ids))
+
+
+def test_choice_logprobs_match_a_full_forward_pass(hf_backend):
+    prompts = [
+        [
+            {"role": "user", "content": "Which is a fruit? (A) apple (B) brick. Answer A or B."},
+            {"role": "assistant", "content": "The answer is ("},
+        ],
+        [{"role": "user", "content": "Is the sky green? Answer Yes or No."}],
+        [{"role": "user", "content": "Pick A or B, nothing else. Which number is larger: (A) 2 (B) 9000?"}],
+    ]
+    for choices in (["A", "B"], ["Yes", "No", "Perhaps not"]):
+        got = hf_backend.choice_logprobs(prompts, choices)
+        for chat, scores in zip(prompts, got):
+            assert list(scores) == choices
+            for c in choices:
+                ids = hf_backend.tokenizer(c, add_special_tokens=False).input_ids
+                want = _reference_logprobs(hf_backend, chat, ids)
+                assert math.isfinite(scores[c]) and scores[c] <= 0
+                assert scores[c] == pytest.approx(want, abs=2e-3)
+    ab = hf_backend.choice_logprobs(prompts[:1], ["A", "B"])[0]
+    assert math.exp(ab["A"]) + math.exp(ab["B"]) <= 1 + 1e-6
+
+
+def test_unknown_option_and_backend_are_user_errors(default_model_dir):
+    with pytest.raises(UserError, match="options.batchsize: unknown option"):
+        load_backend(BackendConfig(backend="transformers", options={"batchsize": 4}))
+    with pytest.raises(UserError, match="unknown backend 'tgi'"):
+        load_backend(BackendConfig(backend="tgi"))
