@@ -139,6 +139,80 @@ def model_sample(
             console.print(f"[bold]assistant[/bold] ({c.tokens} tokens, {c.finish_reason}): {body}")
 
 
+generate_app = typer.Typer(help="Run one stage of a run (its inputs must already be in --out).", no_args_is_help=True)
+app.add_typer(generate_app, name="generate")
+
+
+def _shard(value: str | None) -> tuple[int, int]:
+    if value is None:
+        return (0, 1)
+    try:
+        i, n = (int(x) for x in value.split("/"))
+    except ValueError:
+        raise UserError(f"--shard: expected i/N such as 0/4, got {value!r}") from None
+    return i, n
+
+
+def _run(config: Path, out: Path, limit: int | None, shard: str | None, only: str | None = None) -> None:
+    from cai.config import load_config
+    from cai.pipeline import Pipeline, export_run, summary_table
+
+    if limit is not None and limit < 1:
+        raise UserError("--limit: must be at least 1")
+    cfg = load_config(config)
+    pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console)
+    try:
+        stats = pipe.run(only=only)
+    finally:
+        pipe.close()
+    console.print(summary_table(stats))
+    if only is None and pipe.shard[1] == 1:
+        counts = export_run(out)
+        console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {out / 'datasets'}")
+
+
+ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML).")]
+OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory; rerunning resumes it.")]
+LimitOpt = Annotated[int | None, typer.Option(help="Only the first N queries, for a quick try.")]
+ShardOpt = Annotated[str | None, typer.Option(help="i/N: this worker's share of the queries.")]
+
+
+@app.command("run")
+def run(config: ConfigArg, out: OutOpt, limit: LimitOpt = None, shard: ShardOpt = None) -> None:
+    """Run every stage of CONFIG into --out, resuming what is there, then export datasets."""
+    _run(config, out, limit, shard)
+
+
+def _stage_command(stage: str):
+    def command(config: ConfigArg, out: OutOpt, limit: LimitOpt = None, shard: ShardOpt = None) -> None:
+        _run(config, out, limit, shard, only=stage)
+
+    command.__doc__ = f"Run only the {stage} stage."
+    return command
+
+
+for _stage in ("queries", "responses", "revisions", "comparisons"):
+    generate_app.command(_stage)(_stage_command(_stage))
+
+
+@app.command("export")
+def export(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
+    dest: Annotated[Path | None, typer.Option("--to", help="Where to write (default RUN_DIR/datasets).")] = None,
+    push_to_hub: Annotated[str | None, typer.Option(help="Also push to this hub dataset repo.")] = None,
+) -> None:
+    """Write TRL datasets (SFT, preferences, prompts) and a dataset card from a run."""
+    from cai.pipeline import export_run
+
+    counts = export_run(run_dir, dest)
+    where = dest or run_dir / "datasets"
+    console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {where}")
+    if push_to_hub:
+        from training.hub import push_export
+
+        push_export(where, push_to_hub)
+
+
 @app.command("demo")
 def demo() -> None:
     """Lint the shipped constitutions and answer a few of their queries with the embedded model."""

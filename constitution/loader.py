@@ -10,12 +10,15 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
 
 from .errors import ConstitutionError, UserError
 from .schema import Constitution, ConstitutionProblems, Problem, duplicate_ids
+
+T = TypeVar("T")
 
 _MESSAGES = {
     "extra_forbidden": "unknown key",
@@ -118,6 +121,35 @@ def _pydantic_problems(err: ValidationError) -> list[tuple[tuple, str, str]]:
     return out
 
 
+def located_problems(err: ValidationError, node: yaml.Node | None, extra: list | None = None) -> list[tuple[int, str]]:
+    """Turn pydantic errors (plus already-located extras) into (line, `field: message`) pairs."""
+    found = _pydantic_problems(err)
+    for p in extra or []:
+        if (p.loc, p.msg, "") not in found:
+            found.append((p.loc, p.msg, ""))
+    return [(line_of(node, loc, key_line=(where == "key")), f"{field_name(loc)}: {msg}") for loc, msg, where in found]
+
+
+def raise_problems(problems: list[tuple[int, str]], source: str, error=ConstitutionError) -> None:
+    if problems:
+        lines = [f"{source}:{line}: {msg}" for line, msg in sorted(problems, key=lambda p: p[0])]
+        raise error("\n".join(lines), problems=lines)
+
+
+def validate_model(model: type[T], data: object, node: yaml.Node | None, source: str) -> T:
+    """Validate any config model against parsed YAML, every problem located (UserError)."""
+    problems = duplicate_keys(node)
+    if not isinstance(data, dict):
+        problems.append((1, "(top level): expected a mapping"))
+    else:
+        try:
+            result = model.model_validate(data)
+        except ValidationError as err:
+            problems += located_problems(err, node)
+    raise_problems(problems, source, UserError)
+    return result
+
+
 def validate(data: object, node: yaml.Node | None, source: str) -> Constitution:
     """Validate parsed data; on failure raise ConstitutionError with every problem located."""
     problems: list[tuple[int, str]] = list(duplicate_keys(node))
@@ -128,22 +160,14 @@ def validate(data: object, node: yaml.Node | None, source: str) -> Constitution:
         try:
             constitution = Constitution.model_validate(data)
         except ValidationError as err:
-            found = _pydantic_problems(err)
             # Field errors stop pydantic before its cross-field checks; run those on the raw data.
             raw_ids = {
                 kind: [x.get("id") if isinstance(x, dict) else None for x in data[kind]]
                 for kind in ("principles", "traits")
                 if isinstance(data.get(kind), list)
             }
-            for p in duplicate_ids(raw_ids):
-                if (p.loc, p.msg, "") not in found:
-                    found.append((p.loc, p.msg, ""))
-            for loc, msg, where in found:
-                line = line_of(node, loc, key_line=(where == "key"))
-                problems.append((line, f"{field_name(loc)}: {msg}"))
-    if problems:
-        lines = [f"{source}:{line}: {msg}" for line, msg in sorted(problems, key=lambda p: p[0])]
-        raise ConstitutionError("\n".join(lines), problems=lines)
+            problems += located_problems(err, node, duplicate_ids(raw_ids))
+    raise_problems(problems, source)
     assert constitution is not None
     return constitution
 

@@ -1,0 +1,75 @@
+"""The run configuration: one YAML file drives every stage.
+
+Paths inside it (the constitution, a seed file) are taken relative to the config file, so a
+config and its principle file can be copied together anywhere.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitution import Constitution, UserError, load_constitution
+from constitution.loader import read_structured, validate_model
+from critique import ComparisonConfig, RevisionConfig
+from generators import BackendConfig
+from generators.queries import QueryConfig
+from generators.responses import ResponseConfig
+from training.export import ExportConfig
+
+
+class RunConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    constitution: str = Field(description="A principle file (relative to this config) or a shipped name.")
+    seed: int = Field(0, description="Seeds every sampled choice; with the inputs it fixes every record id.")
+    batch_size: int = Field(32, ge=1, description="Work items per model call; also the most a kill can lose.")
+    policy: BackendConfig = Field(default_factory=BackendConfig, description="Writes queries, answers and revisions.")
+    feedback: BackendConfig | None = Field(None, description="Ranks pairs; defaults to the policy model.")
+    queries: QueryConfig = Field(default_factory=QueryConfig)
+    responses: ResponseConfig = Field(default_factory=ResponseConfig)
+    revisions: RevisionConfig = Field(default_factory=RevisionConfig)
+    comparisons: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
+
+    @property
+    def feedback_backend(self) -> BackendConfig:
+        return self.feedback or self.policy
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _relative(value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    p = Path(value)
+    return str(base / p) if not p.is_absolute() and (base / p).exists() else value
+
+
+def load_config(path: str | Path) -> RunConfig:
+    path = Path(path)
+    data, node = read_structured(path)
+    cfg = validate_model(RunConfig, data, node, str(path))
+    base = path.parent
+    updates = {"constitution": _relative(cfg.constitution, base)}
+    queries = cfg.queries.model_copy(update={"seed_file": _relative(cfg.queries.seed_file, base)})
+    comparisons = cfg.comparisons.model_copy(update={"constitution": _relative(cfg.comparisons.constitution, base)})
+    return cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
+
+
+def load_constitutions(cfg: RunConfig) -> tuple[Constitution, Constitution]:
+    """The run's constitution and the one used for ranking (the same unless configured)."""
+    main = load_constitution(cfg.constitution)
+    ranking = load_constitution(cfg.comparisons.constitution) if cfg.comparisons.constitution else main
+    if not main.critique_principles and not main.traits and cfg.revisions.rounds:
+        raise UserError(f"{cfg.constitution}: no principle has a critique and revision; set revisions.rounds: 0")
+    return main, ranking
+
+
+def dump_config(cfg: RunConfig) -> str:
+    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)

@@ -1,0 +1,254 @@
+"""Runs the stages in order into a run directory, resuming whatever is already there.
+
+Each stage plans its tasks from the records of the stage before (ids known before any model
+call), keeps the tasks of this shard that are not done yet, and runs them batch by batch,
+appending records after every batch. Work is split over shards by the *query* id, so a query's
+whole chain (answers, revisions, pairs) stays in one shard's files.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.table import Table
+
+import yaml
+
+from constitution import Constitution, UserError, derive_seed, dump_constitution
+from critique import Comparison, Revision, plan_comparison_tasks, plan_revision_tasks, run_comparison_tasks, run_revision_tasks
+from critique.rank import Candidate
+from generators import load_backend
+from generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
+from generators.records import Query, Response, StageOutput, Task
+from generators.responses import plan_response_tasks, run_response_tasks
+from training.export import build_rows, write_export
+
+from .config import RunConfig, dump_config, load_constitutions
+from .store import RunStore
+
+STAGES = ["queries", "responses", "revisions", "comparisons"]
+
+
+@dataclass
+class StageStats:
+    stage: str
+    records: int = 0
+    new: int = 0
+    tokens: int = 0
+    seconds: float = 0.0
+    errors: int = 0
+
+
+@dataclass
+class Pipeline:
+    cfg: RunConfig
+    out: Path
+    limit: int | None = None
+    shard: tuple[int, int] = (0, 1)
+    console: Console = field(default_factory=Console)
+
+    def __post_init__(self) -> None:
+        i, n = self.shard
+        if not 0 <= i < n:
+            raise UserError(f"--shard: expected i/N with 0 <= i < N, got {i}/{n}")
+        self.store = RunStore(self.out, self.shard)
+        self.constitution, self.ranking = load_constitutions(self.cfg)
+        self._backends: dict[str, object] = {}
+        self.stats: list[StageStats] = []
+
+    # -- shared pieces -------------------------------------------------------------------------
+
+    def backend(self, role: str):
+        bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
+        key = bc.model_dump_json()
+        if key not in self._backends:
+            self.console.print(f"loading {bc.backend} backend: {bc.model}")
+            self._backends[key] = load_backend(bc)
+        return self._backends[key]
+
+    def model_name(self, role: str) -> str:
+        bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
+        return f"{bc.backend}:{bc.model}"
+
+    def mine(self, query_id: str) -> bool:
+        i, n = self.shard
+        return n == 1 or derive_seed("shard", query_id) % n == i
+
+    def freeze(self) -> None:
+        self.store.freeze("config.yaml", dump_config(self.cfg))
+        self.store.freeze("constitution.yaml", dump_constitution(self.constitution))
+
+    def _execute(self, stage: str, tasks: list[Task], record_type, run_batch) -> StageStats:
+        """Skip finished tasks, run the rest in batches, append after each batch."""
+        t0 = time.perf_counter()
+        existing = self.store.load(stage, record_type)
+        done = {r.id for r in existing}
+        failed = self.store.failed_tasks(stage)  # failures are recorded once, not retried
+        todo = [t for t in tasks if t.id not in failed and not all(o in done for o in t.outputs)]
+        stats = StageStats(stage, records=len(existing))
+        with Progress(
+            TextColumn(f"[bold]{stage:<12}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[tokens]} tok"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
+            transient=False,
+            disable=not todo,
+        ) as progress:
+            bar = progress.add_task(stage, total=len(todo), tokens=0)
+            bs = self.cfg.batch_size
+            for start in range(0, len(todo), bs):
+                batch = todo[start : start + bs]
+                result: StageOutput = run_batch(batch)
+                self.store.append(stage, result.records)
+                self.store.append_errors(stage, result.errors)
+                stats.new += len(result.records)
+                stats.tokens += result.tokens
+                stats.errors += len(result.errors)
+                progress.update(bar, advance=len(batch), tokens=stats.tokens)
+        stats.records += stats.new
+        stats.seconds = time.perf_counter() - t0
+        errors_total = len(self.store.failed_tasks(stage))
+        self.store.update_manifest(stage, stats.records, stats.tokens, stats.seconds if todo else 0.0, errors_total)
+        self.stats.append(stats)
+        return stats
+
+    # -- stages ------------------------------------------------------------------------------
+
+    def run_queries(self) -> list[Query]:
+        cfg = self.cfg.queries
+        seeds = load_seed_queries(cfg.seed_file) if cfg.seed_file else []
+        gen_tasks = plan_query_tasks(self.constitution, cfg, self.cfg.seed)
+        seed_tasks = [Task(q.id, q, [q.id]) for q in seeds]
+        tasks = [t for t in seed_tasks + gen_tasks if self.mine(t.id)]
+        if self.limit is not None:
+            tasks = tasks[: self.limit]
+        if not tasks:
+            raise UserError("queries: nothing to do: set queries.per_principle above 0 or give queries.seed_file")
+        dedupe = Deduplicator(cfg.near_duplicate)
+        for q in self.store.load("queries", Query):
+            if q.dropped is None:
+                dedupe.check(q.id, q.text)
+
+        def run_batch(batch: list[Task]) -> StageOutput:
+            out = StageOutput(records=[t.data for t in batch if isinstance(t.data, Query)])
+            for q in out.records:
+                dedupe.check(q.id, q.text)
+            gen = [t for t in batch if not isinstance(t.data, Query)]
+            if gen:
+                more = run_query_tasks(self.backend("policy"), self.constitution, gen, cfg, self.cfg.seed, dedupe)
+                out.records += more.records
+                out.errors += more.errors
+                out.tokens += more.tokens
+            return out
+
+        self._execute("queries", tasks, Query, run_batch)
+        wanted = {t.id for t in tasks}
+        return [q for q in self.store.load("queries", Query) if q.id in wanted and q.dropped is None]
+
+    def run_responses(self, queries: list[Query]) -> list[Response]:
+        cfg = self.cfg.responses
+        tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
+        self._execute("responses", tasks, Response, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed))
+        wanted = {o for t in tasks for o in t.outputs}
+        return [r for r in self.store.load("responses", Response) if r.id in wanted]
+
+    def run_revisions(self, queries: list[Query], responses: list[Response]) -> list[Revision]:
+        cfg = self.cfg.revisions
+        if cfg.rounds == 0 or not self.constitution.critique_principles:
+            return []
+        by_id = {q.id: q for q in queries}
+        pairs = [(by_id[r.query_id], r) for r in responses if r.query_id in by_id]
+        tasks = plan_revision_tasks(pairs, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
+        self._execute(
+            "revisions", tasks, Revision, lambda b: run_revision_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed)
+        )
+        wanted = {t.id for t in tasks}
+        return [v for v in self.store.load("revisions", Revision) if v.id in wanted]
+
+    def run_comparisons(self, queries: list[Query], responses: list[Response], revisions: list[Revision]) -> list[Comparison]:
+        cfg = self.cfg.comparisons
+        samples: dict[str, list[Candidate]] = {q.id: [] for q in queries}
+        for r in sorted(responses, key=lambda r: r.sample_index):
+            if r.query_id in samples:
+                samples[r.query_id].append(Candidate(id=r.id, text=r.text))
+        revised: dict[str, list] = {q.id: [] for q in queries}
+        texts = {r.id: r.text for r in responses}
+        for v in revisions:
+            if v.query_id in revised and v.final != v.initial:
+                revised[v.query_id].append((Candidate(id=v.response_id, text=texts.get(v.response_id, v.initial)), Candidate(id=v.id, text=v.final)))
+        groups = [(q, samples[q.id], revised[q.id]) for q in queries]
+        tasks = plan_comparison_tasks(groups, self.ranking, cfg, self.model_name("feedback"), self.cfg.seed)
+        self._execute(
+            "comparisons", tasks, Comparison, lambda b: run_comparison_tasks(self.backend("feedback"), self.ranking, b, cfg, self.cfg.seed)
+        )
+        wanted = {t.id for t in tasks}
+        return [c for c in self.store.load("comparisons", Comparison) if c.id in wanted]
+
+    def run(self, until: str = "comparisons", only: str | None = None) -> list[StageStats]:
+        """Run stages up to `until` (or just `only`, which needs its inputs on disk)."""
+        if until not in STAGES or (only and only not in STAGES):
+            raise UserError(f"unknown stage; choose one of {', '.join(STAGES)}")
+        self.freeze()
+        last = STAGES.index(only or until)
+        if only and only != "queries" and not self.store.stage_path(STAGES[STAGES.index(only) - 1]).exists():
+            raise UserError(f"{only}: no {STAGES[STAGES.index(only) - 1]} in {self.out} yet; run that stage first")
+        queries = self.run_queries() if not only or only == "queries" else self._load_kept_queries()
+        if last >= 1:
+            responses = self.run_responses(queries) if not only or only == "responses" else self._mine_of("responses", Response)
+            if last >= 2:
+                revisions = self.run_revisions(queries, responses) if not only or only == "revisions" else self._mine_of("revisions", Revision)
+                if last >= 3:
+                    self.run_comparisons(queries, responses, revisions)
+        return self.stats
+
+    def _load_kept_queries(self) -> list[Query]:
+        qs = [q for q in self.store.load("queries", Query) if q.dropped is None and self.mine(q.id)]
+        return qs[: self.limit] if self.limit is not None else qs
+
+    def _mine_of(self, stage: str, model):
+        return [r for r in self.store.load(stage, model) if self.mine(r.query_id)]
+
+    def close(self) -> None:
+        for b in self._backends.values():
+            b.close()  # type: ignore[attr-defined]
+
+
+def export_run(out: Path, dest: Path | None = None) -> dict[str, int]:
+    """Build the TRL datasets from every shard's records in a run directory."""
+    cfg_path = out / "config.yaml"
+    if not cfg_path.exists():
+        raise UserError(f"{out}: not a run directory (no config.yaml)")
+    cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
+    store = RunStore(out)
+    rows = build_rows(
+        store.load("queries", Query, all_shards=True),
+        store.load("responses", Response, all_shards=True),
+        store.load("revisions", Revision, all_shards=True),
+        store.load("comparisons", Comparison, all_shards=True),
+        cfg.export,
+    )
+    constitution = yaml.safe_load((out / "constitution.yaml").read_text())
+    c = Constitution.model_validate(constitution)
+    card = {
+        "title": f"cai: {c.name}",
+        "constitution": {"name": c.name, "version": c.version, "hash": c.content_hash()},
+        "policy": cfg.policy.model_dump(),
+        "feedback": cfg.feedback_backend.model_dump(),
+        "config": cfg.model_dump(mode="json"),
+    }
+    return write_export(rows, dest or out / "datasets", card)
+
+
+def summary_table(stats: list[StageStats]) -> Table:
+    t = Table("stage", "records", "new", "tokens", "seconds", "tokens/s", "errors", title="run summary")
+    for s in stats:
+        rate = f"{s.tokens / s.seconds:.1f}" if s.seconds > 0 and s.tokens else "-"
+        t.add_row(s.stage, str(s.records), str(s.new), str(s.tokens), f"{s.seconds:.1f}", rate, str(s.errors))
+    return t

@@ -1,0 +1,54 @@
+"""Records of the critique/revision loop and of AI-ranked pairs."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class Round(BaseModel):
+    principle_id: str
+    critique: str
+    revision: str
+    critique_raw: str
+    revision_raw: str
+    tokens: int = 0
+    kept: bool = Field(True, description="False when the revision came back empty and the previous text was kept.")
+
+
+class Revision(BaseModel):
+    id: str
+    response_id: str
+    query_id: str
+    initial: str
+    rounds: list[Round]
+    final: str
+    principle_ids: list[str]
+
+
+class Judgement(BaseModel):
+    """One reading of the feedback model: one principle, one order of the two answers."""
+
+    principle_id: str
+    order: Literal["ab", "ba"] = Field(description="`ab`: the first answer was shown as (A).")
+    logp: dict[str, float] = Field(description="Log-probabilities of the choice letters.")
+    p_first: float = Field(description="Probability that the pair's first answer is better, from this reading.")
+    p_first_raw: float | None = Field(None, description="Before clamping (CoT only).")
+    reasoning: str | None = None
+
+
+class Comparison(BaseModel):
+    id: str
+    query_id: str
+    first_id: str
+    second_id: str
+    kind: Literal["samples", "revision"] = Field(description="Two samples, or an initial answer against its revision.")
+    method: Literal["logprob", "cot"]
+    principle_ids: list[str]
+    judgements: list[Judgement]
+    p_first: float = Field(description="Mean over principles and both orders.")
+    chosen_id: str
+    rejected_id: str
+    p_chosen: float = Field(description="Soft label: probability that the chosen answer is better (>= 0.5).")
+    order_consistent: bool = Field(description="Both orders favoured the same answer, on average over principles.")

@@ -1,0 +1,162 @@
+"""SL-CAI: critique an answer under a sampled principle, revise it, repeat.
+
+All tasks of a batch advance round by round together, so each round is two batched generate
+calls (critiques, then revisions) however many answers are in flight. The constitution's
+worked examples are replayed as earlier chat turns of the same shape as the real request.
+"""
+
+from __future__ import annotations
+
+import re
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitution import Constitution, FewShot, Principle, derive_seed, weighted_sample
+from generators.records import Query, Response, StageOutput, Task, record_id
+from generators.templates import render
+from generators.types import SamplingParams
+
+from .records import Revision, Round
+
+
+class RevisionConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    rounds: int = Field(2, ge=0, description="Critique→revision rounds per answer; 0 skips the stage.")
+    few_shot: int = Field(2, ge=0, description="Worked examples replayed before each request.")
+    temperature: float = Field(0.0, ge=0, description="0 = greedy critiques and revisions.")
+    top_p: float = Field(1.0, gt=0, le=1)
+    critique_max_new_tokens: int = Field(96, ge=1)
+    revision_max_new_tokens: int = Field(160, ge=1)
+
+
+def plan_revision_tasks(
+    pairs: list[tuple[Query, Response]], c: Constitution, cfg: RevisionConfig, model: str, seed: int
+) -> list[Task]:
+    settings = cfg.model_dump()
+    tasks = []
+    for q, r in pairs:
+        tid = record_id("revision", r.id, model, settings, seed, c.content_hash())
+        tasks.append(Task(tid, (q, r), [tid]))
+    return tasks
+
+
+def round_principles(c: Constitution, task_id: str, rounds: int, seed: int) -> list[Principle]:
+    """Distinct principles for the rounds while the pool lasts, then cycle."""
+    pool = c.critique_principles
+    order = weighted_sample(pool, len(pool), f"{seed}/{task_id}/principles")
+    return [order[r % len(order)] for r in range(rounds)]
+
+
+def _examples(c: Constitution, p: Principle, k: int, key: str) -> list[FewShot]:
+    """Prefer examples written for this principle, then fill from the rest (seeded)."""
+    own = [e for e in c.few_shot if e.principle_id == p.id]
+    rest = weighted_sample([e for e in c.few_shot if e.principle_id != p.id], k, key, weight=lambda _: 1.0)
+    return (own + rest)[:k]
+
+
+def _requests(c: Constitution, ex: FewShot, fallback: Principle) -> tuple[str, str]:
+    p = c.principle(ex.principle_id) if ex.principle_id else fallback
+    return p.critique or fallback.critique, p.revision or fallback.revision  # type: ignore[return-value]
+
+
+def critique_chat(c: Constitution, p: Principle, conversation: list[dict], examples: list[FewShot]) -> list[dict]:
+    chat: list[dict] = []
+    for ex in examples:
+        crit_req, rev_req = _requests(c, ex, p)
+        msgs = [m.model_dump() for m in ex.messages]
+        chat += [
+            {"role": "user", "content": render("critique", "critique_request.jinja", messages=msgs, request=crit_req)},
+            {"role": "assistant", "content": ex.critique},
+            {"role": "user", "content": render("critique", "revision_request.jinja", request=rev_req)},
+            {"role": "assistant", "content": ex.revision},
+        ]
+    chat.append(
+        {"role": "user", "content": render("critique", "critique_request.jinja", messages=conversation, request=p.critique)}
+    )
+    return chat
+
+
+def revision_chat(critique_prompt: list[dict], critique: str, p: Principle) -> list[dict]:
+    return critique_prompt + [
+        {"role": "assistant", "content": critique},
+        {"role": "user", "content": render("critique", "revision_request.jinja", request=p.revision)},
+    ]
+
+
+_LEAD = re.compile(r"^\s*(?:(?:revised|new|rewritten|improved)\s+(?:assistant\s+)?(?:answer|reply|response)|revision|assistant)\s*:\s*", re.I)
+
+
+def clean_revision(text: str) -> str:
+    """Models often label their rewrite ("Revised answer: ..."); the label is not the answer."""
+    return _LEAD.sub("", text.strip(), count=1).strip()
+
+
+def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: RevisionConfig, seed: int) -> StageOutput:
+    out = StageOutput()
+    if not tasks or cfg.rounds == 0:
+        return out
+    current = {t.id: t.data[1].text for t in tasks}
+    rounds: dict[str, list[Round]] = {t.id: [] for t in tasks}
+    plans = {t.id: round_principles(c, t.id, cfg.rounds, seed) for t in tasks}
+    live = list(tasks)
+    for r in range(cfg.rounds):
+        if not live:
+            break
+        key = derive_seed(seed, live[0].id, r)
+        prompts = []
+        for t in live:
+            q, _ = t.data
+            p = plans[t.id][r]
+            conversation = list(q.messages) + [{"role": "assistant", "content": current[t.id]}]
+            prompts.append(critique_chat(c, p, conversation, _examples(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
+        crit_params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens, seed=key)
+        crits = [comps[0] for comps in backend.generate(prompts, crit_params)]
+        rev_prompts, rev_tasks = [], []
+        for t, prompt, crit in zip(live, prompts, crits):
+            if crit.error:
+                out.fail(t, f"round {r + 1} critique: {crit.error}")
+                continue
+            rev_prompts.append(revision_chat(prompt, crit.text.strip(), plans[t.id][r]))
+            rev_tasks.append((t, crit))
+        rev_params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.revision_max_new_tokens, seed=key + 1)
+        revs = [comps[0] for comps in backend.generate(rev_prompts, rev_params)] if rev_prompts else []
+        live = []
+        for (t, crit), rev in zip(rev_tasks, revs):
+            if rev.error:
+                out.fail(t, f"round {r + 1} revision: {rev.error}")
+                continue
+            text = clean_revision(rev.text)
+            kept = bool(text)
+            rounds[t.id].append(
+                Round(
+                    principle_id=plans[t.id][r].id,
+                    critique=crit.text.strip(),
+                    revision=text,
+                    critique_raw=crit.text,
+                    revision_raw=rev.text,
+                    tokens=crit.tokens + rev.tokens,
+                    kept=kept,
+                )
+            )
+            out.tokens += crit.tokens + rev.tokens
+            if kept:
+                current[t.id] = text
+            live.append(t)
+    failed = {e["task_id"] for e in out.errors}
+    for t in tasks:
+        if t.id in failed:
+            continue
+        q, resp = t.data
+        out.records.append(
+            Revision(
+                id=t.id,
+                response_id=resp.id,
+                query_id=q.id,
+                initial=resp.text,
+                rounds=rounds[t.id],
+                final=current[t.id],
+                principle_ids=[rd.principle_id for rd in rounds[t.id]],
+            )
+        )
+    return out

@@ -1,0 +1,230 @@
+"""Queries: written by the model from the constitution, or read from a seed file.
+
+Generation is one chat per item, with the constitution's examples as earlier turns: even a 135M
+model copies the shape of a few worked turns far better than it follows a long instruction.
+Each item yields at most one query; items that produce nothing usable are kept as records with
+a `dropped` reason so that a resumed run does not retry them and the losses stay visible.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import re
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitution import Constitution, UserError, derive_seed, weighted_sample
+
+from .records import Query, StageOutput, Task, record_id
+from .templates import render
+from .types import SamplingParams
+
+DEFAULT_INSTRUCTIONS = (
+    "You write realistic messages that users send to an AI assistant, for testing how the assistant behaves."
+)
+
+
+class QueryConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    per_principle: int = Field(4, ge=0, description="Queries to write for each principle (or trait); 0 = none.")
+    seed_file: str | None = Field(None, description="Seed queries: .txt, .jsonl (text/messages/prompt) or HH-RLHF transcripts.")
+    few_shot: int = Field(3, ge=0, description="Example queries shown as earlier turns.")
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_new_tokens: int = Field(64, ge=8)
+    min_chars: int = Field(12, ge=1)
+    max_chars: int = Field(400, ge=20)
+    near_duplicate: float = Field(0.8, gt=0, le=1, description="Word-set Jaccard at or above which a query is a near duplicate.")
+
+
+# -- planning ------------------------------------------------------------------------------
+
+
+def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> list[Task]:
+    """One task per (principle or trait, index). Ids depend on the ids and settings only."""
+    settings = cfg.model_dump(exclude={"seed_file"})
+    targets = [("principle", p.id) for p in c.critique_principles] + [("trait", t.id) for t in c.traits]
+    tasks = []
+    for kind, ident in targets:
+        for i in range(cfg.per_principle):
+            tid = record_id("query", kind, ident, i, settings, seed, c.content_hash())
+            tasks.append(Task(tid, {"kind": kind, "id": ident, "index": i}, [tid]))
+    return tasks
+
+
+def query_chat(c: Constitution, target: dict, cfg: QueryConfig, seed_key: str) -> list[dict]:
+    guide = c.query_generation
+    if target["kind"] == "trait":
+        trait = c.trait(target["id"])
+        focus = f"whether the assistant shows this trait, without naming it: {trait.text}"
+        examples = list(trait.questions) + (list(guide.examples) if guide else [])
+    else:
+        p = c.principle(target["id"])
+        focus = p.comparison or p.critique
+        examples = list(guide.examples) if guide else []
+    topics = list(guide.topics) if guide else []
+    topic = weighted_sample(topics, 1, f"{seed_key}/topic", weight=lambda _: 1.0)[0] if topics else None
+    shots = weighted_sample(examples, cfg.few_shot, f"{seed_key}/shots", weight=lambda _: 1.0)
+    instructions = (guide.instructions if guide and guide.instructions else None) or DEFAULT_INSTRUCTIONS
+    chat = [{"role": "system", "content": render("generators", "query_system.jinja", instructions=instructions)}]
+    for ex in shots:
+        chat += [
+            {"role": "user", "content": render("generators", "query_request.jinja", focus=None, topic=None)},
+            {"role": "assistant", "content": ex},
+        ]
+    chat.append({"role": "user", "content": render("generators", "query_request.jinja", focus=focus, topic=topic)})
+    return chat
+
+
+# -- parsing and filtering -----------------------------------------------------------------
+
+_LABEL = re.compile(r"^\s*(?:\d+[.)]\s*|[-*]\s+|(?:user(?:'s)? message|user|message|request|query)\s*:\s*)", re.I)
+
+
+def clean_query(raw: str) -> str:
+    """Keep the first paragraph; drop a leading label or list marker and wrapping quotes."""
+    text = raw.strip()
+    text = text.split("\n\n", 1)[0].strip()
+    text = _LABEL.sub("", text, count=1).strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    return text.strip("“”").strip()
+
+
+def _words(text: str) -> set[str]:
+    return set(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+def _normal(text: str) -> str:
+    return " ".join(re.findall(r"[a-z0-9']+", text.lower()))
+
+
+class Deduplicator:
+    """Exact (normalized) and near-duplicate (word-set Jaccard) filtering.
+
+    An inverted index from word to earlier queries keeps the near-duplicate test cheap: a new
+    query is only compared with queries that share a word with it.
+    """
+
+    def __init__(self, threshold: float):
+        self.threshold = threshold
+        self.exact: dict[str, str] = {}
+        self.sets: dict[str, set[str]] = {}
+        self.index: dict[str, set[str]] = {}
+
+    def check(self, qid: str, text: str) -> str | None:
+        """Return the id of an earlier duplicate, or None (and remember this query)."""
+        norm = _normal(text)
+        if norm in self.exact:
+            return self.exact[norm]
+        words = _words(text)
+        candidates = set().union(*(self.index.get(w, set()) for w in words)) if words else set()
+        for other in candidates:
+            o = self.sets[other]
+            if len(words & o) / max(1, len(words | o)) >= self.threshold:
+                return other
+        self.exact[norm] = qid
+        self.sets[qid] = words
+        for w in words:
+            self.index.setdefault(w, set()).add(qid)
+        return None
+
+
+def run_query_tasks(backend, c: Constitution, tasks: list[Task], cfg: QueryConfig, seed: int, dedupe: Deduplicator) -> StageOutput:
+    out = StageOutput()
+    if not tasks:
+        return out
+    chats = [query_chat(c, t.data, cfg, t.id) for t in tasks]
+    params = SamplingParams(
+        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=derive_seed(seed, tasks[0].id)
+    )
+    for task, (comp,) in zip(tasks, backend.generate(chats, params)):
+        if comp.error:
+            out.fail(task, comp.error)
+            continue
+        out.tokens += comp.tokens
+        text = clean_query(comp.text)
+        dropped = None
+        if len(text) < cfg.min_chars:
+            dropped = "too short"
+        elif len(text) > cfg.max_chars or comp.finish_reason == "length" and len(text) > cfg.max_chars // 2:
+            dropped = "too long"
+        elif (dup := dedupe.check(task.id, text)) is not None:
+            dropped = f"duplicate of {dup}"
+        ids = {"principle_ids": [task.data["id"]]} if task.data["kind"] == "principle" else {"trait_ids": [task.data["id"]]}
+        out.records.append(
+            Query(id=task.id, messages=[{"role": "user", "content": text}], origin="generated", raw=comp.text, dropped=dropped, tokens=comp.tokens, **ids)
+        )
+    return out
+
+
+# -- seed files ----------------------------------------------------------------------------
+
+
+def parse_transcript(text: str) -> list[dict]:
+    """`\\n\\nHuman: ...\\n\\nAssistant: ...` (HH-RLHF) → messages."""
+    parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + text.lstrip("\n"))
+    msgs = []
+    for speaker, content in zip(parts[1::2], parts[2::2]):
+        msgs.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
+    return msgs
+
+
+def _messages_from(obj: object, where: str) -> list[dict]:
+    if isinstance(obj, str):
+        return [{"role": "user", "content": obj}]
+    if not isinstance(obj, dict):
+        raise UserError(f"{where}: expected a JSON object")
+    if "messages" in obj or "prompt" in obj:
+        msgs = obj.get("messages", obj.get("prompt"))
+        if isinstance(msgs, str):
+            msgs = [{"role": "user", "content": msgs}]
+    elif "text" in obj:
+        msgs = [{"role": "user", "content": obj["text"]}]
+    elif "chosen" in obj and isinstance(obj["chosen"], str):
+        msgs = parse_transcript(obj["chosen"])
+        while msgs and msgs[-1]["role"] == "assistant":
+            msgs.pop()  # the query is the conversation up to the last human turn
+    else:
+        raise UserError(f"{where}: expected a 'text', 'messages', 'prompt' or 'chosen' field")
+    ok = isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+    if not ok:
+        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
+    msgs = [{"role": m.get("role", "user"), "content": m["content"].strip()} for m in msgs]
+    if msgs[-1]["role"] != "user" or not msgs[-1]["content"]:
+        raise UserError(f"{where}: the last message must be a non-empty user message")
+    return msgs
+
+
+def load_seed_queries(path: str | Path) -> list[Query]:
+    """Read seed queries; a bad line stops with an error naming the file and line."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{path}: seed query file not found")
+    opener = gzip.open if path.suffix == ".gz" else open
+    name = path.name.removesuffix(".gz")
+    queries, seen = [], set()
+    with opener(path, "rt", encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            line = line.strip()
+            if not line or (name.endswith(".txt") and line.startswith("#")):
+                continue
+            where = f"{path}:{lineno}"
+            if name.endswith(".txt"):
+                msgs = [{"role": "user", "content": line}]
+            else:
+                try:
+                    obj = json.loads(line)
+                except json.JSONDecodeError as e:
+                    raise UserError(f"{where}: invalid JSON: {e.msg}") from None
+                msgs = _messages_from(obj, where)
+            qid = record_id("query", "seed", msgs)
+            if qid not in seen:
+                seen.add(qid)
+                queries.append(Query(id=qid, messages=msgs, origin="seed"))
+    if not queries:
+        raise UserError(f"{path}: no queries found")
+    return queries

@@ -1,0 +1,67 @@
+"""Records every stage reads and writes, and the work units that produce them.
+
+A record's id hashes the inputs that made it (parent id, sample index, principle ids, the stage's
+settings), never the generated text. A rerun therefore knows which ids already exist before it
+generates anything, and two shards of one config can never mint the same id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from .types import Chat
+
+
+def record_id(kind: str, *parts: Any) -> str:
+    blob = json.dumps([kind, *parts], sort_keys=True, default=str, ensure_ascii=False)
+    return f"{kind[0]}-{hashlib.sha256(blob.encode()).hexdigest()[:16]}"
+
+
+class Query(BaseModel):
+    id: str
+    messages: Chat = Field(description="The conversation so far; the last message is the user's.")
+    origin: Literal["generated", "seed"]
+    principle_ids: list[str] = Field(default_factory=list)
+    trait_ids: list[str] = Field(default_factory=list)
+    raw: str | None = Field(None, description="The generator's raw output, before parsing.")
+    dropped: str | None = Field(None, description="Why the query was not kept (empty, too long, duplicate).")
+    tokens: int = 0
+
+    @property
+    def text(self) -> str:
+        return self.messages[-1]["content"]
+
+
+class Response(BaseModel):
+    id: str
+    query_id: str
+    sample_index: int
+    text: str
+    model: str
+    tokens: int
+    finish_reason: str
+    system_prompt_id: str | None = Field(None, description="Set when a system prompt shaped the answer.")
+
+
+@dataclass
+class Task:
+    """One unit of work: its id, its input, and the ids of the records it will produce."""
+
+    id: str
+    data: Any
+    outputs: list[str]
+
+
+@dataclass
+class StageOutput:
+    records: list[BaseModel] = field(default_factory=list)
+    errors: list[dict] = field(default_factory=list)
+    tokens: int = 0
+
+    def fail(self, task: Task, message: str) -> None:
+        self.errors.append({"task_id": task.id, "error": message})

@@ -1,0 +1,1 @@
+"""Exports to TRL dataset formats, and training on them."""
