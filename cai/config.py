@@ -13,7 +13,7 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import Constitution, UserError, load_constitution
+from constitution import Constitution, ConstitutionError, UserError, load_constitution
 from constitution.loader import read_structured, validate_model
 from critique import ComparisonConfig, RevisionConfig
 from generators import BackendConfig
@@ -62,10 +62,19 @@ def load_config(path: str | Path) -> RunConfig:
     return cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
 
 
+def _load(path: str, field: str) -> Constitution:
+    try:
+        return load_constitution(path)
+    except ConstitutionError:
+        raise  # already located by file and line
+    except UserError as e:
+        raise UserError(f"{field}: {e}") from None
+
+
 def load_constitutions(cfg: RunConfig) -> tuple[Constitution, Constitution]:
     """The run's constitution and the one used for ranking (the same unless configured)."""
-    main = load_constitution(cfg.constitution)
-    ranking = load_constitution(cfg.comparisons.constitution) if cfg.comparisons.constitution else main
+    main = _load(cfg.constitution, "constitution")
+    ranking = _load(cfg.comparisons.constitution, "comparisons.constitution") if cfg.comparisons.constitution else main
     if not main.critique_principles and not main.traits and cfg.revisions.rounds:
         raise UserError(f"{cfg.constitution}: no principle has a critique and revision; set revisions.rounds: 0")
     return main, ranking
