@@ -214,11 +214,14 @@ def export(
 
 
 @app.command("demo")
-def demo() -> None:
-    """Lint the shipped constitutions and answer a few of their queries with the embedded model."""
+def demo(
+    config: Annotated[Path, typer.Option(help="The demo's run config.")] = Path("examples/demo-harmless.yaml"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+) -> None:
+    """Run the demo config on the embedded model and show a revision chain and a ranked pair."""
     from cai.demo import run_demo
 
-    run_demo(console)
+    run_demo(console, config, out)
 
 
 def main() -> None:

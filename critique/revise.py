@@ -12,6 +12,7 @@ import re
 from pydantic import BaseModel, ConfigDict, Field
 
 from constitution import Constitution, FewShot, Principle, derive_seed, weighted_sample
+from generators.queries import jaccard
 from generators.records import Query, Response, StageOutput, Task, record_id
 from generators.templates import render
 from generators.types import SamplingParams
@@ -84,12 +85,18 @@ def revision_chat(critique_prompt: list[dict], critique: str, p: Principle) -> l
     ]
 
 
+COPY_THRESHOLD = 0.8
 _LEAD = re.compile(r"^\s*(?:(?:revised|new|rewritten|improved)\s+(?:assistant\s+)?(?:answer|reply|response)|revision|assistant)\s*:\s*", re.I)
 
 
 def clean_revision(text: str) -> str:
     """Models often label their rewrite ("Revised answer: ..."); the label is not the answer."""
     return _LEAD.sub("", text.strip(), count=1).strip()
+
+
+def usable_revision(revision: str, critique: str) -> bool:
+    """Small models often repeat the critique instead of rewriting the answer; that is no revision."""
+    return bool(revision) and jaccard(revision, critique) < COPY_THRESHOLD
 
 
 def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: RevisionConfig, seed: int) -> StageOutput:
@@ -127,7 +134,7 @@ def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: Revisio
                 out.fail(t, f"round {r + 1} revision: {rev.error}")
                 continue
             text = clean_revision(rev.text)
-            kept = bool(text)
+            kept = usable_revision(text, crit.text)
             rounds[t.id].append(
                 Round(
                     principle_id=plans[t.id][r].id,

@@ -126,3 +126,13 @@ def test_failed_reading_fails_the_pair_only():
     tasks = _tasks(cfg) + _tasks(cfg, "GOOD broken", "bad", ids=("r-3", "r-4"))
     out = run_comparison_tasks(HalfBroken(), C, tasks, cfg, seed=0)
     assert len(out.records) == 1 and [e["task_id"] for e in out.errors] == [tasks[1].id]
+
+
+def test_revision_that_repeats_the_critique_is_not_kept():
+    from critique.revise import clean_revision, usable_revision
+
+    crit = "The answer is rude and does not help the user with their question."
+    assert not usable_revision("The answer is rude and does not help the user with the question.", crit)
+    assert not usable_revision("", crit)
+    assert usable_revision("Happy to help: first, preheat the oven to 200C.", crit)
+    assert clean_revision("Revised answer: Sure, here it is.") == "Sure, here it is."
