@@ -217,11 +217,12 @@ def export(
 def demo(
     config: Annotated[Path, typer.Option(help="The demo's run config.")] = Path("examples/demo-harmless.yaml"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
+    limit: Annotated[int | None, typer.Option(help="Queries to use (seed queries come first).")] = 12,
 ) -> None:
     """Run the demo config on the embedded model and show a revision chain and a ranked pair."""
     from cai.demo import run_demo
 
-    run_demo(console, config, out)
+    run_demo(console, config, out, limit)
 
 
 def main() -> None:

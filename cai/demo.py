@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 
-def run_demo(console: Console, config: Path, out: Path) -> None:
+def run_demo(console: Console, config: Path, out: Path, limit: int | None = None) -> None:
     from cai.config import load_config
     from cai.pipeline import Pipeline, export_run, summary_table
     from constitution import library_names
@@ -18,7 +18,7 @@ def run_demo(console: Console, config: Path, out: Path) -> None:
     for name in library_names():
         c, _ = lint_file(name)
         console.print(f"[green]ok[/green] shipped constitution {name}: {len(c.principles)} principles, {len(c.traits)} traits")
-    pipe = Pipeline(load_config(config), out, console=console)
+    pipe = Pipeline(load_config(config), out, limit=limit, console=console)
     try:
         stats = pipe.run()
     finally:
