@@ -1,0 +1,370 @@
+"""The `openai` backend: any OpenAI-compatible server (vLLM, TGI, llama.cpp, hosted APIs).
+
+Requests go out concurrently (an asyncio semaphore caps how many are in flight) from one event
+loop that lives in a background thread for the backend's lifetime, so the synchronous interface
+works from scripts, from notebooks that already run a loop, and across many calls without
+rebinding the HTTP connection pool. Rate limits, 5xx answers, timeouts and dropped connections
+are retried with exponential backoff (tenacity); an item that still fails becomes an error
+value, and the rest of the batch goes on.
+
+When the model's tokenizer is at hand (`default`, a local path, or the `tokenizer` option),
+prompts are rendered and tokenized here exactly as the other backends do, over-long prompts fail
+before any request, and choices are scored through the completions endpoint with token-id
+prompts: the server sees the very tokens the transformers and vLLM backends score. Without one
+(a hosted model), chats go to the chat endpoint and each choice is matched by its text against
+the reported top tokens. Either way a choice outside the top-K gets the floor of
+`engine_utils.floor_logprob`, is listed in `ChoiceScores.floored`, and is counted.
+
+A chat that ends with an assistant message is continued through vLLM's chat extras
+(`continue_final_message`); servers without them (hosted APIs) reject such an item, which then
+fails alone with the server's message.
+
+The API key is never printed: the options hold it as a secret, `repr` leaves it out, and error
+messages are scrubbed of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import threading
+from pathlib import Path
+from typing import Any, Literal
+
+import httpx
+import openai
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
+
+from constitution.errors import UserError
+
+from ..chat import choice_token_ids, context_error, encode, ends_with_assistant
+from ..default_model import DEFAULT_ALIASES, resolve_model
+from ..types import ChoiceScores, Completion, Prompt, SamplingParams
+from .base import parse_options
+from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
+_STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")  # the client's own prefix; we say the status once
+CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's chat extras
+
+
+class OpenAIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str | None = Field(
+        None, description=f"Server URL ending in /v1; else OPENAI_BASE_URL, else {DEFAULT_BASE_URL}."
+    )
+    api_key: SecretStr | None = Field(None, description="Else OPENAI_API_KEY; local servers take any value.")
+    served_model_name: str | None = Field(
+        None, description="The name the server knows the model by; default: the model, or the only one served."
+    )
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat",
+        description="How chats are sent for generation: `chat` lets the server apply its chat "
+        "template; `completions` sends the tokens rendered here (needs a local tokenizer).",
+    )
+    tokenizer: str | None = Field(None, description="Local tokenizer (path or hub id); default: the model's, when local.")
+    local_tokenizer: bool = Field(True, description="False: never tokenize here; the server does it all.")
+    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
+    max_retries: int = Field(5, ge=0, description="Retries of a request after a 429, 5xx, timeout or lost connection.")
+    timeout: float = Field(120.0, gt=0, description="Seconds one request may take.")
+    backoff: float = Field(1.0, ge=0, description="First retry wait in seconds; doubles each retry, with jitter.")
+    max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, in seconds.")
+    connect_timeout: float = Field(5.0, gt=0, description="Seconds the start-up reachability check waits.")
+    logprobs_k: int = Field(20, ge=1, le=20, description="Top tokens reported when scoring (hosted completions allow 5).")
+    max_model_len: int | None = Field(None, ge=16, description="Context length; default: what the server reports.")
+
+
+def _retryable(error: BaseException) -> bool:
+    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+        return True
+    return isinstance(error, openai.APIStatusError) and (error.status_code in (408, 409, 429) or error.status_code >= 500)
+
+
+class OpenAIBackend:
+    name = "openai"
+
+    def __init__(self, model: str = "default", **options):
+        self.options = opts = parse_options(OpenAIOptions, options, self.name)
+        self.model = model
+        self.floored_count = 0
+        self.base_url = (opts.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
+        key = opts.api_key.get_secret_value() if opts.api_key else os.environ.get("OPENAI_API_KEY") or "EMPTY"
+        self._key = SecretStr(key)
+        served = self._served_models()
+        self.served_model = self._pick_model(served)
+        self.tokenizer = self._load_tokenizer(served)
+        if opts.endpoint == "completions" and self.tokenizer is None:
+            raise UserError("backend openai: options.endpoint: `completions` needs a local tokenizer; set options.tokenizer")
+        self.context_length = opts.max_model_len or (served or {}).get(self.served_model, {}).get("max_model_len")
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="cai-openai", daemon=True)
+        self._thread.start()
+        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=opts.timeout, max_retries=0)
+        self._sem: asyncio.Semaphore | None = None
+
+    def __repr__(self) -> str:
+        return f"OpenAIBackend(model={self.model!r}, served_model={self.served_model!r}, base_url={self.base_url!r})"
+
+    # -- start-up --------------------------------------------------------------------------
+
+    def _served_models(self) -> dict[str, dict] | None:
+        """GET /models, quickly: a dead server must fail now with one line, not hang a run."""
+        url = f"{self.base_url}/models"
+        headers = {"Authorization": f"Bearer {self._key.get_secret_value()}"}
+        try:
+            answer = httpx.get(url, headers=headers, timeout=self.options.connect_timeout)
+        except httpx.HTTPError as e:
+            reason = self._redact(str(e)) or type(e).__name__
+            raise UserError(f"backend openai: cannot reach {self.base_url} ({reason})") from None
+        if answer.status_code in (401, 403):
+            raise UserError(f"backend openai: {self.base_url} refused the API key (HTTP {answer.status_code})")
+        if answer.status_code == 404:
+            return None  # a server without a model list; the model name is taken as given
+        if answer.status_code >= 400:
+            raise UserError(f"backend openai: {url} answered HTTP {answer.status_code}")
+        try:
+            return {m["id"]: m for m in answer.json()["data"]}
+        except (ValueError, KeyError, TypeError):
+            raise UserError(f"backend openai: {url} sent no model list; is it an OpenAI-compatible server?") from None
+
+    def _pick_model(self, served: dict[str, dict] | None) -> str:
+        name = self.options.served_model_name or self.model
+        if served is None or name in served:
+            return name
+        if not self.options.served_model_name and self.model.lower() in DEFAULT_ALIASES and len(served) == 1:
+            return next(iter(served))
+        listed = ", ".join(sorted(served)) or "nothing"
+        raise UserError(f"backend openai: {self.base_url} does not serve {name!r}; it serves: {listed}")
+
+    def _load_tokenizer(self, served: dict[str, dict] | None):
+        """The model's tokenizer when it is surely the served model's, else None (server-side)."""
+        opts = self.options
+        if not opts.local_tokenizer:
+            return None
+        source = opts.tokenizer
+        if source is None and self.model.lower() in DEFAULT_ALIASES:
+            local = resolve_model(self.model)
+            card = (served or {}).get(self.served_model, {})
+            if served is None or self.served_model.lower() in DEFAULT_ALIASES or card.get("root") == local:
+                source = local
+        elif source is None and Path(self.model).is_dir():
+            source = self.model
+        if source is None:
+            return None
+        from transformers import AutoTokenizer
+
+        try:
+            return AutoTokenizer.from_pretrained(source)
+        except (OSError, ValueError) as e:
+            raise UserError(f"backend openai: options.tokenizer: cannot load {source!r} ({e})") from None
+
+    # -- requests --------------------------------------------------------------------------
+
+    def _redact(self, text: str) -> str:
+        key = self._key.get_secret_value()
+        return text.replace(key, "***") if len(key) >= 4 else text
+
+    def _describe(self, error: BaseException, attempts: int) -> str:
+        if isinstance(error, openai.APITimeoutError):
+            what = f"no answer from {self.base_url} within {self.options.timeout:g} s"
+        elif isinstance(error, openai.APIConnectionError):
+            what = f"cannot reach {self.base_url}"
+        elif isinstance(error, openai.APIStatusError):
+            what = f"HTTP {error.status_code}: {_STATUS_PREFIX.sub('', error.message)}"
+        else:
+            what = f"{type(error).__name__}: {error}"
+        tries = f" (after {attempts} attempts)" if attempts > 1 else ""
+        return self._redact(what)[:500] + tries
+
+    def _wait(self, state) -> float:
+        """Exponential backoff, stretched to a server's Retry-After when it sends one."""
+        opts = self.options
+        wait = (wait_exponential(multiplier=opts.backoff, max=opts.max_backoff) + wait_random(0, opts.backoff))(state)
+        error = state.outcome.exception() if state.outcome else None
+        response = getattr(error, "response", None)
+        try:
+            asked = float(response.headers.get("retry-after")) if response is not None else 0.0
+        except (TypeError, ValueError):
+            asked = 0.0
+        return max(wait, min(asked, opts.max_backoff))
+
+    async def _call(self, create, **kwargs) -> Any:
+        """One request with retries; raises _Failed with a clean message after the last one."""
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self.options.max_retries + 1),
+            wait=self._wait,
+            retry=retry_if_exception(_retryable),
+            reraise=True,
+        )
+        try:
+            async for attempt in retrying:
+                with attempt:
+                    async with self._sem:
+                        return await create(**kwargs)
+        except Exception as e:
+            raise _Failed(self._describe(e, retrying.statistics.get("attempt_number", 1))) from None
+
+    def _run_all(self, job, items: list) -> list:
+        async def main():
+            if self._sem is None:
+                self._sem = asyncio.Semaphore(self.options.concurrency)
+            return await asyncio.gather(*(job(i, item) for i, item in enumerate(items)))
+
+        if not items:
+            return []
+        return asyncio.run_coroutine_threadsafe(main(), self._loop).result()
+
+    def _encode(self, prompt: Prompt, reserve: int) -> list[int] | None:
+        """Token ids (None without a local tokenizer); raises _Failed for a prompt that cannot run."""
+        if self.tokenizer is None:
+            return None
+        try:
+            ids = encode(self.tokenizer, prompt)
+        except Exception as e:
+            raise _Failed(f"could not render prompt: {e}") from None
+        if self.context_length and len(ids) + reserve > self.context_length:
+            raise _Failed(context_error(len(ids), self.context_length))
+        return ids
+
+    # -- generation ------------------------------------------------------------------------
+
+    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        async def job(i: int, prompt: Prompt) -> list[Completion]:
+            try:
+                return await self._generate_one(i, prompt, params)
+            except _Failed as e:
+                return [Completion.failed(str(e)) for _ in range(params.n)]
+
+        return self._run_all(job, chats)
+
+    async def _generate_one(self, i: int, prompt: Prompt, params: SamplingParams) -> list[Completion]:
+        ids = self._encode(prompt, reserve=1)
+        greedy = params.temperature == 0
+        n = 1 if greedy else params.n  # vLLM refuses n > 1 when greedy; every copy is alike
+        max_tokens = params.max_new_tokens
+        if ids is not None and self.context_length:
+            max_tokens = min(max_tokens, self.context_length - len(ids))
+        kwargs: dict[str, Any] = dict(model=self.served_model, n=n, temperature=params.temperature, max_tokens=max_tokens)
+        if not greedy:
+            kwargs["top_p"] = params.top_p
+        if params.stop:
+            kwargs["stop"] = list(params.stop)
+        if params.seed is not None:
+            kwargs["seed"] = request_seed(params.seed, i)
+        if isinstance(prompt, str) or self.options.endpoint == "completions":
+            if n > 1:
+                kwargs["logprobs"] = 0  # one entry per token: how many each sample took
+            answer = await self._call(self._client.completions.create, prompt=ids if ids is not None else prompt, **kwargs)
+            rows = [(c.index, c.text, c.finish_reason, c.logprobs and c.logprobs.tokens) for c in answer.choices]
+        else:
+            if n > 1:
+                kwargs["logprobs"] = True
+            if ends_with_assistant(prompt):
+                kwargs["extra_body"] = CONTINUE
+            answer = await self._call(self._client.chat.completions.create, messages=prompt, **kwargs)
+            rows = [
+                (c.index, c.message.content or "", c.finish_reason, c.logprobs and c.logprobs.content)
+                for c in answer.choices
+            ]
+        used = answer.usage.completion_tokens if answer.usage else None
+        comps = []
+        for _, text, reason, per_token in sorted(rows, key=lambda r: r[0]):
+            if n == 1 and used is not None:
+                tokens = used
+            elif per_token is not None:
+                tokens = len(per_token)
+            elif self.tokenizer is not None:
+                tokens = len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+            else:
+                tokens = (used or 0) // max(1, len(rows))
+            comps.append(Completion(text=text, tokens=tokens, finish_reason=finish_reason(reason)))
+        if greedy and comps:
+            comps = [comps[0].model_copy() for _ in range(params.n)]
+        return comps
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
+        plan = ChoicePlan(choice_token_ids(self.tokenizer, choices)) if self.tokenizer is not None else None
+        if plan is None and not choices:
+            raise ValueError("choices must not be empty")
+
+        async def job(i: int, prompt: Prompt) -> ChoiceScores:
+            try:
+                if plan is None:
+                    scores = await self._score_by_text(prompt, choices)
+                else:
+                    scores = await self._score_by_tokens(prompt, choices, plan)
+            except _Failed as e:
+                return ChoiceScores(error=str(e))
+            self.floored_count += len(scores.floored)
+            return scores
+
+        return self._run_all(job, prompts)
+
+    async def _score_by_tokens(self, prompt: Prompt, choices: list[str], plan: ChoicePlan) -> ChoiceScores:
+        ids = self._encode(prompt, reserve=max(len(c) for c in plan.choice_ids))
+        k = self.options.logprobs_k
+        answers = await asyncio.gather(
+            *(
+                self._call(self._client.completions.create, model=self.served_model, prompt=ids + list(prefix),
+                           max_tokens=1, temperature=0, logprobs=k)
+                for prefix, _ in plan.steps
+            )
+        )
+        steps = []
+        for answer, (_, wanted) in zip(answers, plan.steps):
+            top = _top_of_completion(answer)
+            found = {}
+            for tok in wanted:
+                text = self.tokenizer.decode([tok])
+                if text in top:
+                    found[tok] = top[text]
+            steps.append(StepResult(found=found, floor=floor_logprob(top.values())))
+        return plan.combine(choices, steps)
+
+    async def _score_by_text(self, prompt: Prompt, choices: list[str]) -> ChoiceScores:
+        """No tokenizer here: each choice is taken to be one token and matched by its text."""
+        k = self.options.logprobs_k
+        common = dict(model=self.served_model, max_tokens=1, temperature=0)
+        if isinstance(prompt, str):
+            top = _top_of_completion(await self._call(self._client.completions.create, prompt=prompt, logprobs=k, **common))
+        else:
+            extra = {"extra_body": CONTINUE} if ends_with_assistant(prompt) else {}
+            answer = await self._call(
+                self._client.chat.completions.create, messages=prompt, logprobs=True, top_logprobs=k, **common, **extra
+            )
+            content = answer.choices[0].logprobs.content if answer.choices and answer.choices[0].logprobs else None
+            if not content:
+                raise _Failed("the server returned no log-probs")
+            top = {t.token: t.logprob for t in content[0].top_logprobs}
+        if not top:
+            raise _Failed("the server returned no log-probs")
+        floor = floor_logprob(top.values())
+        scores = {c: top.get(c, floor) for c in choices}
+        return ChoiceScores(scores, floored=[c for c in choices if c not in top])
+
+    def close(self) -> None:
+        """Close the connection pool and stop the loop thread."""
+        if not self._thread.is_alive():
+            return
+        try:
+            asyncio.run_coroutine_threadsafe(self._client.close(), self._loop).result(timeout=10)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(timeout=10)
+            self._loop.close()
+
+
+class _Failed(Exception):
+    """An item that cannot be done; its message becomes the item's recorded error."""
+
+
+def _top_of_completion(answer) -> dict[str, float]:
+    choice = answer.choices[0] if answer.choices else None
+    if choice is None or choice.logprobs is None or not choice.logprobs.top_logprobs:
+        raise _Failed("the server returned no log-probs")
+    return dict(choice.logprobs.top_logprobs[0])

