@@ -133,13 +133,7 @@ def test_returns_n_samples_per_prompt(backend):
     assert any(len({c.text for c in samples}) > 1 for samples in out), "n samples should not all be one text"
 
 
-def test_greedy_copies_are_identical(backend, request):
-    if backend.name == "transformers":
-        request.applymarker(pytest.mark.xfail(
-            raises=ValueError, strict=True,
-            reason="hf.py passes num_return_sequences=n to a greedy generate(), which transformers refuses; "
-            "it should decode once and copy",
-        ))
+def test_greedy_copies_are_identical(backend):
     out = backend.generate(PROMPTS[:2], SamplingParams(n=2, temperature=0, max_new_tokens=8))
     for first, second in out:
         assert ok(first) and first.text == second.text and first.tokens == second.tokens

@@ -105,10 +105,11 @@ class TransformersBackend:
         width = inputs["input_ids"].shape[1]
         max_new = max(1, min(params.max_new_tokens, self.context_length - width))
         sample = params.temperature > 0
+        copies = params.n if sample else 1  # greedy samples are identical: decode once, copy
         kwargs = dict(
             max_new_tokens=max_new,
             do_sample=sample,
-            num_return_sequences=params.n,
+            num_return_sequences=copies,
             pad_token_id=self.tokenizer.pad_token_id,
         )
         if sample:
@@ -124,7 +125,8 @@ class TransformersBackend:
             generated = self.lm.generate(**inputs, **kwargs)[:, width:]
         results = []
         for r in range(len(rows)):
-            results.append([self._completion(generated[r * params.n + j], params, max_new) for j in range(params.n)])
+            comps = [self._completion(generated[r * copies + j], params, max_new) for j in range(copies)]
+            results.append(comps if sample else [comps[0].model_copy() for _ in range(params.n)])
         return results
 
     def _completion(self, ids: torch.Tensor, params: SamplingParams, max_new: int) -> Completion:
