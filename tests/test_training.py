@@ -1,0 +1,183 @@
+"""Training on TRL: soft-label reward model, RLOO, DPO, SFT, and bad data.
+
+The learning tests use a tiny Llama made here (the embedded model's tokenizer, two small layers)
+so that they measure whether the trainers learn, in seconds; the smoke tests run the embedded
+model itself on exported data.
+"""
+
+import json
+import random
+
+import pytest
+
+from constitution import UserError
+from training.config import load_train_config
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory, default_model_dir):
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    cfg = LlamaConfig(
+        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+    )
+    path = tmp_path_factory.mktemp("tiny") / "model"
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+def write_jsonl(path, rows):
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def separable_pairs(n, seed):
+    rng = random.Random(seed)
+    topics = ["the garden", "my car", "a recipe", "the weather", "my exam", "a movie", "the rent", "a trip"]
+    rows = []
+    for _ in range(n):
+        t = rng.choice(topics)
+        good = f"Thank you for asking about {t}. Here is careful, kind help."
+        bad = f"Whatever about {t}. Go away, idiot."
+        rows.append({
+            "prompt": [{"role": "user", "content": f"Can you help with {t}?"}],
+            "chosen": [{"role": "assistant", "content": good}],
+            "rejected": [{"role": "assistant", "content": bad}],
+            "p_chosen": rng.uniform(0.7, 1.0),
+            "principle_ids": ["kind"],
+        })
+    return rows
+
+
+def test_soft_label_reward_model_learns_a_separable_set(tmp_path, tiny_model):
+    from training.run import train_reward
+
+    write_jsonl(tmp_path / "train_prefs.jsonl", separable_pairs(64, 0))
+    write_jsonl(tmp_path / "test_prefs.jsonl", separable_pairs(16, 1))
+    cfg = load_train_config(
+        None,
+        [f"model={tiny_model}", f"dataset={tmp_path}", f"trl.output_dir={tmp_path / 'rm'}", "trl.num_train_epochs=3",
+         "trl.per_device_train_batch_size=16", "trl.learning_rate=3e-3", "trl.save_strategy=no"],
+    )
+    summary = train_reward(cfg)
+    assert summary["soft_labels"] is True
+    assert summary["heldout"]["accuracy"] >= 0.9, summary["heldout"]
+    assert summary["heldout"]["mean_margin"] > 0
+
+
+def test_soft_trainer_uses_the_soft_loss(tmp_path, tiny_model):
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+    from trl import RewardConfig
+
+    from training.losses import soft_preference_loss
+    from training.reward import SoftLabelRewardTrainer
+
+    tok = AutoTokenizer.from_pretrained(tiny_model)
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    from datasets import Dataset
+
+    ds = Dataset.from_list(separable_pairs(4, 2))
+    args = RewardConfig(output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, per_device_train_batch_size=4)
+    trainer = SoftLabelRewardTrainer(model=model, args=args, train_dataset=ds, processing_class=tok)
+    batch = trainer.data_collator([trainer.train_dataset[i] for i in range(4)])
+    p = batch["p_chosen"].clone()
+    loss, out = trainer.compute_loss(model, dict(batch), return_outputs=True)
+    chosen, rejected = torch.chunk(out.logits.squeeze(-1), 2)
+    torch.testing.assert_close(loss, soft_preference_loss(chosen, rejected, p))
+    assert not torch.allclose(loss, -torch.nn.functional.logsigmoid(chosen - rejected).mean())
+
+
+def test_rloo_raises_mean_reward(tmp_path, tiny_model):
+    from training.run import train_rl
+
+    prompts = [{"prompt": [{"role": "user", "content": f"Say something about number {i}."}]} for i in range(16)]
+    write_jsonl(tmp_path / "train_prompts.jsonl", prompts)
+    def share_of_e(prompts, completions, **kwargs):
+        # graded from the first step: even random text has some "e"s, and more is better
+        return [c[-1]["content"].count("e") / max(1, len(c[-1]["content"])) for c in completions]
+
+    import training.run as run_mod
+
+    cfg = load_train_config(
+        None,
+        [f"model={tiny_model}", f"dataset={tmp_path}", "reward_model=unused", f"trl.output_dir={tmp_path / 'rl'}",
+         "trl.max_steps=40", "trl.learning_rate=2e-2", "trl.num_generations=4", "trl.per_device_train_batch_size=16",
+         "trl.max_completion_length=12", "trl.save_strategy=no", "trl.beta=0.0", "trl.temperature=1.0"],
+    )
+    original = run_mod.make_reward
+    run_mod.make_reward = lambda cfg: share_of_e  # a simple, known reward: the share of "e" characters
+    try:
+        summary = train_rl(cfg)
+    finally:
+        run_mod.make_reward = original
+    curve = summary["reward_curve"]
+    assert len(curve) >= 20
+    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
+    assert last > first + 0.03, " ".join(f"{x:.3f}" for x in curve)
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    from training.export import write_export
+
+    rows = separable_pairs(6, 3)
+    sft = [{"messages": r["prompt"] + r["chosen"], "principle_ids": ["kind"]} for r in rows]
+    out = tmp_path_factory.mktemp("export") / "datasets"
+    write_export({"train_sft": sft, "train_prefs": rows, "train_prompts": [{"prompt": r["prompt"]} for r in rows]}, out, {"title": "t"})
+    return out
+
+
+@pytest.mark.parametrize("kind", ["sft", "dpo"])
+def test_sft_and_dpo_run_on_exported_data(kind, exported, tmp_path, default_model_dir):
+    from training import run as runners
+
+    cfg = load_train_config(
+        None,
+        [f"dataset={exported}", f"trl.output_dir={tmp_path / kind}", "trl.max_steps=2", "trl.per_device_train_batch_size=2", "trl.save_strategy=no"],
+    )
+    summary = getattr(runners, f"train_{kind}")(cfg)
+    assert summary["steps"] == 2 and summary["train_loss"] > 0
+    assert (tmp_path / kind / "summary.json").exists()
+
+
+def test_bad_datasets_are_clear_errors(tmp_path):
+    from training.data import load_split
+
+    (tmp_path / "empty").mkdir()
+    write_jsonl(tmp_path / "empty" / "train_prefs.jsonl", [])
+    with pytest.raises(UserError, match="dataset is empty"):
+        load_split(str(tmp_path / "empty"), "prefs")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": [}\n')
+    with pytest.raises(UserError, match="bad.jsonl: cannot read"):
+        load_split(str(bad), "prefs")
+    wrong = write_jsonl(tmp_path / "wrong.jsonl", [{"prompt": "x", "answer": "y"}])
+    with pytest.raises(UserError, match="missing column.*chosen"):
+        load_split(str(wrong), "prefs")
+    with pytest.raises(UserError, match="dataset not found"):
+        load_split(str(tmp_path / "nope"), "sft")
+
+
+def test_cli_errors_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    def cai(*a):
+        return subprocess.run([sys.executable, "-m", "cai.cli", *a], capture_output=True, text=True, timeout=300)
+
+    r = cai("train", "reward", "--set", f"dataset={tmp_path}/missing", "--output-dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "dataset not found" in r.stderr and "Traceback" not in r.stderr
+    r = cai("train", "dpo", "--set", "dataset=x", "--set", "trl.learning_rat=1", "--output-dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "trl.learning_rat: not a field of DPOConfig" in r.stderr
+    r = cai("train", "rl", "--set", f"dataset={tmp_path}", "--output-dir", str(tmp_path / "o"))
+    assert r.returncode == 2 and "rl needs a reward" in r.stderr

@@ -1,0 +1,103 @@
+"""Training configs: our few fields plus a `trl:` section mapped onto TRL's own config class.
+
+`trl:` takes any field of the trainer's TRL config (`RewardConfig`, `DPOConfig`, ...), so TRL's
+documentation is the reference for it; unknown fields are refused by name. Command-line
+`--set key=value` overrides either part (`--set trl.learning_rate=2e-5`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from constitution import UserError
+from constitution.loader import read_structured, validate_model
+from generators import BackendConfig
+
+
+class JudgeConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    constitution: str = Field(description="Principle file whose principles the judge applies.")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="The feedback model.")
+    principles: int = Field(2, ge=1, description="Principles per completion; the reward is their mean P(yes).")
+
+
+class TrainConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field("default", description="Policy or base model: `default`, a hub id or a local path.")
+    dataset: str = Field(description="A run folder, its datasets/ folder, or a JSONL/Parquet file.")
+    eval: bool = Field(True, description="Evaluate on the test split when there is one.")
+    soft_labels: bool = Field(True, description="Reward/DPO: use p_chosen when present.")
+    algorithm: Literal["rloo", "grpo"] = Field("rloo", description="RL only.")
+    reward_model: str | None = Field(None, description="RL: a trained reward model folder.")
+    judge: JudgeConfig | None = Field(None, description="RL: score completions with the constitution instead.")
+    lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
+    lora_r: int = Field(16, ge=1)
+    trl: dict[str, Any] = Field(default_factory=dict, description="Fields of the trainer's TRL config.")
+
+
+def _coerce(text: str) -> Any:
+    """JSON scalars and lists (1e-5, true, [1, 2]) parse; anything else stays a string, so
+    `save_strategy=no` means "no", not YAML's False."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError:
+        return text
+
+
+def apply_overrides(data: dict, sets: list[str]) -> dict:
+    for item in sets:
+        if "=" not in item:
+            raise UserError(f"--set {item!r}: expected key=value")
+        key, value = item.split("=", 1)
+        target = data
+        parts = key.strip().split(".")
+        for p in parts[:-1]:
+            target = target.setdefault(p, {})
+        target[parts[-1]] = _coerce(value)
+    return data
+
+
+def load_train_config(path: str | Path | None, sets: list[str] | None = None, **flags: Any) -> TrainConfig:
+    data, node, source = {}, None, "--set"
+    if path is not None:
+        data, node = read_structured(path)
+        source = str(path)
+        if not isinstance(data, dict):
+            raise UserError(f"{path}:1: expected a mapping")
+    data = apply_overrides(dict(data), sets or [])
+    for k, v in flags.items():
+        if v is not None:
+            data.setdefault("trl", {})[k] = v
+    return validate_model(TrainConfig, data, node, source)
+
+
+def trl_args(cls, cfg: TrainConfig, defaults: dict[str, Any]):
+    """Build a TRL config dataclass; unknown keys are named in one error line."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(cfg.trl) - names)
+    if unknown:
+        raise UserError(f"trl.{unknown[0]}: not a field of {cls.__name__}" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+    merged = {**defaults, **device_defaults(), **cfg.trl}
+    if "output_dir" not in merged:
+        raise UserError("trl.output_dir: required (where checkpoints go)")
+    try:
+        return cls(**merged)
+    except (TypeError, ValueError) as e:
+        raise UserError(f"trl: {e}") from None
+
+
+def device_defaults() -> dict[str, Any]:
+    """TRL's configs default to bf16, which a CPU-only machine refuses; pick what the machine has."""
+    import torch
+
+    return {} if torch.cuda.is_available() else {"bf16": False, "fp16": False, "use_cpu": True}
+
+
+COMMON_DEFAULTS: dict[str, Any] = {"report_to": [], "logging_steps": 1, "save_strategy": "steps", "save_steps": 50, "save_total_limit": 2}

@@ -1,0 +1,155 @@
+"""Thin drivers over TRL's trainers: load data and model, build TRL's config, train, save.
+
+Each returns a small summary dict (and writes it as `summary.json` beside the checkpoints) so
+the CLI, the demo and the report read the same numbers.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from constitution import UserError, load_constitution
+from generators import load_backend, resolve_model
+
+from .config import COMMON_DEFAULTS, TrainConfig, trl_args
+from .data import load_split
+
+
+def _tokenizer(model_path: str):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_path)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def _peft(cfg: TrainConfig, task_type: str):
+    if not cfg.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type=task_type)
+
+
+def _eval_split(cfg: TrainConfig, kind: str):
+    if not cfg.eval:
+        return None
+    try:
+        return load_split(cfg.dataset, kind, "test")
+    except UserError:
+        return None  # no held-out split: train only
+
+
+def _finish(trainer, args, resume: bool, extra: dict[str, Any]) -> dict[str, Any]:
+    out = Path(args.output_dir)
+    has_ckpt = resume and any(out.glob("checkpoint-*"))
+    result = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
+    trainer.save_model(str(out))
+    if trainer.processing_class is not None:
+        trainer.processing_class.save_pretrained(str(out))
+    summary = {"output_dir": str(out), "train_loss": result.training_loss, "steps": result.global_step, **extra}
+    summary["log"] = [h for h in trainer.state.log_history if "loss" in h or any("reward" in k for k in h)]
+    (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def train_sft(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    from trl import SFTConfig, SFTTrainer
+
+    path = resolve_model(cfg.model)
+    args = trl_args(SFTConfig, cfg, {**COMMON_DEFAULTS, "max_length": 512})
+    trainer = SFTTrainer(
+        model=path,
+        args=args,
+        train_dataset=load_split(cfg.dataset, "sft"),
+        eval_dataset=_eval_split(cfg, "sft"),
+        processing_class=_tokenizer(path),
+        peft_config=_peft(cfg, "CAUSAL_LM"),
+    )
+    return _finish(trainer, args, resume, {"kind": "sft"})
+
+
+def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    from transformers import AutoModelForSequenceClassification
+    from trl import RewardConfig, RewardTrainer
+
+    from .reward import SoftLabelRewardTrainer, pairwise_accuracy
+
+    path = resolve_model(cfg.model)
+    tok = _tokenizer(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id
+    args = trl_args(RewardConfig, cfg, {**COMMON_DEFAULTS, "max_length": 1024})
+    train = load_split(cfg.dataset, "prefs")
+    test = _eval_split(cfg, "prefs")
+    soft = cfg.soft_labels and "p_chosen" in train.column_names
+    cls = SoftLabelRewardTrainer if soft else RewardTrainer
+    if not soft:
+        train = train.remove_columns([c for c in ("p_chosen",) if c in train.column_names])
+    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=test, processing_class=tok, peft_config=_peft(cfg, "SEQ_CLS"))
+    extra: dict[str, Any] = {"kind": "reward", "soft_labels": soft}
+    summary = _finish(trainer, args, resume, extra)
+    if test is not None:
+        summary["heldout"] = pairwise_accuracy(trainer.model, tok, list(test))
+        Path(args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
+
+
+def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    from trl import DPOConfig, DPOTrainer
+
+    path = resolve_model(cfg.model)
+    args = trl_args(DPOConfig, cfg, {**COMMON_DEFAULTS, "max_length": 1024})
+    train = load_split(cfg.dataset, "prefs")
+    trainer = DPOTrainer(
+        model=path,
+        args=args,
+        train_dataset=train,
+        eval_dataset=_eval_split(cfg, "prefs"),
+        processing_class=_tokenizer(path),
+        peft_config=_peft(cfg, "CAUSAL_LM"),
+    )
+    return _finish(trainer, args, resume, {"kind": "dpo"})
+
+
+def make_reward(cfg: TrainConfig):
+    """A reward model path (TRL loads it) or a constitution judge on a feedback backend."""
+    if cfg.reward_model and cfg.judge:
+        raise UserError("reward_model and judge: choose one reward")
+    if cfg.reward_model:
+        if not Path(cfg.reward_model, "config.json").exists():
+            raise UserError(f"reward_model: {cfg.reward_model}: not a model folder (no config.json)")
+        return cfg.reward_model
+    if cfg.judge:
+        from critique.judge import ConstitutionJudge
+
+        constitution = load_constitution(cfg.judge.constitution)
+        return ConstitutionJudge(load_backend(cfg.judge.backend), constitution, cfg.judge.principles)
+    raise UserError("rl needs a reward: set reward_model (a trained reward model) or judge (a constitution)")
+
+
+def train_rl(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+    from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
+
+    config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
+    path = resolve_model(cfg.model)
+    reward = make_reward(cfg)
+    defaults = {**COMMON_DEFAULTS, "num_generations": 4, "max_completion_length": 64, "per_device_train_batch_size": 4}
+    args = trl_args(config_cls, cfg, defaults)
+    trainer = trainer_cls(
+        model=path,
+        reward_funcs=reward,
+        args=args,
+        train_dataset=load_split(cfg.dataset, "prompts"),
+        processing_class=_tokenizer(path),
+        peft_config=_peft(cfg, "CAUSAL_LM"),
+    )
+    summary = _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm})
+    curve = [h["reward"] for h in trainer.state.log_history if "reward" in h and math.isfinite(h["reward"])]
+    summary["reward_curve"] = curve
+    Path(args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=float))
+    return summary
