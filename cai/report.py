@@ -1,0 +1,243 @@
+"""One HTML file that shows what a run made, for reading without Python or a notebook.
+
+Everything is embedded (plots as base64 PNG, no scripts, no links out), so the file can be
+mailed or attached to an issue. Text from models and users is escaped by Jinja's autoescape:
+a generated answer that contains markup must show as text, not run.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import time
+from collections import defaultdict
+from importlib import resources
+from pathlib import Path
+
+import jinja2
+import yaml
+
+from constitution import UserError
+from critique.records import Comparison, Revision
+from generators.records import Query, Response
+
+from .store import RunStore
+
+SAMPLE_CHAINS = 3
+
+
+def _png(fig) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _figure(width: float = 6.0, height: float = 3.0):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=(width, height))
+
+
+def soft_label_histogram(values: list[float]) -> str:
+    fig, ax = _figure()
+    ax.hist(values, bins=10, range=(0.5, 1.0), color="#4c72b0", edgecolor="white")
+    ax.set_xlabel("p_chosen (soft label)")
+    ax.set_ylabel("pairs")
+    ax.set_title(f"soft labels of {len(values)} ranked pairs")
+    return _png(fig)
+
+
+def curve_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel: str = "step") -> str:
+    fig, ax = _figure()
+    for name, points in series.items():
+        if points:
+            xs, ys = zip(*points)
+            ax.plot(xs, ys, marker="o" if len(points) < 30 else None, label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_title(title)
+    ax.legend()
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
+def _read_json(path: Path) -> dict | None:
+    if not path.is_file():
+        return None
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+
+
+def _stages(manifest: dict) -> list[dict]:
+    rows = []
+    for name, s in manifest.get("stages", {}).items():
+        secs = s.get("seconds") or 0.0
+        rows.append({"name": name, **s, "tokens_per_s": s.get("tokens", 0) / secs if secs else None})
+    return rows
+
+
+def _principles(comparisons: list[Comparison]) -> list[dict]:
+    """Per principle: pairs it read, mean P(chosen) from its own readings, how often it agreed with the ensemble."""
+    per: dict[str, list[float]] = defaultdict(list)
+    for c in comparisons:
+        by: dict[str, list[float]] = defaultdict(list)
+        for j in c.judgements:
+            by[j.principle_id].append(j.p_first if c.chosen_id == c.first_id else 1 - j.p_first)
+        for pid, ps in by.items():
+            per[pid].append(sum(ps) / len(ps))
+    return [
+        {"id": pid, "pairs": len(v), "mean_p_chosen": sum(v) / len(v), "agrees": sum(p > 0.5 for p in v) / len(v)}
+        for pid, v in sorted(per.items())
+    ]
+
+
+def _chains(queries: list[Query], responses: list[Response], revisions: list[Revision]) -> list[dict]:
+    qs = {q.id: q for q in queries}
+    out = []
+    for r in revisions[:SAMPLE_CHAINS]:
+        q = qs.get(r.query_id)
+        out.append({"query": q.text if q else r.query_id, "initial": r.initial, "rounds": r.rounds, "final": r.final})
+    if not out:  # no revision stage: show query → answer
+        for resp in responses[:SAMPLE_CHAINS]:
+            q = qs.get(resp.query_id)
+            out.append({"query": q.text if q else resp.query_id, "initial": resp.text, "rounds": [], "final": None})
+    return out
+
+
+def _pairs(comparisons: list[Comparison], responses: list[Response], revisions: list[Revision], queries: list[Query]) -> list[dict]:
+    text = {r.id: r.text for r in responses}
+    for rv in revisions:
+        text.setdefault(rv.id, rv.final)
+    qs = {q.id: q.text for q in queries}
+    return [
+        {
+            "query": qs.get(c.query_id, c.query_id),
+            "chosen": text.get(c.chosen_id, c.chosen_id),
+            "rejected": text.get(c.rejected_id, c.rejected_id),
+            "p_chosen": c.p_chosen,
+            "kind": c.kind,
+            "consistent": c.order_consistent,
+        }
+        for c in comparisons[:SAMPLE_CHAINS]
+    ]
+
+
+def _training(root: Path) -> list[dict]:
+    """Reward-model and RL summaries, each with its curves plotted."""
+    out = []
+    for name, title in (("reward-model", "reward model"), ("rl", "RL"), ("sft", "SFT"), ("dpo", "DPO")):
+        s = _read_json(root / name / "summary.json")
+        if s is None:
+            continue
+        log = s.get("log") or []
+        series = {"loss": [(h.get("step", i), h["loss"]) for i, h in enumerate(log) if isinstance(h.get("loss"), (int, float))]}
+        if s.get("reward_curve"):
+            series["mean reward"] = list(enumerate(s["reward_curve"], 1))
+        scalars = {k: v for k, v in s.items() if k not in ("log", "reward_curve") and not isinstance(v, (dict, list))}
+        held = s.get("heldout")
+        if isinstance(held, dict):
+            scalars.update({f"held-out {k}": v for k, v in held.items()})
+        plot = curve_plot(series, f"{title} training") if any(series.values()) else None
+        out.append({"name": title, "scalars": scalars, "plot": plot})
+    return out
+
+
+def _evals(root: Path) -> list[dict]:
+    out = []
+    for path in sorted(root.glob("eval-*.json")):
+        e = _read_json(path) or {}
+        e = {k: v for k, v in e.items() if k not in ("per_reading", "samples")}
+        scalars = {k: v for k, v in e.items() if not isinstance(v, (dict, list))}
+        out.append(
+            {
+                "file": path.name,
+                "scalars": scalars,
+                "by_principle": e.get("by_principle") or {},
+                "reliability": e.get("reliability") or [],
+                "over_refusal": e.get("over_refusal") or {},
+            }
+        )
+    return out
+
+
+def build_context(run_dir: str | Path) -> dict:
+    root = Path(run_dir)
+    if not (root / "manifest.json").is_file() and not (root / "config.yaml").is_file():
+        raise UserError(f"{root}: not a run directory (no manifest.json or config.yaml)")
+    store = RunStore(root)
+    queries = store.load("queries", Query, all_shards=True)
+    responses = store.load("responses", Response, all_shards=True)
+    revisions = store.load("revisions", Revision, all_shards=True)
+    comparisons = store.load("comparisons", Comparison, all_shards=True)
+    manifest = _read_json(root / "manifest.json") or {}
+    config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) if (root / "config.yaml").is_file() else {}
+    constitution = yaml.safe_load((root / "constitution.yaml").read_text(encoding="utf-8")) if (root / "constitution.yaml").is_file() else {}
+    soft = [c.p_chosen for c in comparisons]
+    errors = 0
+    if (root / "errors.jsonl").is_file():
+        errors = sum(1 for line in (root / "errors.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    return {
+        "title": f"cai run report: {root.name}",
+        "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
+        "run_dir": str(root),
+        "config": config or {},
+        "constitution": {"name": (constitution or {}).get("name", "?"), "principles": len((constitution or {}).get("principles", []))},
+        "manifest": manifest,
+        "stages": _stages(manifest),
+        "counts": {
+            "queries": len(queries),
+            "kept_queries": sum(q.dropped is None for q in queries),
+            "responses": len(responses),
+            "revisions": len(revisions),
+            "comparisons": len(comparisons),
+            "errors": errors,
+        },
+        "comparison_stats": {
+            "pairs": len(comparisons),
+            "order_consistency": sum(c.order_consistent for c in comparisons) / len(comparisons) if comparisons else None,
+            "mean_p_chosen": sum(soft) / len(soft) if soft else None,
+            "methods": sorted({c.method for c in comparisons}),
+        },
+        "histogram": soft_label_histogram(soft) if soft else None,
+        "principles": _principles(comparisons),
+        "chains": _chains(queries, responses, revisions),
+        "pairs": _pairs(comparisons, responses, revisions, queries),
+        "training": _training(root),
+        "training_summary": _read_json(root / "training-summary.json"),
+        "evals": _evals(root),
+    }
+
+
+def render_report(context: dict) -> str:
+    env = jinja2.Environment(
+        loader=jinja2.FunctionLoader(lambda n: (resources.files("cai") / "templates" / n).read_text(encoding="utf-8")),
+        undefined=jinja2.StrictUndefined,
+        autoescape=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def num(x, digits: int = 3):
+        if isinstance(x, bool) or not isinstance(x, (int, float)):
+            return "-" if x is None else x
+        return f"{x:.{digits}f}" if isinstance(x, float) else str(x)
+
+    env.filters["num"] = num
+    env.filters["tojson_pretty"] = lambda v: json.dumps(v, indent=2, default=str, ensure_ascii=False)
+    return env.get_template("report.html.jinja").render(**context)
+
+
+def write_report(run_dir: str | Path, out: str | Path | None = None) -> Path:
+    path = Path(out) if out else Path(run_dir) / "report.html"
+    html = render_report(build_context(run_dir))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(html, encoding="utf-8")
+    return path

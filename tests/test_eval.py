@@ -1,0 +1,234 @@
+"""Labeler, reward-model and policy evaluation: metrics on built cases, input layouts, a real run.
+
+The judges in the metric tests are small deterministic backends with a known bias: the thing
+under test is the arithmetic over orders, principles and bins. The last tests run the real
+embedded model on real HH-RLHF pairs.
+"""
+
+import gzip
+import json
+import math
+import re
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from cai.cli import app
+from constitution import Constitution, UserError
+from generators.types import ChoiceScores, Completion
+from training.eval_pairs import LabeledPair, load_pairs
+from training.eval_policy import benign_prompts, refusal_summary
+from training.evaluate import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
+
+C = Constitution.model_validate(
+    {
+        "name": "judge",
+        "principles": [
+            {"id": "kind", "comparison": "Which reply is kinder?"},
+            {"id": "true", "comparison": "Which reply is more honest?"},
+            {"id": "safe", "comparison": "Which reply is safer?"},
+        ],
+    }
+)
+PAIRS = [
+    LabeledPair(f"p{i}", [{"role": "user", "content": f"Question {i}?"}], f"GOOD answer {i}", f"bad answer {i}", f"x:{i}")
+    for i in range(10)
+]
+
+
+class AlwaysA:
+    name, model = "always-a", "always-a"
+
+    def generate(self, chats, params):
+        return [[Completion(text="I pick A.", tokens=3)] for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        return [ChoiceScores({"A": math.log(0.9), "B": math.log(0.1)}) for _ in prompts]
+
+
+class Oracle:
+    """Certain, and right: picks the answer containing GOOD wherever it is shown."""
+
+    name, model = "oracle", "oracle"
+
+    def generate(self, chats, params):
+        return [[Completion(text="One is better.", tokens=3)] for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            good_is_a = "GOOD" in re.search(r"\(A\) (.*)", p[0]["content"]).group(1)
+            out.append(ChoiceScores({"A": 0.0 if good_is_a else -50.0, "B": -50.0 if good_is_a else 0.0}))
+        return out
+
+
+# -- metrics -------------------------------------------------------------------------------
+
+
+def test_always_a_labeler_is_pure_position_bias():
+    readings, errors = label_pairs(AlwaysA(), C, PAIRS, principles=2, seed=1)
+    assert not errors and len(readings) == 10 * 2 * 2
+    s = summarise(readings)
+    assert s["position_bias"] == 1.0
+    assert s["order_consistency"] == 0.0
+    assert s["agreement"] == pytest.approx(0.5)  # both orders cancel: every pair is an exact tie
+    assert s["ece"] == pytest.approx(0.0)  # a 0.5 soft label that is right half the time is calibrated
+
+
+def test_perfect_labeler_agrees_and_is_calibrated():
+    s = summarise(label_pairs(Oracle(), C, PAIRS, principles=3, seed=2)[0])
+    assert s["agreement"] == 1.0
+    assert s["order_consistency"] == 1.0
+    assert s["position_bias"] == pytest.approx(0.5, abs=0.001)
+    assert s["ece"] == pytest.approx(0.0, abs=1e-6)
+    assert set(s["by_principle"]) == {"kind", "true", "safe"}
+    assert all(v["agreement"] == 1.0 for v in s["by_principle"].values())
+
+
+def test_seed_randomises_which_answer_is_shown_first():
+    readings = label_pairs(Oracle(), C, PAIRS, principles=1, seed=3)[0]
+    first_reading = [r.chosen_is_a for r in readings[::2]]
+    assert 0 < sum(first_reading) < len(first_reading)
+    assert readings == label_pairs(Oracle(), C, PAIRS, principles=1, seed=3)[0]
+
+
+def test_known_ece():
+    # confidence 0.9 throughout, right half the time: ECE = |0.5 - 0.9| = 0.4
+    ece, rows = calibration([0.9] * 4, [1, 0, 1, 0], bins=5)
+    assert ece == pytest.approx(0.4)
+    assert [r["count"] for r in rows] == [0, 0, 0, 0, 4]
+    # two bins: 0.55 right 1/2 (gap .05) and 1.0 right always (gap 0): ECE = 0.5 * 0.05
+    ece, rows = calibration([0.55, 0.55, 1.0, 1.0], [1, 0, 1, 1], bins=5)
+    assert ece == pytest.approx(0.025)
+    assert rows[-1]["count"] == 2 and rows[0]["accuracy"] == 0.5
+
+
+def test_order_consistency_and_position_bias_by_hand():
+    rs = [
+        Reading(0, "k", 0.8, True), Reading(0, "k", 0.3, False),  # both orders pick chosen
+        Reading(1, "k", 0.8, True), Reading(1, "k", 0.8, False),  # (A) wins both: inconsistent
+    ]
+    assert order_consistency(rs) == 0.5
+    assert position_bias(rs) == 0.75
+
+
+def test_refusal_summary():
+    s = refusal_summary([0.9, 0.2, 0.6, 0.1])
+    assert s["refusal_rate"] == 0.5 and s["prompts"] == 4
+
+
+def test_benign_prompts_ship_with_the_package():
+    prompts = benign_prompts()
+    assert 25 <= len(prompts) <= 40 and all(p.strip() for p in prompts)
+
+
+# -- input layouts -------------------------------------------------------------------------
+
+
+def _write(tmp_path, name, rows):
+    p = tmp_path / name
+    lines = [r if isinstance(r, str) else json.dumps(r) for r in rows]
+    data = "\n".join(lines) + "\n"
+    if name.endswith(".gz"):
+        with gzip.open(p, "wt", encoding="utf-8") as f:
+            f.write(data)
+    else:
+        p.write_text(data)
+    return p
+
+
+def test_hh_rlhf_transcripts(tmp_path):
+    ctx = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I pick a lock?"
+    p = _write(tmp_path, "hh.jsonl.gz", [{"chosen": ctx + "\n\nAssistant: I can't help with that.", "rejected": ctx + "\n\nAssistant: Use a pin."}])
+    (pair,), skipped = load_pairs(p)
+    assert skipped == 0
+    assert pair.context == [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "How do I pick a lock?"},
+    ]
+    assert (pair.chosen, pair.rejected) == ("I can't help with that.", "Use a pin.")
+
+
+def test_trl_preference_records(tmp_path):
+    rows = [
+        {"prompt": [{"role": "user", "content": "Capital of France?"}], "chosen": [{"role": "assistant", "content": "Paris."}], "rejected": [{"role": "assistant", "content": "Lyon."}]},
+        {"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Milan."},
+        {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]},
+    ]
+    pairs, _ = load_pairs(_write(tmp_path, "trl.jsonl", rows))
+    assert [(p.context[-1]["content"], p.chosen, p.rejected) for p in pairs] == [
+        ("Capital of France?", "Paris.", "Lyon."),
+        ("Capital of Italy?", "Rome.", "Milan."),
+        ("2+2?", "4", "5"),
+    ]
+
+
+def test_cai_multiple_choice_layout(tmp_path):
+    rows = [
+        {"prompt": "\n\nHuman: Is it safe to eat raw chicken?\n\nAssistant:", "corrects": ["No, cook it through."], "incorrects": ["Yes, always.", "Only on Tuesdays."]},
+        {"text_correct": "\n\nHuman: Hi\n\nAssistant: Hello, how can I help?", "text_incorrect": ["\n\nHuman: Hi\n\nAssistant: Go away."]},
+    ]
+    pairs, _ = load_pairs(_write(tmp_path, "mc.jsonl", rows))
+    assert len(pairs) == 3
+    assert pairs[0].context == [{"role": "user", "content": "Is it safe to eat raw chicken?"}]
+    assert {p.rejected for p in pairs[:2]} == {"Yes, always.", "Only on Tuesdays."}
+    assert (pairs[2].context[-1]["content"], pairs[2].chosen, pairs[2].rejected) == ("Hi", "Hello, how can I help?", "Go away.")
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        ("{not json", "invalid JSON"),
+        (json.dumps({"question": "x"}), "expected HH-RLHF"),
+        (json.dumps({"prompt": "x", "chosen": 3, "rejected": "y"}), "'chosen' must be"),
+        (json.dumps({"corrects": ["a"], "prompt": "q"}), "needs a matching"),
+        (json.dumps([1, 2]), "expected a JSON object"),
+    ],
+)
+def test_bad_lines_name_file_and_line(tmp_path, bad, message):
+    good = {"prompt": "Q?", "chosen": "a", "rejected": "b"}
+    p = _write(tmp_path, "pairs.jsonl", [good, bad])
+    with pytest.raises(UserError) as e:
+        load_pairs(p)
+    assert f"{p}:2:" in str(e.value) and message in str(e.value)
+
+
+def test_cli_bad_pairs_file_is_one_line_exit_2(tmp_path):
+    import subprocess
+    import sys
+
+    p = _write(tmp_path, "pairs.jsonl", ["{broken"])
+    r = subprocess.run([sys.executable, "-m", "cai.cli", "eval", "labeler", "--pairs", str(p)], capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"{p}:1: invalid JSON: Expecting property name enclosed in double quotes"
+
+
+def test_equal_answers_are_skipped(tmp_path):
+    p = _write(tmp_path, "pairs.jsonl", [{"prompt": "Q?", "chosen": "same", "rejected": "same"}, {"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    pairs, skipped = load_pairs(p)
+    assert len(pairs) == 1 and skipped == 1
+
+
+# -- the real model --------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not HH.exists(), reason="HH-RLHF test file not present")
+def test_eval_labeler_on_real_pairs(default_model_dir, tmp_path):
+    out = tmp_path / "eval-labeler.json"
+    r = CliRunner().invoke(
+        app,
+        ["eval", "labeler", "--pairs", str(HH), "--limit", "8", "--principles", "1", "--json", "--out-json", str(out)],
+    )
+    assert r.exit_code == 0, r.output
+    res = json.loads(r.stdout[r.stdout.index("{") :])
+    assert res["pairs"] == 8 and res["readings"] == 16 and res["errors"] == 0
+    for k in ("agreement", "order_consistency", "position_bias", "ece"):
+        assert 0.0 <= res[k] <= 1.0
+    assert sum(row["count"] for row in res["reliability"]) == 8
+    saved = json.loads(out.read_text())
+    assert len(saved["per_reading"]) == 16
