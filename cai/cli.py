@@ -255,12 +255,13 @@ for _kind, _doc in (
 def demo(
     config: Annotated[Path, typer.Option(help="The demo's run config.")] = Path("examples/demo-harmless.yaml"),
     out: Annotated[Path, typer.Option("--out", "-o", help="Run directory.")] = Path("runs/demo"),
-    limit: Annotated[int | None, typer.Option(help="Queries to use (seed queries come first).")] = 12,
+    limit: Annotated[int | None, typer.Option(help="Queries to use (seed queries come first).")] = 16,
+    train: Annotated[bool, typer.Option(help="Then train a reward model and run a few RLOO steps.")] = True,
 ) -> None:
-    """Run the demo config on the embedded model and show a revision chain and a ranked pair."""
+    """Run the demo config, show a revision chain and a ranked pair, then train on the data."""
     from cai.demo import run_demo
 
-    run_demo(console, config, out, limit)
+    run_demo(console, config, out, limit, train)
 
 
 # -- evaluation and reports ----------------------------------------------------------------

@@ -9,7 +9,7 @@ from rich.console import Console
 from rich.panel import Panel
 
 
-def run_demo(console: Console, config: Path, out: Path, limit: int | None = None) -> None:
+def run_demo(console: Console, config: Path, out: Path, limit: int | None = None, train: bool = True) -> None:
     from cai.config import load_config
     from cai.pipeline import Pipeline, export_run, summary_table
     from constitution import library_names
@@ -26,8 +26,45 @@ def run_demo(console: Console, config: Path, out: Path, limit: int | None = None
     console.print(summary_table(stats))
     counts = export_run(out)
     show_examples(console, out)
-    console.print(f"\nrun directory: {out}")
     console.print(f"datasets ({', '.join(f'{k}={v}' for k, v in counts.items())}): {out / 'datasets'}")
+    if train:
+        train_demo(console, out, config.parent)
+    console.print(f"\nrun directory: {out}")
+
+
+def train_demo(console: Console, out: Path, examples: Path) -> None:
+    """A reward model on the demo's AI-labelled pairs, then a few RLOO steps against it."""
+    from rich.table import Table
+
+    from training.config import load_train_config
+    from training.data import load_split
+    from training.reward import mean_policy_reward
+    from training.run import train_reward, train_rl
+
+    data = out / "datasets"
+    console.rule("reward model (soft labels)")
+    rm = train_reward(load_train_config(examples / "train-reward.yaml", [f"dataset={data}", f"trl.output_dir={out / 'reward-model'}"]))
+    console.rule("RLOO against the reward model")
+    rl = train_rl(
+        load_train_config(
+            examples / "train-rl.yaml",
+            [f"dataset={data}", f"reward_model={out / 'reward-model'}", f"trl.output_dir={out / 'rl'}"],
+        )
+    )
+    split = "test" if (data / "test_prompts.jsonl").exists() else "train"
+    prompts = [r["prompt"] for r in load_split(str(data), "prompts", split)][:8]
+    before = mean_policy_reward("default", rm["output_dir"], prompts)
+    after = mean_policy_reward(rl["output_dir"], rm["output_dir"], prompts)
+    t = Table("what", "value", title="training on the demo data")
+    held = rm.get("heldout") or {}
+    t.add_row("reward model held-out accuracy", f"{held.get('accuracy', float('nan')):.3f} on {held.get('pairs', 0)} pairs")
+    t.add_row("reward model held-out mean margin", f"{held.get('mean_margin', float('nan')):.3f}")
+    t.add_row(f"mean reward on {len(prompts)} {split} prompts, before RL", f"{before:.3f}")
+    t.add_row(f"mean reward on {len(prompts)} {split} prompts, after {rl['steps']} RLOO steps", f"{after:.3f}")
+    console.print(t)
+    (out / "training-summary.json").write_text(
+        json.dumps({"reward_model": {k: v for k, v in rm.items() if k != "log"}, "rl": {k: v for k, v in rl.items() if k != "log"}, "mean_reward_before": before, "mean_reward_after": after}, indent=2, default=float)
+    )
 
 
 def _first(path: Path, keep=lambda r: True) -> dict | None:

@@ -181,3 +181,20 @@ def test_cli_errors_exit_2(tmp_path):
     assert r.returncode == 2 and "trl.learning_rat: not a field of DPOConfig" in r.stderr
     r = cai("train", "rl", "--set", f"dataset={tmp_path}", "--output-dir", str(tmp_path / "o"))
     assert r.returncode == 2 and "rl needs a reward" in r.stderr
+
+
+def test_constitution_judge_scores_each_completion(hf_backend):
+    from constitution import load_constitution
+    from critique.judge import ConstitutionJudge
+
+    judge = ConstitutionJudge(hf_backend, load_constitution("harmless"), principles=2)
+    prompts = [[{"role": "user", "content": "How do I calm down before an exam?"}]] * 2
+    completions = [
+        [{"role": "assistant", "content": "Breathe slowly, sleep well the night before, and review your notes calmly."}],
+        [{"role": "assistant", "content": "Take a lot of pills from your parents' cabinet."}],
+    ]
+    rewards = judge(prompts=prompts, completions=completions)
+    assert len(rewards) == 2 and all(0 < r < 1 for r in rewards)
+    assert judge.__name__ == "constitution_judge"
+    # the same completion under the same principles gets the same reward
+    assert judge(prompts=prompts[:1], completions=completions[:1]) == rewards[:1]

@@ -53,26 +53,56 @@ class SoftLabelRewardTrainer(RewardTrainer):
         return (loss, outputs) if return_outputs else loss
 
 
+def _render(tokenizer, conversation) -> str:
+    return tokenizer.apply_chat_template(conversation, tokenize=False) if isinstance(conversation, list) else conversation
+
+
 @torch.inference_mode()
-def pairwise_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 8) -> dict[str, float]:
-    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+def score_conversations(model, tokenizer, conversations: list, batch_size: int = 8) -> list[float]:
+    """Reward-model scores of whole conversations (or plain strings), in input order."""
     model.eval()
     device = next(model.parameters()).device
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    wins, margins = 0, []
-    for s in range(0, len(rows), batch_size):
-        chunk = rows[s : s + batch_size]
-        texts = []
-        for r in chunk:
-            for side in ("chosen", "rejected"):
-                conv = r["prompt"] + r[side] if isinstance(r["prompt"], list) else None
-                texts.append(tokenizer.apply_chat_template(conv, tokenize=False) if conv else r["prompt"] + r[side])
+    scores: list[float] = []
+    for s in range(0, len(conversations), batch_size):
+        texts = [_render(tokenizer, c) for c in conversations[s : s + batch_size]]
         enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        scores = model(**enc).logits.squeeze(-1).float()
-        c, rj = scores[0::2], scores[1::2]
-        wins += int((c > rj).sum())
-        margins += (c - rj).tolist()
+        scores += model(**enc).logits.squeeze(-1).float().tolist()
+    return scores
+
+
+def pairwise_accuracy(model, tokenizer, rows: list[dict], batch_size: int = 8) -> dict[str, float]:
+    """Held-out accuracy (chosen scored above rejected) and mean margin of a reward model."""
+    convs = []
+    for r in rows:
+        for side in ("chosen", "rejected"):
+            convs.append(r["prompt"] + r[side] if isinstance(r["prompt"], list) else r["prompt"] + r[side])
+    scores = score_conversations(model, tokenizer, convs, batch_size)
+    chosen, rejected = scores[0::2], scores[1::2]
+    margins = [c - r for c, r in zip(chosen, rejected)]
     n = max(1, len(rows))
-    return {"accuracy": wins / n, "mean_margin": sum(margins) / n if margins else 0.0, "pairs": len(rows)}
+    return {"accuracy": sum(m > 0 for m in margins) / n, "mean_margin": sum(margins) / n, "pairs": len(rows)}
+
+
+def load_reward_model(path: str):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
+    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+    return model, tok
+
+
+def mean_policy_reward(policy: str, reward_model: str, prompts: list[list[dict]], max_new_tokens: int = 48) -> float:
+    """Greedy answers of `policy` to `prompts`, scored by `reward_model`: the number RL should raise."""
+    from generators import BackendConfig, SamplingParams, load_backend
+
+    backend = load_backend(BackendConfig(backend="transformers", model=policy))
+    answers = backend.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens))
+    backend.close()
+    model, tok = load_reward_model(reward_model)
+    convs = [p + [{"role": "assistant", "content": a[0].text}] for p, a in zip(prompts, answers) if not a[0].error]
+    scores = score_conversations(model, tok, convs)
+    return sum(scores) / max(1, len(scores))
