@@ -18,7 +18,7 @@ from cai.cli import app
 from constitution import Constitution, UserError
 from generators.types import ChoiceScores, Completion
 from training.eval_pairs import LabeledPair, load_pairs
-from training.eval_policy import benign_prompts, refusal_summary
+from training.eval_policy import benign_prompts, refusal_summary, win_rate
 from training.evaluate import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -118,6 +118,14 @@ def test_order_consistency_and_position_bias_by_hand():
 def test_refusal_summary():
     s = refusal_summary([0.9, 0.2, 0.6, 0.1])
     assert s["refusal_rate"] == 0.5 and s["prompts"] == 4
+
+
+def test_policy_win_rate_counts_identical_answers_as_ties():
+    rs = [Reading(0, "k", 0.9, True), Reading(0, "k", 0.2, False), Reading(1, "k", 0.3, True), Reading(1, "k", 0.6, False)]
+    assert win_rate(rs, 2) == 0.5  # one win, one loss
+    assert win_rate(rs, 4) == 0.5  # plus two identical answers: half each
+    assert win_rate([], 3) == 0.5
+    assert win_rate(rs[:2], 1) == 1.0
 
 
 def test_benign_prompts_ship_with_the_package():

@@ -18,7 +18,7 @@ from generators.templates import render
 from generators.types import SamplingParams
 
 from .eval_pairs import LabeledPair
-from .evaluate import label_pairs, summarise
+from .evaluate import Reading, label_pairs, pair_probabilities, summarise
 
 
 def benign_prompts() -> list[str]:
@@ -54,6 +54,13 @@ def generate_answers(model: str, chats: list[list[dict]], max_new_tokens: int, s
     return [o[0].text.strip() if not o[0].error else "" for o in outs]
 
 
+def win_rate(readings: list[Reading], prompts: int) -> float:
+    """Share of prompts where the model's answer wins; identical answers (no readings) count half."""
+    probs = pair_probabilities(readings)
+    wins = sum(1.0 if p > 0.5 else 0.0 if p < 0.5 else 0.5 for p in probs.values())
+    return (wins + 0.5 * (prompts - len(probs))) / prompts if prompts else float("nan")
+
+
 def evaluate_policy(
     model: str,
     baseline: str,
@@ -86,16 +93,14 @@ def evaluate_policy(
         }
     finally:
         feedback.close()
-    s = summarise(readings) if readings else {"agreement": float("nan"), "order_consistency": float("nan"), "pairs": 0}
-    wins = s["agreement"] * s["pairs"]
+    s = summarise(readings) if readings else {"order_consistency": None}
     return {
         "kind": "policy",
         "model": model,
         "baseline": baseline,
         "prompts": n,
         "identical_answers": ties,
-        # identical answers are ties: half a win each
-        "win_rate": (wins + 0.5 * ties) / n,
+        "win_rate": win_rate(readings, n),
         "order_consistency": s["order_consistency"],
         "errors": len(errors),
         "over_refusal": refusal,
