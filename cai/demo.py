@@ -51,16 +51,15 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
             [f"dataset={data}", f"reward_model={out / 'reward-model'}", f"trl.output_dir={out / 'rl'}"],
         )
     )
-    split = "test" if (data / "test_prompts.jsonl").exists() else "train"
-    prompts = [r["prompt"] for r in load_split(str(data), "prompts", split)][:8]
+    prompts = [r["prompt"] for r in load_split(str(data), "prompts", "train")][:8]  # the prompts RL trained on
     before = mean_policy_reward("default", rm["output_dir"], prompts)
     after = mean_policy_reward(rl["output_dir"], rm["output_dir"], prompts)
     t = Table("what", "value", title="training on the demo data")
     held = rm.get("heldout") or {}
     t.add_row("reward model held-out accuracy", f"{held.get('accuracy', float('nan')):.3f} on {held.get('pairs', 0)} pairs")
     t.add_row("reward model held-out mean margin", f"{held.get('mean_margin', float('nan')):.3f}")
-    t.add_row(f"mean reward on {len(prompts)} {split} prompts, before RL", f"{before:.3f}")
-    t.add_row(f"mean reward on {len(prompts)} {split} prompts, after {rl['steps']} RLOO steps", f"{after:.3f}")
+    t.add_row(f"mean reward on {len(prompts)} training prompts, before RL", f"{before:.3f}")
+    t.add_row(f"mean reward on {len(prompts)} training prompts, after {rl['steps']} RLOO steps", f"{after:.3f}")
     console.print(t)
     (out / "training-summary.json").write_text(
         json.dumps({"reward_model": {k: v for k, v in rm.items() if k != "log"}, "rl": {k: v for k, v in rl.items() if k != "log"}, "mean_reward_before": before, "mean_reward_after": after}, indent=2, default=float)
