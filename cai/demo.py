@@ -29,7 +29,10 @@ def run_demo(console: Console, config: Path, out: Path, limit: int | None = None
     console.print(f"datasets ({', '.join(f'{k}={v}' for k, v in counts.items())}): {out / 'datasets'}")
     if train:
         train_demo(console, out, config.parent)
+    from cai.report import write_report
+
     console.print(f"\nrun directory: {out}")
+    console.print(f"report: {write_report(out, None)}")
 
 
 def train_demo(console: Console, out: Path, examples: Path) -> None:
