@@ -46,3 +46,23 @@ def choice_token_ids(tokenizer, choices: list[str]) -> list[list[int]]:
 
 def context_error(n_tokens: int, limit: int) -> str:
     return f"prompt is {n_tokens} tokens; the model's context is {limit}"
+
+
+def encode_batch(tokenizer, prompts: list[Prompt], reserve: int, limit: int) -> tuple[list[list[int] | None], dict[int, str]]:
+    """Token ids per prompt, or None with an error message for a prompt that cannot be rendered
+    or that leaves fewer than `reserve` tokens of the context: those items fail alone."""
+    encoded: list[list[int] | None] = []
+    errors: dict[int, str] = {}
+    for i, p in enumerate(prompts):
+        try:
+            ids = encode(tokenizer, p)
+        except Exception as e:  # a malformed chat fails alone
+            encoded.append(None)
+            errors[i] = f"could not render prompt: {e}"
+            continue
+        if len(ids) + reserve > limit:
+            encoded.append(None)
+            errors[i] = context_error(len(ids), limit)
+        else:
+            encoded.append(ids)
+    return encoded, errors

@@ -13,7 +13,7 @@ from contextlib import nullcontext
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
-from ..chat import choice_token_ids, context_error, encode
+from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import parse_options
@@ -70,20 +70,7 @@ class TransformersBackend:
             yield order[start : start + size]
 
     def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
-        encoded, errors = [], {}
-        for i, p in enumerate(prompts):
-            try:
-                ids = encode(self.tokenizer, p)
-            except Exception as e:  # a malformed chat fails alone
-                encoded.append(None)
-                errors[i] = f"could not render prompt: {e}"
-                continue
-            if len(ids) + reserve > self.context_length:
-                encoded.append(None)
-                errors[i] = context_error(len(ids), self.context_length)
-            else:
-                encoded.append(ids)
-        return encoded, errors
+        return encode_batch(self.tokenizer, prompts, reserve, self.context_length)
 
     # -- generation ------------------------------------------------------------------------
 

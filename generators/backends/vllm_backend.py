@@ -27,7 +27,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from constitution.errors import UserError
 
-from ..chat import choice_token_ids, context_error, encode
+from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import parse_options
@@ -147,21 +147,7 @@ class VLLMBackend:
     # -- helpers ---------------------------------------------------------------------------
 
     def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
-        encoded: list[list[int] | None] = []
-        errors: dict[int, str] = {}
-        for i, p in enumerate(prompts):
-            try:
-                ids = encode(self.tokenizer, p)
-            except Exception as e:  # a malformed chat fails alone
-                encoded.append(None)
-                errors[i] = f"could not render prompt: {e}"
-                continue
-            if len(ids) + reserve > self.context_length:
-                encoded.append(None)
-                errors[i] = context_error(len(ids), self.context_length)
-            else:
-                encoded.append(ids)
-        return encoded, errors
+        return encode_batch(self.tokenizer, prompts, reserve, self.context_length)
 
     def _run(self, prompts: list[list[int]], sampling: list[vllm.SamplingParams]) -> list[Any]:
         """One engine call for the whole batch. Should the engine reject it, the items are run
