@@ -430,6 +430,40 @@ def report(
     console.print(f"wrote {path}")
 
 
+@eval_app.command("character")
+def eval_character(
+    model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
+    baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
+    constitution: Annotated[str, typer.Option(help="A character constitution (with traits).")] = "character",
+    prompts: Annotated[Path | None, typer.Option(help="Held-out trait prompts (a run's test_prompts.jsonl); default: the traits' seed questions.")] = None,
+    feedback: Annotated[str, typer.Option(help="Feedback model for win rates and the refusal check.")] = "default",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Per-trait win rate of --model over --baseline, over-refusal on benign prompts, and leaks."""
+    from constitution import load_constitution
+    from training.eval_character import evaluate_character, trait_queries
+
+    c = load_constitution(constitution)
+    result = evaluate_character(model, baseline, c, trait_queries(c, prompts, limit), feedback, max_new_tokens, seed)
+    _emit(result, as_json, out_json, character_tables)
+
+
+def character_tables(r: dict):
+    t = Table("trait", "prompts", "win rate", title=f"{r['model']} vs {r['baseline']} ({r['constitution']})")
+    for trait, rate in r["win_rate_by_trait"].items():
+        t.add_row(trait, str(r["prompts_by_trait"][trait]), _fmt(rate))
+    t.add_row("all", str(r["prompts"]), _fmt(r["win_rate"]))
+    yield t
+    u = Table("check", "model", "baseline")
+    u.add_row("over-refusal on benign prompts", _fmt(r["over_refusal"]["model"]["refusal_rate"]), _fmt(r["over_refusal"]["baseline"]["refusal_rate"]))
+    u.add_row("answers that leak the character", _fmt(r["leak_rate"]["model"]), _fmt(r["leak_rate"]["baseline"]))
+    yield u
+
+
 # -- end of evaluation and reports ---------------------------------------------------------
 
 

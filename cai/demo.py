@@ -27,7 +27,9 @@ def run_demo(console: Console, config: Path, out: Path, limit: int | None = None
     counts = export_run(out)
     show_examples(console, out)
     console.print(f"datasets ({', '.join(f'{k}={v}' for k, v in counts.items())}): {out / 'datasets'}")
-    if train:
+    if train and pipe.constitution.traits:
+        character_demo(console, out, config.parent)
+    elif train:
         train_demo(console, out, config.parent)
     from cai.report import write_report
 
@@ -67,6 +69,27 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
     (out / "training-summary.json").write_text(
         json.dumps({"reward_model": {k: v for k, v in rm.items() if k != "log"}, "rl": {k: v for k, v in rl.items() if k != "log"}, "mean_reward_before": before, "mean_reward_after": after}, indent=2, default=float)
     )
+
+
+def character_demo(console: Console, out: Path, examples: Path) -> None:
+    """DPO on the character pairs, then per-trait win rates of the DPO model over the base model."""
+    from cai.cli import character_tables
+    from constitution import load_constitution
+    from training.config import load_train_config
+    from training.eval_character import evaluate_character
+    from training.run import train_dpo
+
+    console.rule("DPO on the character pairs")
+    dpo = train_dpo(
+        load_train_config(examples / "train-dpo-character.yaml", [f"dataset={out / 'datasets'}", f"trl.output_dir={out / 'dpo'}"])
+    )
+    c = load_constitution(out / "constitution.yaml")
+    items = [(t.id, [{"role": "user", "content": t.questions[-1]}]) for t in c.traits]  # one seed question per trait
+    console.rule("cai eval character")
+    result = evaluate_character(dpo["output_dir"], "default", c, items, max_new_tokens=48)
+    (out / "eval-character.json").write_text(json.dumps(result, indent=2))
+    for table in character_tables(result):
+        console.print(table)
 
 
 def _first(path: Path, keep=lambda r: True) -> dict | None:

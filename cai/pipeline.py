@@ -20,6 +20,7 @@ import yaml
 
 from constitution import Constitution, UserError, derive_seed, dump_constitution
 from critique import Comparison, Revision, plan_comparison_tasks, plan_revision_tasks, run_comparison_tasks, run_revision_tasks
+from critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
 from critique.rank import Candidate
 from generators import load_backend
 from generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
@@ -159,6 +160,14 @@ class Pipeline:
         wanted = {o for t in tasks for o in t.outputs}
         return [r for r in self.store.load("responses", Response) if r.id in wanted]
 
+    def run_teacher(self, queries: list[Query]) -> list[Response]:
+        """Context distillation's teacher: the policy answering with the constitution as its system prompt."""
+        cfg = self.cfg.responses
+        tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
+        self._execute("teacher", tasks, Response, lambda b: run_teacher_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed))
+        wanted = {t.id for t in tasks}
+        return [r for r in self.store.load("teacher", Response) if r.id in wanted]
+
     def run_revisions(self, queries: list[Query], responses: list[Response]) -> list[Revision]:
         cfg = self.cfg.revisions
         if cfg.rounds == 0 or not self.constitution.critique_principles:
@@ -184,10 +193,26 @@ class Pipeline:
             if v.query_id in revised and v.final != v.initial:
                 revised[v.query_id].append((Candidate(id=v.response_id, text=texts.get(v.response_id, v.initial)), Candidate(id=v.id, text=v.final)))
         groups = [(q, samples[q.id], revised[q.id]) for q in queries]
-        tasks = plan_comparison_tasks(groups, self.ranking, cfg, self.model_name("feedback"), self.cfg.seed)
-        self._execute(
-            "comparisons", tasks, Comparison, lambda b: run_comparison_tasks(self.backend("feedback"), self.ranking, b, cfg, self.cfg.seed)
-        )
+        tasks = []
+        if cfg.mode in ("rank", "both"):
+            tasks = plan_comparison_tasks(groups, self.ranking, cfg, self.model_name("feedback"), self.cfg.seed)
+        ranked = {t.id for t in tasks}
+        if cfg.mode in ("distill", "both"):
+            teachers = self.run_teacher(queries)
+            pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
+            tasks += [Task(c.id, c, [c.id]) for c in pairs]
+
+        def run_batch(batch: list[Task]) -> StageOutput:
+            out = StageOutput(records=[t.data for t in batch if t.id not in ranked])
+            judged = [t for t in batch if t.id in ranked]
+            if judged:
+                more = run_comparison_tasks(self.backend("feedback"), self.ranking, judged, cfg, self.cfg.seed)
+                out.records += more.records
+                out.errors += more.errors
+                out.tokens += more.tokens
+            return out
+
+        self._execute("comparisons", tasks, Comparison, run_batch)
         wanted = {t.id for t in tasks}
         return [c for c in self.store.load("comparisons", Comparison) if c.id in wanted]
 
@@ -229,7 +254,7 @@ def export_run(out: Path, dest: Path | None = None) -> dict[str, int]:
     store = RunStore(out)
     rows = build_rows(
         store.load("queries", Query, all_shards=True),
-        store.load("responses", Response, all_shards=True),
+        store.load("responses", Response, all_shards=True) + store.load("teacher", Response, all_shards=True),
         store.load("revisions", Revision, all_shards=True),
         store.load("comparisons", Comparison, all_shards=True),
         cfg.export,

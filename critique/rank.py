@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constitution import Constitution, Principle, derive_seed, weighted_sample
+from constitution import Constitution, Principle, Trait, derive_seed, weighted_sample
 from generators.records import Query, StageOutput, Task, record_id
 from generators.templates import render
 from generators.types import SamplingParams
@@ -31,6 +31,10 @@ class ComparisonConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     method: Literal["logprob", "cot"] = "logprob"
+    mode: Literal["rank", "distill", "both"] = Field(
+        "rank", description="Pairs by ranking samples, by context distillation (teacher vs student), or both."
+    )
+    distill_p_chosen: float = Field(1.0, ge=0.5, le=1, description="Soft label of a (teacher, student) pair.")
     principles: int = Field(4, ge=1, description="Principles sampled per pair (each read in both orders).")
     pairs: Literal["adjacent", "all"] = Field("all", description="Which sample pairs of a query to rank.")
     initial_vs_revised: bool = Field(True, description="Also rank each initial answer against its final revision.")
@@ -51,9 +55,22 @@ class Candidate(BaseModel):
     text: str
 
 
+def trait_principle(t: Trait) -> Principle:
+    """A trait read as a ranking principle: its own question, or one asking which reply shows it."""
+    q = t.comparison or f"Which reply better shows this trait, without naming it: {t.text}"
+    return Principle(id=t.id, comparison=q, weight=t.weight, tags=t.tags)
+
+
 def ranking_principles(c: Constitution) -> list[Principle]:
-    """Principles with a comparison question; if none has one, all of them with a generic question."""
-    return c.comparison_principles or c.principles
+    """Principles with a comparison question (all of them with a generic question if none has
+    one), plus the traits of a character constitution."""
+    return (c.comparison_principles or c.principles) + [trait_principle(t) for t in c.traits]
+
+
+def pool_for(c: Constitution, q: Query) -> list[Principle]:
+    """A query written for a trait is ranked on that trait: how well each reply expresses it."""
+    own = [trait_principle(t) for t in c.traits if t.id in q.trait_ids]
+    return own or ranking_principles(c)
 
 
 def question(p: Principle) -> str:
@@ -108,11 +125,10 @@ def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: Compa
     out = StageOutput()
     if not tasks:
         return out
-    pool = ranking_principles(c)
     readings = []  # (task, principle, order, prompt)
     for t in tasks:
         d = t.data
-        for p in weighted_sample(pool, cfg.principles, f"{seed}/{t.id}/principles"):
+        for p in weighted_sample(pool_for(c, d["query"]), cfg.principles, f"{seed}/{t.id}/principles"):
             for order, (a, b) in (("ab", (d["first"], d["second"])), ("ba", (d["second"], d["first"]))):
                 readings.append((t, p, order, comparison_prompt(d["query"], p, a.text, b.text, cot=cfg.method == "cot")))
     reasons: list[str | None] = [None] * len(readings)

@@ -43,8 +43,10 @@ class Comparison(BaseModel):
     query_id: str
     first_id: str
     second_id: str
-    kind: Literal["samples", "revision"] = Field(description="Two samples, or an initial answer against its revision.")
-    method: Literal["logprob", "cot"]
+    kind: Literal["samples", "revision", "distill"] = Field(
+        description="Two samples, an initial answer against its revision, or a teacher against a student."
+    )
+    method: Literal["logprob", "cot", "distill"]
     principle_ids: list[str]
     judgements: list[Judgement]
     p_first: float = Field(description="Mean over principles and both orders.")

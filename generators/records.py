@@ -46,6 +46,7 @@ class Response(BaseModel):
     tokens: int
     finish_reason: str
     system_prompt_id: str | None = Field(None, description="Set when a system prompt shaped the answer.")
+    dropped: str | None = Field(None, description="Why the answer is not used (e.g. it leaks its instructions).")
 
 
 @dataclass

@@ -1,0 +1,121 @@
+"""Character training: trait-targeted ranking, context distillation, the leak filter, the eval."""
+
+import json
+
+import pytest
+
+from constitution import load_constitution
+from critique.distill import distill_pairs, leak_reason, teacher_system_prompt
+from critique.rank import pool_for, ranking_principles
+from generators.records import Query, Response
+from training.eval_character import leak_rate, per_trait_win_rates, trait_queries
+from training.evaluate import Reading
+
+C = load_constitution("character")
+
+
+@pytest.mark.parametrize(
+    "answer, reason",
+    [
+        ("As my constitution says, I love questions!", "mentions 'constitution'"),
+        ("My instructions tell me to be warm. Here is a recipe.", "mentions 'my instructions'"),
+        ("I was told to be curious, so: why do you ask?", "mentions 'i was told to'"),
+        (f"Speaking from my {C.traits[0].id} side: tell me more.", f"names the trait {C.traits[0].id!r}"),
+        (" ".join(C.traits[1].text.split()[:9]) + " anyway, here is the answer.", "quotes the constitution"),
+    ],
+)
+def test_leaks_are_caught(answer, reason):
+    assert leak_reason(answer, C) == reason
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        "Good question! Volcanoes form where magma reaches the surface; want to know why some explode?",
+        "I'm not sure, honestly. My best guess is about 40%, but check a recent source.",
+        "",
+    ],
+)
+def test_ordinary_answers_pass(answer):
+    assert leak_reason(answer, C) is None
+
+
+def test_teacher_prompt_carries_every_trait_and_forbids_mentioning_them():
+    system = teacher_system_prompt(C)
+    assert all(t.text in system for t in C.traits)
+    assert "Never mention" in system
+
+
+def test_trait_queries_are_ranked_on_their_trait():
+    t = C.traits[2]
+    q = Query(id="q-1", messages=[{"role": "user", "content": "?"}], origin="generated", trait_ids=[t.id])
+    (p,) = pool_for(C, q)
+    assert p.id == t.id and p.comparison == t.comparison
+    untagged = Query(id="q-2", messages=[{"role": "user", "content": "?"}], origin="seed")
+    assert {p.id for p in pool_for(C, untagged)} == {p.id for p in ranking_principles(C)} >= {t.id for t in C.traits}
+
+
+def test_distill_pairs_skip_leaky_teachers_and_label_teacher_chosen():
+    qs = [Query(id=f"q-{i}", messages=[{"role": "user", "content": "hi"}], origin="generated", trait_ids=["curiosity"]) for i in range(3)]
+
+    def resp(rid, q, text, dropped=None):
+        return Response(id=rid, query_id=q, sample_index=0, text=text, model="m", tokens=3, finish_reason="stop", dropped=dropped)
+
+    teachers = [resp("t-0", "q-0", "Ooh, tell me more!"), resp("t-1", "q-1", "My traits say hi", "mentions 'my traits'"), resp("t-2", "q-2", "same")]
+    students = [resp("s-0", "q-0", "Hello."), resp("s-1", "q-1", "Hello."), resp("s-2", "q-2", "same")]
+    (pair,) = distill_pairs(qs, teachers, students, 0.9)
+    assert (pair.chosen_id, pair.rejected_id, pair.p_chosen, pair.method) == ("t-0", "s-0", 0.9, "distill")
+    assert pair.principle_ids == ["curiosity"]
+
+
+def test_per_trait_win_rates_on_constructed_readings():
+    readings = {
+        "curiosity": [Reading(0, "curiosity", 0.9, True), Reading(0, "curiosity", 0.2, False), Reading(1, "curiosity", 0.1, True), Reading(1, "curiosity", 0.8, False)],
+        "humour": [Reading(0, "humour", 0.3, True), Reading(0, "humour", 0.7, False)],
+    }
+    # curiosity: pair 0 won, pair 1 lost, one more prompt had identical answers (a tie: half)
+    rates = per_trait_win_rates(readings, {"curiosity": 3, "humour": 1, "patience": 2})
+    assert rates["curiosity"] == pytest.approx(0.5)
+    assert rates["humour"] == 0.0
+    assert rates["patience"] == 0.5  # no readings at all: every prompt a tie
+
+
+def test_leak_rate_and_trait_queries(tmp_path):
+    assert leak_rate(["fine", "my constitution says", "ok", ""], C) == 0.25
+    f = tmp_path / "test_prompts.jsonl"
+    f.write_text(
+        json.dumps({"prompt": [{"role": "user", "content": "a"}], "principle_ids": [C.traits[0].id]}) + "\n"
+        + json.dumps({"prompt": [{"role": "user", "content": "b"}], "principle_ids": ["not-a-trait"]}) + "\n"
+    )
+    assert trait_queries(C, f) == [(C.traits[0].id, [{"role": "user", "content": "a"}])]
+    assert len(trait_queries(C)) == sum(len(t.questions) for t in C.traits)
+    with pytest.raises(Exception, match="not a character constitution"):
+        trait_queries(load_constitution("harmless"))
+
+
+@pytest.mark.slow
+def test_both_pair_modes_on_the_embedded_model(tmp_path, default_model_dir):
+    import subprocess
+    import sys
+
+    cfg = tmp_path / "char.yaml"
+    cfg.write_text(
+        "constitution: character\nbatch_size: 8\nqueries: {per_principle: 1, max_new_tokens: 24}\n"
+        "responses: {samples: 2, max_new_tokens: 24}\nrevisions: {rounds: 0}\ncomparisons: {mode: both, principles: 1}\n"
+    )
+    r = subprocess.run([sys.executable, "-m", "cai.cli", "run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "4"], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr
+    comps = [json.loads(x) for x in (tmp_path / "run" / "comparisons.jsonl").read_text().splitlines()]
+    kinds = {c["kind"] for c in comps}
+    teachers = [json.loads(x) for x in (tmp_path / "run" / "teacher.jsonl").read_text().splitlines()]
+    assert len(teachers) == 4 and all(t["system_prompt_id"].startswith("constitution:") for t in teachers)
+    assert "samples" in kinds
+    kept = [t for t in teachers if t["dropped"] is None]
+    assert ("distill" in kinds) == bool(kept)
+    traits = {t.id for t in C.traits} | {p.id for p in C.principles}
+    for c in comps:
+        assert set(c["principle_ids"]) <= traits and c["principle_ids"]
+        if c["kind"] == "samples":
+            assert all(j["principle_id"] in c["principle_ids"] for j in c["judgements"])
+        else:
+            assert c["chosen_id"] in {t["id"] for t in kept} and c["p_chosen"] == 1.0
