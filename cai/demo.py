@@ -73,7 +73,7 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
 
 def character_demo(console: Console, out: Path, examples: Path) -> None:
     """DPO on the character pairs, then per-trait win rates of the DPO model over the base model."""
-    from cai.cli import character_tables
+    from cai.cli_eval import character_tables
     from constitution import load_constitution
     from training.config import load_train_config
     from training.eval_character import evaluate_character
