@@ -92,37 +92,33 @@ def character_demo(console: Console, out: Path, examples: Path) -> None:
         console.print(table)
 
 
-def _first(path: Path, keep=lambda r: True) -> dict | None:
-    if not path.exists():
-        return None
-    for line in path.read_text().splitlines():
-        row = json.loads(line)
-        if keep(row):
-            return row
-    return None
-
-
 def show_examples(console: Console, out: Path) -> None:
-    queries = {json.loads(x)["id"]: json.loads(x) for x in (out / "queries.jsonl").read_text().splitlines()}
-    rev = _first(out / "revisions.jsonl", lambda r: r["rounds"] and r["final"] != r["initial"])
+    from cai.store import RunStore
+    from critique.records import Comparison, Revision
+    from generators.records import Query, Response
+
+    store = RunStore(out)
+    queries = {q.id: q for q in store.load("queries", Query)}
+    revisions = store.load("revisions", Revision)
+    rev = next((r for r in revisions if r.rounds and r.final != r.initial), None)
     if rev:
-        q = queries[rev["query_id"]]["messages"][-1]["content"]
-        body = f"[bold]user:[/bold] {q}\n[bold]answer:[/bold] {rev['initial']}"
-        for i, rd in enumerate(rev["rounds"], 1):
-            body += f"\n[bold]critique {i} ({rd['principle_id']}):[/bold] {rd['critique']}\n[bold]revision {i}:[/bold] {rd['revision']}"
+        body = f"[bold]user:[/bold] {queries[rev.query_id].text}\n[bold]answer:[/bold] {rev.initial}"
+        for i, rd in enumerate(rev.rounds, 1):
+            body += f"\n[bold]critique {i} ({rd.principle_id}):[/bold] {rd.critique}\n[bold]revision {i}:[/bold] {rd.revision}"
         console.print(Panel(body, title="a critique → revision chain"))
-    comp = _first(out / "comparisons.jsonl")
-    if comp:
-        texts = {}
-        for name in ("responses", "revisions"):
-            for line in (out / f"{name}.jsonl").read_text().splitlines():
-                r = json.loads(line)
-                texts[r["id"]] = r.get("text", r.get("final"))
-        q = queries[comp["query_id"]]["messages"][-1]["content"]
-        body = (
-            f"[bold]user:[/bold] {q}\n[green]chosen:[/green] {texts.get(comp['chosen_id'])}\n"
-            f"[red]rejected:[/red] {texts.get(comp['rejected_id'])}\n"
-            f"p_chosen = {comp['p_chosen']:.3f} over {len(comp['judgements'])} readings "
-            f"(principles {', '.join(comp['principle_ids'])}, both orders)"
+    texts = {r.id: r.text for r in store.load("responses", Response) + store.load("teacher", Response)}
+    texts |= {v.id: v.final for v in revisions}
+    for kind in ("samples", "revision", "distill"):
+        comp = next((c for c in store.load("comparisons", Comparison) if c.kind == kind), None)
+        if comp is None:
+            continue
+        how = (
+            "context distillation: the teacher answered with the constitution as its system prompt"
+            if kind == "distill"
+            else f"over {len(comp.judgements)} readings (principles {', '.join(comp.principle_ids)}, both orders)"
         )
-        console.print(Panel(body, title="a ranked pair with its soft label"))
+        body = (
+            f"[bold]user:[/bold] {queries[comp.query_id].text}\n[green]chosen:[/green] {texts.get(comp.chosen_id)}\n"
+            f"[red]rejected:[/red] {texts.get(comp.rejected_id)}\np_chosen = {comp.p_chosen:.3f} {how}"
+        )
+        console.print(Panel(body, title=f"a {kind} pair with its soft label"))
