@@ -143,10 +143,7 @@ class Pipeline:
                 dedupe.check(q.id, q.text)
             gen = [t for t in batch if not isinstance(t.data, Query)]
             if gen:
-                more = run_query_tasks(self.backend("policy"), self.constitution, gen, cfg, self.cfg.seed, dedupe)
-                out.records += more.records
-                out.errors += more.errors
-                out.tokens += more.tokens
+                out.extend(run_query_tasks(self.backend("policy"), self.constitution, gen, cfg, self.cfg.seed, dedupe))
             return out
 
         self._execute("queries", tasks, Query, run_batch)
@@ -206,10 +203,7 @@ class Pipeline:
             out = StageOutput(records=[t.data for t in batch if t.id not in ranked])
             judged = [t for t in batch if t.id in ranked]
             if judged:
-                more = run_comparison_tasks(self.backend("feedback"), self.ranking, judged, cfg, self.cfg.seed)
-                out.records += more.records
-                out.errors += more.errors
-                out.tokens += more.tokens
+                out.extend(run_comparison_tasks(self.backend("feedback"), self.ranking, judged, cfg, self.cfg.seed))
             return out
 
         self._execute("comparisons", tasks, Comparison, run_batch)

@@ -66,3 +66,9 @@ class StageOutput:
 
     def fail(self, task: Task, message: str) -> None:
         self.errors.append({"task_id": task.id, "error": message})
+
+    def extend(self, other: StageOutput) -> StageOutput:
+        self.records += other.records
+        self.errors += other.errors
+        self.tokens += other.tokens
+        return self

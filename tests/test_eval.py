@@ -7,8 +7,6 @@ embedded model on real HH-RLHF pairs.
 
 import gzip
 import json
-import math
-import re
 from pathlib import Path
 
 import pytest
@@ -16,9 +14,9 @@ from typer.testing import CliRunner
 
 from cai.cli import app
 from constitution import Constitution, UserError
-from generators.types import ChoiceScores, Completion
 from training.eval_pairs import LabeledPair, load_pairs
 from training.eval_policy import benign_prompts, refusal_summary, win_rate
+from .judges import AlwaysA, PrefersGood
 from training.evaluate import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
@@ -33,36 +31,11 @@ C = Constitution.model_validate(
         ],
     }
 )
+Oracle = PrefersGood(confidence=1.0)  # certain, and right
 PAIRS = [
     LabeledPair(f"p{i}", [{"role": "user", "content": f"Question {i}?"}], f"GOOD answer {i}", f"bad answer {i}", f"x:{i}")
     for i in range(10)
 ]
-
-
-class AlwaysA:
-    name, model = "always-a", "always-a"
-
-    def generate(self, chats, params):
-        return [[Completion(text="I pick A.", tokens=3)] for _ in chats]
-
-    def choice_logprobs(self, prompts, choices):
-        return [ChoiceScores({"A": math.log(0.9), "B": math.log(0.1)}) for _ in prompts]
-
-
-class Oracle:
-    """Certain, and right: picks the answer containing GOOD wherever it is shown."""
-
-    name, model = "oracle", "oracle"
-
-    def generate(self, chats, params):
-        return [[Completion(text="One is better.", tokens=3)] for _ in chats]
-
-    def choice_logprobs(self, prompts, choices):
-        out = []
-        for p in prompts:
-            good_is_a = "GOOD" in re.search(r"\(A\) (.*)", p[0]["content"]).group(1)
-            out.append(ChoiceScores({"A": 0.0 if good_is_a else -50.0, "B": -50.0 if good_is_a else 0.0}))
-        return out
 
 
 # -- metrics -------------------------------------------------------------------------------
@@ -79,7 +52,7 @@ def test_always_a_labeler_is_pure_position_bias():
 
 
 def test_perfect_labeler_agrees_and_is_calibrated():
-    s = summarise(label_pairs(Oracle(), C, PAIRS, principles=3, seed=2)[0])
+    s = summarise(label_pairs(Oracle, C, PAIRS, principles=3, seed=2)[0])
     assert s["agreement"] == 1.0
     assert s["order_consistency"] == 1.0
     assert s["position_bias"] == pytest.approx(0.5, abs=0.001)
@@ -89,10 +62,10 @@ def test_perfect_labeler_agrees_and_is_calibrated():
 
 
 def test_seed_randomises_which_answer_is_shown_first():
-    readings = label_pairs(Oracle(), C, PAIRS, principles=1, seed=3)[0]
+    readings = label_pairs(Oracle, C, PAIRS, principles=1, seed=3)[0]
     first_reading = [r.chosen_is_a for r in readings[::2]]
     assert 0 < sum(first_reading) < len(first_reading)
-    assert readings == label_pairs(Oracle(), C, PAIRS, principles=1, seed=3)[0]
+    assert readings == label_pairs(Oracle, C, PAIRS, principles=1, seed=3)[0]
 
 
 def test_known_ece():

@@ -5,16 +5,16 @@ test is the arithmetic over orders and principles, which needs a judge whose bia
 """
 
 import math
-import re
 
 import pytest
 
 from constitution import Constitution
 from critique import ComparisonConfig, plan_comparison_tasks, run_comparison_tasks
 from critique.rank import Candidate, prob_first_letter
-from generators import Completion
 from generators.records import Query
 from generators.types import ChoiceScores
+
+from .judges import AlwaysA, PrefersGood
 
 C = Constitution.model_validate(
     {
@@ -27,36 +27,6 @@ C = Constitution.model_validate(
     }
 )
 Q = Query(id="q-1", messages=[{"role": "user", "content": "Hello?"}], origin="seed")
-
-
-class AlwaysA:
-    """Prefers whichever answer is shown as (A): pure position bias."""
-
-    name, model = "always-a", "always-a"
-
-    def generate(self, chats, params):
-        return [[Completion(text="Both are fine, but I pick A.", tokens=7)] for _ in chats]
-
-    def choice_logprobs(self, prompts, choices):
-        return [ChoiceScores({"A": math.log(0.9), "B": math.log(0.1)}) for _ in prompts]
-
-
-class PrefersGood:
-    """Prefers the answer containing GOOD, wherever it is shown: a judge with no position bias."""
-
-    name, model = "prefers-good", "prefers-good"
-
-    def generate(self, chats, params):
-        return [[Completion(text="One reply is better.", tokens=4)] for _ in chats]
-
-    def choice_logprobs(self, prompts, choices):
-        out = []
-        for p in prompts:
-            user = p[0]["content"]
-            a = re.search(r"\(A\) (.*)", user).group(1)
-            good_is_a = "GOOD" in a
-            out.append(ChoiceScores({"A": math.log(0.95 if good_is_a else 0.05), "B": math.log(0.05 if good_is_a else 0.95)}))
-        return out
 
 
 def _tasks(cfg, first="GOOD answer", second="bad answer", ids=("r-1", "r-2")):
