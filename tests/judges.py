@@ -7,7 +7,20 @@ agreement, position bias) need a judge whose bias is known exactly.
 import math
 import re
 
+from constitution import Constitution
 from generators.types import ChoiceScores, Completion
+
+# Three comparison principles for the judges below to read pairs under.
+JUDGE_C = Constitution.model_validate(
+    {
+        "name": "judge",
+        "principles": [
+            {"id": "kind", "comparison": "Which reply is kinder?"},
+            {"id": "true", "comparison": "Which reply is more honest?"},
+            {"id": "safe", "comparison": "Which reply is safer?"},
+        ],
+    }
+)
 
 
 class AlwaysA:

@@ -13,24 +13,16 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
-from constitution import Constitution, UserError
+from constitution import UserError
 from training.eval_pairs import LabeledPair, load_pairs
 from training.eval_policy import benign_prompts, refusal_summary, win_rate
-from .judges import AlwaysA, PrefersGood
 from training.evaluate import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
+
+from .judges import JUDGE_C, AlwaysA, PrefersGood
 
 HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
-C = Constitution.model_validate(
-    {
-        "name": "judge",
-        "principles": [
-            {"id": "kind", "comparison": "Which reply is kinder?"},
-            {"id": "true", "comparison": "Which reply is more honest?"},
-            {"id": "safe", "comparison": "Which reply is safer?"},
-        ],
-    }
-)
+C = JUDGE_C
 Oracle = PrefersGood(confidence=1.0)  # certain, and right
 PAIRS = [
     LabeledPair(f"p{i}", [{"role": "user", "content": f"Question {i}?"}], f"GOOD answer {i}", f"bad answer {i}", f"x:{i}")

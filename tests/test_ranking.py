@@ -8,24 +8,14 @@ import math
 
 import pytest
 
-from constitution import Constitution
 from critique import ComparisonConfig, plan_comparison_tasks, run_comparison_tasks
 from critique.rank import Candidate, prob_first_letter
 from generators.records import Query
 from generators.types import ChoiceScores
 
-from .judges import AlwaysA, PrefersGood
+from .judges import JUDGE_C, AlwaysA, PrefersGood
 
-C = Constitution.model_validate(
-    {
-        "name": "judge",
-        "principles": [
-            {"id": "kind", "comparison": "Which reply is kinder?"},
-            {"id": "true", "comparison": "Which reply is more honest?"},
-            {"id": "safe", "comparison": "Which reply is safer?"},
-        ],
-    }
-)
+C = JUDGE_C
 Q = Query(id="q-1", messages=[{"role": "user", "content": "Hello?"}], origin="seed")
 
 

@@ -102,24 +102,18 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
 
     prompts = [{"prompt": [{"role": "user", "content": f"Say something about number {i}."}]} for i in range(16)]
     write_jsonl(tmp_path / "train_prompts.jsonl", prompts)
+
     def share_of_e(prompts, completions, **kwargs):
         # graded from the first step: even random text has some "e"s, and more is better
         return [c[-1]["content"].count("e") / max(1, len(c[-1]["content"])) for c in completions]
 
-    import training.run as run_mod
-
     cfg = load_train_config(
         None,
-        [f"model={tiny_model}", f"dataset={tmp_path}", "reward_model=unused", f"trl.output_dir={tmp_path / 'rl'}",
+        [f"model={tiny_model}", f"dataset={tmp_path}", f"trl.output_dir={tmp_path / 'rl'}",
          "trl.max_steps=40", "trl.learning_rate=2e-2", "trl.num_generations=4", "trl.per_device_train_batch_size=16",
          "trl.max_completion_length=12", "trl.save_strategy=no", "trl.beta=0.0", "trl.temperature=1.0"],
     )
-    original = run_mod.make_reward
-    run_mod.make_reward = lambda cfg: share_of_e  # a simple, known reward: the share of "e" characters
-    try:
-        summary = train_rl(cfg)
-    finally:
-        run_mod.make_reward = original
+    summary = train_rl(cfg, reward=share_of_e)  # a simple, known reward: the share of "e" characters
     curve = summary["reward_curve"]
     assert len(curve) >= 20
     first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5

@@ -44,7 +44,9 @@ def _eval_split(cfg: TrainConfig, kind: str):
         return None  # no held-out split: train only
 
 
-def _finish(trainer, args, resume: bool, extra: dict[str, Any]) -> dict[str, Any]:
+def _finish(trainer, args, resume: bool, extra: dict[str, Any], after=None) -> dict[str, Any]:
+    """Train (resuming if asked), save, and write `summary.json` once; `after(trainer)` adds
+    numbers that need the trained model (held-out accuracy, the reward curve)."""
     out = Path(args.output_dir)
     has_ckpt = resume and any(out.glob("checkpoint-*"))
     result = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
@@ -53,6 +55,8 @@ def _finish(trainer, args, resume: bool, extra: dict[str, Any]) -> dict[str, Any
         trainer.processing_class.save_pretrained(str(out))
     summary = {"output_dir": str(out), "train_loss": result.training_loss, "steps": result.global_step, **extra}
     summary["log"] = [h for h in trainer.state.log_history if "loss" in h or any("reward" in k for k in h)]
+    if after is not None:
+        summary.update(after(trainer))
     (out / "summary.json").write_text(json.dumps(summary, indent=2, default=float))
     return summary
 
@@ -91,12 +95,8 @@ def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     if not soft:
         train = train.remove_columns([c for c in ("p_chosen",) if c in train.column_names])
     trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=test, processing_class=tok, peft_config=_peft(cfg, "SEQ_CLS"))
-    extra: dict[str, Any] = {"kind": "reward", "soft_labels": soft}
-    summary = _finish(trainer, args, resume, extra)
-    if test is not None:
-        summary["heldout"] = pairwise_accuracy(trainer.model, tok, list(test))
-        Path(args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+    heldout = (lambda t: {"heldout": pairwise_accuracy(t.model, tok, list(test))}) if test is not None else None
+    return _finish(trainer, args, resume, {"kind": "reward", "soft_labels": soft}, heldout)
 
 
 def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -132,12 +132,13 @@ def make_reward(cfg: TrainConfig):
     raise UserError("rl needs a reward: set reward_model (a trained reward model) or judge (a constitution)")
 
 
-def train_rl(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
+def train_rl(cfg: TrainConfig, resume: bool = False, reward=None) -> dict[str, Any]:
+    """`reward`, when given, is any TRL reward (function, model or path) and replaces the config's."""
     from trl import GRPOConfig, GRPOTrainer, RLOOConfig, RLOOTrainer
 
     config_cls, trainer_cls = (RLOOConfig, RLOOTrainer) if cfg.algorithm == "rloo" else (GRPOConfig, GRPOTrainer)
     path = resolve_model(cfg.model)
-    reward = make_reward(cfg)
+    reward = reward if reward is not None else make_reward(cfg)
     defaults = {**COMMON_DEFAULTS, "num_generations": 4, "max_completion_length": 64, "per_device_train_batch_size": 4}
     args = trl_args(config_cls, cfg, defaults)
     trainer = trainer_cls(
@@ -148,8 +149,8 @@ def train_rl(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         processing_class=_tokenizer(path),
         peft_config=_peft(cfg, "CAUSAL_LM"),
     )
-    summary = _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm})
-    curve = [h["reward"] for h in trainer.state.log_history if "reward" in h and math.isfinite(h["reward"])]
-    summary["reward_curve"] = curve
-    Path(args.output_dir, "summary.json").write_text(json.dumps(summary, indent=2, default=float))
-    return summary
+
+    def curve(t) -> dict[str, Any]:
+        return {"reward_curve": [h["reward"] for h in t.state.log_history if "reward" in h and math.isfinite(h["reward"])]}
+
+    return _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm}, curve)
