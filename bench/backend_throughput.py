@@ -27,23 +27,52 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")
 
-from generators.types import SamplingParams  # noqa: E402
+from cai.generators.types import SamplingParams  # noqa: E402
 
 CONTEXT = 2048
 KV_CACHE_GB = 1.0
 TOPICS = [
-    "the ocean", "a city at night", "learning to cook", "an old library", "winter mornings", "a long train ride",
-    "a garden in spring", "the first computer", "a mountain village", "honeybees", "a rainy afternoon", "chess",
-    "the moon landing", "a street market", "friendship", "a lighthouse", "desert travel", "the printing press",
-    "a jazz club", "volcanoes", "a school trip", "coffee", "the northern lights", "a bicycle repair shop",
-    "kindness to strangers", "a thunderstorm", "ancient Rome", "a quiet lake", "robots", "a birthday party",
-    "the history of maps", "a snowy forest",
+    "the ocean",
+    "a city at night",
+    "learning to cook",
+    "an old library",
+    "winter mornings",
+    "a long train ride",
+    "a garden in spring",
+    "the first computer",
+    "a mountain village",
+    "honeybees",
+    "a rainy afternoon",
+    "chess",
+    "the moon landing",
+    "a street market",
+    "friendship",
+    "a lighthouse",
+    "desert travel",
+    "the printing press",
+    "a jazz club",
+    "volcanoes",
+    "a school trip",
+    "coffee",
+    "the northern lights",
+    "a bicycle repair shop",
+    "kindness to strangers",
+    "a thunderstorm",
+    "ancient Rome",
+    "a quiet lake",
+    "robots",
+    "a birthday party",
+    "the history of maps",
+    "a snowy forest",
 ]
 GEN_PROMPTS = [[{"role": "user", "content": f"Write a short paragraph about {t}."}] for t in TOPICS]
 SCORE_PROMPTS = [
     [
-        {"role": "user", "content": f"Which reply about {t} is more helpful? (A) a clear, friendly answer "
-                                    f"(B) a rude refusal. Reply with A or B."},
+        {
+            "role": "user",
+            "content": f"Which reply about {t} is more helpful? (A) a clear, friendly answer "
+            f"(B) a rude refusal. Reply with A or B.",
+        },
         {"role": "assistant", "content": "The more helpful reply is ("},
     ]
     for t in TOPICS
@@ -52,22 +81,37 @@ SCORE_PROMPTS = [
 
 def build(name: str, base_url: str | None):
     if name == "transformers":
-        from generators.backends.hf import TransformersBackend
+        from cai.generators.backends.hf import TransformersBackend
 
         return TransformersBackend("default", max_length=CONTEXT, batch_size=32), None
     if name == "vllm":
-        from generators.backends.vllm_backend import VLLMBackend
+        from cai.generators.backends.vllm_backend import VLLMBackend
 
         return VLLMBackend("default", max_model_len=CONTEXT, kv_cache_gb=KV_CACHE_GB), None
-    from generators.backends.openai_backend import OpenAIBackend
-    from generators.backends.vllm_server import VLLMServer
+    from cai.generators.backends.openai_backend import OpenAIBackend
+    from cai.generators.backends.vllm_server import VLLMServer
 
     server = None
     if base_url is None:
-        server = VLLMServer("default", args=[
-            "--max-model-len", str(CONTEXT), "--dtype", "float32", "--enforce-eager", "--served-model-name", "default",
-            "--kv-cache-memory-bytes", str(int(KV_CACHE_GB * 2**30)), "--disable-uvicorn-access-log",
-        ]).start().wait_ready()
+        server = (
+            VLLMServer(
+                "default",
+                args=[
+                    "--max-model-len",
+                    str(CONTEXT),
+                    "--dtype",
+                    "float32",
+                    "--enforce-eager",
+                    "--served-model-name",
+                    "default",
+                    "--kv-cache-memory-bytes",
+                    str(int(KV_CACHE_GB * 2**30)),
+                    "--disable-uvicorn-access-log",
+                ],
+            )
+            .start()
+            .wait_ready()
+        )
         base_url = server.base_url
     return OpenAIBackend("default", base_url=base_url, concurrency=32), server
 
@@ -88,9 +132,14 @@ def measure(name: str, max_new: int, base_url: str | None) -> dict:
         scores, score_s = timed(lambda: backend.choice_logprobs(SCORE_PROMPTS, ["A", "B"]))
         failed = sum(c.error is not None for [c] in out) + sum(s.error is not None for s in scores)
         row = dict(
-            backend=name, load_s=load_s, tokens=sum(c.tokens for [c] in out), gen_s=gen_s,
-            gen_tps=sum(c.tokens for [c] in out) / gen_s, score_ps=len(SCORE_PROMPTS) / score_s,
-            texts=[c.text for [c] in out], failed=failed,
+            backend=name,
+            load_s=load_s,
+            tokens=sum(c.tokens for [c] in out),
+            gen_s=gen_s,
+            gen_tps=sum(c.tokens for [c] in out) / gen_s,
+            score_ps=len(SCORE_PROMPTS) / score_s,
+            texts=[c.text for [c] in out],
+            failed=failed,
         )
         if name == "transformers":
             row["sweep"] = {**batch_sweep(backend, params), 32: row["gen_tps"]}
@@ -116,17 +165,28 @@ def batch_sweep(backend, params: SamplingParams) -> dict[int, float]:
 def report(rows: dict[str, dict], max_new: int) -> None:
     print(f"\n{len(GEN_PROMPTS)} prompts, greedy, up to {max_new} new tokens; {len(SCORE_PROMPTS)} A/B scorings")
     ref = rows.get("transformers", {}).get("texts")
-    heads = [("load s", 8), ("tokens", 8), ("gen s", 8), ("gen tok/s", 11), ("scorings/s", 12), ("same text", 11),
-             ("failed", 8)]
+    heads = [
+        ("load s", 8),
+        ("tokens", 8),
+        ("gen s", 8),
+        ("gen tok/s", 11),
+        ("scorings/s", 12),
+        ("same text", 11),
+        ("failed", 8),
+    ]
     print(f"{'backend':<14}" + "".join(f"{h:>{w}}" for h, w in heads))
     for r in rows.values():
         same = f"{sum(a == b for a, b in zip(r['texts'], ref))}/{len(ref)}" if ref else "-"
-        print(f"{r['backend']:<14}{r['load_s']:>8.1f}{r['tokens']:>8}{r['gen_s']:>8.1f}{r['gen_tps']:>11.1f}"
-              f"{r['score_ps']:>12.1f}{same:>11}{r['failed']:>8}")
+        print(
+            f"{r['backend']:<14}{r['load_s']:>8.1f}{r['tokens']:>8}{r['gen_s']:>8.1f}{r['gen_tps']:>11.1f}"
+            f"{r['score_ps']:>12.1f}{same:>11}{r['failed']:>8}"
+        )
     for a, b in (("vllm", "transformers"), ("openai", "vllm")):
         if a in rows and b in rows:
-            print(f"{a}/{b}: generation {rows[a]['gen_tps'] / rows[b]['gen_tps']:.2f}x, "
-                  f"scoring {rows[a]['score_ps'] / rows[b]['score_ps']:.2f}x")
+            print(
+                f"{a}/{b}: generation {rows[a]['gen_tps'] / rows[b]['gen_tps']:.2f}x, "
+                f"scoring {rows[a]['score_ps'] / rows[b]['score_ps']:.2f}x"
+            )
     if "transformers" in rows:
         sweep = rows["transformers"]["sweep"]
         print("transformers generation tok/s by batch: " + ", ".join(f"batch {b}: {v:.1f}" for b, v in sweep.items()))

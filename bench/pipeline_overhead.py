@@ -36,9 +36,9 @@ def main() -> None:
     from rich.console import Console
 
     from cai.config import RunConfig
+    from cai.generators import SamplingParams
+    from cai.generators.responses import response_chat
     from cai.pipeline import Pipeline
-    from generators import SamplingParams
-    from generators.responses import response_chat
 
     queries = [f"{PROMPTS[i % len(PROMPTS)]} (case {i})" for i in range(args.queries)]
     tmp = Path(tempfile.mkdtemp(prefix="cai-bench-"))

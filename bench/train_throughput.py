@@ -38,9 +38,9 @@ def main() -> None:
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig, RewardTrainer
 
-    from generators import prepare_default_model
-    from training.config import device_defaults
-    from training.reward import SoftLabelRewardTrainer
+    from cai.generators import prepare_default_model
+    from cai.training.config import device_defaults
+    from cai.training.reward import SoftLabelRewardTrainer
 
     path = prepare_default_model()
     tok = AutoTokenizer.from_pretrained(path)
@@ -51,8 +51,14 @@ def main() -> None:
         model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
         model.config.pad_token_id = tok.pad_token_id
         cfg = RewardConfig(
-            output_dir=tempfile.mkdtemp(), max_steps=args.steps, per_device_train_batch_size=args.batch_size,
-            report_to=[], save_strategy="no", logging_steps=args.steps, disable_tqdm=True, **device_defaults(),
+            output_dir=tempfile.mkdtemp(),
+            max_steps=args.steps,
+            per_device_train_batch_size=args.batch_size,
+            report_to=[],
+            save_strategy="no",
+            logging_steps=args.steps,
+            disable_tqdm=True,
+            **device_defaults(),
         )
         trainer = cls(model=model, args=cfg, train_dataset=ds, processing_class=tok)
         t0 = time.perf_counter()

@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cai.cli_eval import eval_app, report
-from constitution.errors import UserError
+from cai.constitution.errors import UserError
 
 app = typer.Typer(
     help="Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO.",
@@ -37,7 +37,7 @@ def constitution_lint(
     strict: Annotated[bool, typer.Option(help="Treat warnings as errors.")] = False,
 ) -> None:
     """Validate principle files; every problem is printed as FILE:LINE: FIELD: MESSAGE."""
-    from constitution.lint import lint_file
+    from cai.constitution.lint import lint_file
 
     errors: list[str] = []
     warnings: list[str] = []
@@ -59,7 +59,7 @@ def constitution_lint(
 @constitution_app.command("show")
 def constitution_show(file: Annotated[str, typer.Argument(help="A principle file or a shipped name.")]) -> None:
     """Print a constitution's principles and traits as tables."""
-    from constitution import load_constitution
+    from cai.constitution import load_constitution
 
     c = load_constitution(file)
     console.print(f"[bold]{c.name}[/bold] v{c.version}  hash {c.content_hash()}")
@@ -81,7 +81,7 @@ def constitution_show(file: Annotated[str, typer.Argument(help="A principle file
 @constitution_app.command("list")
 def constitution_list() -> None:
     """List the constitutions that ship with cai."""
-    from constitution import library_names, load_constitution
+    from cai.constitution import library_names, load_constitution
 
     for name in library_names():
         c = load_constitution(name)
@@ -96,7 +96,7 @@ def constitution_import(
     name: Annotated[str | None, typer.Option(help="Name of the new constitution.")] = None,
 ) -> None:
     """Convert another tool's principle file into a cai YAML file."""
-    from constitution import dump_constitution, import_constitution
+    from cai.constitution import dump_constitution, import_constitution
 
     if fmt not in ("auto", "cai-paper", "hf-recipe", "cai"):
         raise UserError(f"--format: unknown format {fmt!r}; choose auto, cai-paper or hf-recipe")
@@ -112,7 +112,7 @@ def constitution_import(
 @model_app.command("prepare")
 def model_prepare(force: Annotated[bool, typer.Option(help="Convert again even if cached.")] = False) -> None:
     """Convert the embedded GGUF model to a Hugging Face checkpoint (once) and print its path."""
-    from generators.default_model import prepare_default_model
+    from cai.generators.default_model import prepare_default_model
 
     typer.echo(str(prepare_default_model(force=force)))
 
@@ -128,7 +128,7 @@ def model_sample(
     seed: int | None = None,
 ) -> None:
     """Answer a few messages with a model, to see what it does."""
-    from generators import BackendConfig, SamplingParams, load_backend
+    from cai.generators import BackendConfig, SamplingParams, load_backend
 
     b = load_backend(BackendConfig(backend=backend, model=model))
     chats = [[{"role": "user", "content": p}] for p in prompts]
@@ -209,7 +209,7 @@ def export(
     where = dest or run_dir / "datasets"
     console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {where}")
     if push_to_hub:
-        from training.hub import push_export
+        from cai.training.hub import push_export
 
         push_export(where, push_to_hub)
 
@@ -218,9 +218,11 @@ train_app = typer.Typer(help="Train on a run's datasets with TRL: sft, reward, r
 app.add_typer(train_app, name="train")
 
 
-def _train(kind: str, config: Path | None, sets: list[str] | None, resume: bool, output_dir: str | None, max_steps: int | None) -> None:
-    from training import run as runners
-    from training.config import load_train_config
+def _train(
+    kind: str, config: Path | None, sets: list[str] | None, resume: bool, output_dir: str | None, max_steps: int | None
+) -> None:
+    from cai.training import run as runners
+    from cai.training.config import load_train_config
 
     cfg = load_train_config(config, sets, output_dir=output_dir, max_steps=max_steps)
     summary = getattr(runners, f"train_{kind}")(cfg, resume=resume)
@@ -236,7 +238,13 @@ StepsOpt = Annotated[int | None, typer.Option(help="Shortcut for --set trl.max_s
 
 
 def _train_command(kind: str, doc: str):
-    def command(config: TrainConfigArg = None, set_: SetOpt = None, resume: ResumeOpt = False, output_dir: OutDirOpt = None, max_steps: StepsOpt = None) -> None:
+    def command(
+        config: TrainConfigArg = None,
+        set_: SetOpt = None,
+        resume: ResumeOpt = False,
+        output_dir: OutDirOpt = None,
+        max_steps: StepsOpt = None,
+    ) -> None:
         _train(kind, config, set_, resume, output_dir, max_steps)
 
     command.__doc__ = doc
@@ -267,8 +275,6 @@ def demo(
 
 app.add_typer(eval_app, name="eval")
 app.command("report")(report)
-
-
 
 
 def main() -> None:

@@ -9,17 +9,27 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from constitution.errors import UserError
+from cai.constitution.errors import UserError
 
 console = Console()
 
 # -- evaluation and reports ----------------------------------------------------------------
 
-eval_app = typer.Typer(help="Evaluate the labeler, a reward model, a trained policy or a character.", no_args_is_help=True)
+eval_app = typer.Typer(
+    help="Evaluate the labeler, a reward model, a trained policy or a character.", no_args_is_help=True
+)
 
-PairsOpt = Annotated[Path, typer.Option("--pairs", help="Human-labelled pairs: HH-RLHF, TRL preference or CAI multiple-choice JSONL (.gz ok).")]
+PairsOpt = Annotated[
+    Path,
+    typer.Option(
+        "--pairs", help="Human-labelled pairs: HH-RLHF, TRL preference or CAI multiple-choice JSONL (.gz ok)."
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of tables.")]
-OutJsonOpt = Annotated[Path | None, typer.Option("--out-json", help="Also write the results here (e.g. RUN_DIR/eval-labeler.json for `cai report`).")]
+OutJsonOpt = Annotated[
+    Path | None,
+    typer.Option("--out-json", help="Also write the results here (e.g. RUN_DIR/eval-labeler.json for `cai report`)."),
+]
 
 
 def _fmt(x) -> str:
@@ -56,10 +66,10 @@ def eval_labeler(
     """Agreement of the feedback model's ranking with human labels, and its failure modes."""
     import time
 
-    from constitution import load_constitution
-    from generators import BackendConfig, load_backend
-    from training.eval_pairs import load_pairs
-    from training.evaluate import label_pairs, readings_to_json, summarise
+    from cai.constitution import load_constitution
+    from cai.evaluation.labeler import label_pairs, readings_to_json, summarise
+    from cai.evaluation.pairs import load_pairs
+    from cai.generators import BackendConfig, load_backend
 
     if method not in ("logprob", "cot"):
         raise UserError(f"--method: expected logprob or cot, got {method!r}")
@@ -91,7 +101,17 @@ def eval_labeler(
 
     def tables(r: dict):
         t = Table("metric", "value", title=f"labeler: {r['method']}, {r['principles']} principles, {r['pairs']} pairs")
-        for k in ("agreement", "order_consistency", "position_bias", "ece", "mean_p_chosen", "readings", "skipped", "errors", "seconds"):
+        for k in (
+            "agreement",
+            "order_consistency",
+            "position_bias",
+            "ece",
+            "mean_p_chosen",
+            "readings",
+            "skipped",
+            "errors",
+            "seconds",
+        ):
             t.add_row(k, _fmt(r[k]))
         yield t
         t = Table("principle", "pairs", "agreement", "mean p(chosen)", title="per principle")
@@ -115,13 +135,19 @@ def eval_reward_model(
     out_json: OutJsonOpt = None,
 ) -> None:
     """Pairwise accuracy and mean margin of a reward model on human-labelled pairs."""
-    from training.eval_pairs import load_pairs
-    from training.evaluate import evaluate_reward_model
+    from cai.evaluation.pairs import load_pairs
+    from cai.evaluation.reward_model import evaluate_reward_model
 
     if not model.is_dir():
         raise UserError(f"--model: {model}: not a model directory")
     data, skipped = load_pairs(pairs, limit)
-    result = {"kind": "reward-model", "model": str(model), "pairs_file": str(pairs), "skipped": skipped, **evaluate_reward_model(str(model), data)}
+    result = {
+        "kind": "reward-model",
+        "model": str(model),
+        "pairs_file": str(pairs),
+        "skipped": skipped,
+        **evaluate_reward_model(str(model), data),
+    }
 
     def tables(r: dict):
         t = Table("metric", "value", title=f"reward model {r['model']}")
@@ -136,7 +162,10 @@ def eval_reward_model(
 def eval_policy(
     model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
     baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
-    prompts: Annotated[Path, typer.Option("--prompts", help="Prompts: .txt (one a line) or .jsonl (text/messages/prompt, HH transcripts).")],
+    prompts: Annotated[
+        Path,
+        typer.Option("--prompts", help="Prompts: .txt (one a line) or .jsonl (text/messages/prompt, HH transcripts)."),
+    ],
     constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
     feedback: Annotated[str, typer.Option(help="Feedback model for the win rate and refusal check.")] = "default",
     principles: Annotated[int, typer.Option(min=1)] = 2,
@@ -147,9 +176,9 @@ def eval_policy(
     out_json: OutJsonOpt = None,
 ) -> None:
     """Win rate of --model over --baseline under the constitution, and over-refusal on benign prompts."""
-    from constitution import load_constitution
-    from generators.queries import load_seed_queries
-    from training.eval_policy import evaluate_policy
+    from cai.constitution import load_constitution
+    from cai.evaluation.policy import evaluate_policy
+    from cai.generators.queries import load_seed_queries
 
     c = load_constitution(constitution)
     qs = load_seed_queries(prompts)[:limit]
@@ -164,7 +193,6 @@ def eval_policy(
         yield t
 
     _emit(result, as_json, out_json, tables)
-
 
 
 def report(
@@ -183,7 +211,10 @@ def eval_character(
     model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
     baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
     constitution: Annotated[str, typer.Option(help="A character constitution (with traits).")] = "character",
-    prompts: Annotated[Path | None, typer.Option(help="Held-out trait prompts (a run's test_prompts.jsonl); default: the traits' seed questions.")] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Held-out trait prompts (a run's test_prompts.jsonl); default: the traits' seed questions."),
+    ] = None,
     feedback: Annotated[str, typer.Option(help="Feedback model for win rates and the refusal check.")] = "default",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -192,8 +223,8 @@ def eval_character(
     out_json: OutJsonOpt = None,
 ) -> None:
     """Per-trait win rate of --model over --baseline, over-refusal on benign prompts, and leaks."""
-    from constitution import load_constitution
-    from training.eval_character import evaluate_character, trait_queries
+    from cai.constitution import load_constitution
+    from cai.evaluation.character import evaluate_character, trait_queries
 
     c = load_constitution(constitution)
     result = evaluate_character(model, baseline, c, trait_queries(c, prompts, limit), feedback, max_new_tokens, seed)
@@ -207,7 +238,11 @@ def character_tables(r: dict):
     t.add_row("all", str(r["prompts"]), _fmt(r["win_rate"]))
     yield t
     u = Table("check", "model", "baseline")
-    u.add_row("over-refusal on benign prompts", _fmt(r["over_refusal"]["model"]["refusal_rate"]), _fmt(r["over_refusal"]["baseline"]["refusal_rate"]))
+    u.add_row(
+        "over-refusal on benign prompts",
+        _fmt(r["over_refusal"]["model"]["refusal_rate"]),
+        _fmt(r["over_refusal"]["baseline"]["refusal_rate"]),
+    )
     u.add_row("answers that leak the character", _fmt(r["leak_rate"]["model"]), _fmt(r["leak_rate"]["baseline"]))
     yield u
 

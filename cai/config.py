@@ -13,13 +13,13 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import Constitution, ConstitutionError, UserError, load_constitution
-from constitution.loader import read_structured, validate_model
-from critique import ComparisonConfig, RevisionConfig
-from generators import BackendConfig
-from generators.queries import QueryConfig
-from generators.responses import ResponseConfig
-from training.export import ExportConfig
+from cai.constitution import Constitution, ConstitutionError, UserError, load_constitution
+from cai.constitution.loader import read_structured, validate_model
+from cai.critique import ComparisonConfig, RevisionConfig
+from cai.generators import BackendConfig
+from cai.generators.queries import QueryConfig
+from cai.generators.responses import ResponseConfig
+from cai.training.export import ExportConfig
 
 
 class RunConfig(BaseModel):

@@ -11,13 +11,15 @@ from rich.panel import Panel
 
 def run_demo(console: Console, config: Path, out: Path, limit: int | None = None, train: bool = True) -> None:
     from cai.config import load_config
+    from cai.constitution import library_names
+    from cai.constitution.lint import lint_file
     from cai.pipeline import Pipeline, export_run, summary_table
-    from constitution import library_names
-    from constitution.lint import lint_file
 
     for name in library_names():
         c, _ = lint_file(name)
-        console.print(f"[green]ok[/green] shipped constitution {name}: {len(c.principles)} principles, {len(c.traits)} traits")
+        console.print(
+            f"[green]ok[/green] shipped constitution {name}: {len(c.principles)} principles, {len(c.traits)} traits"
+        )
     pipe = Pipeline(load_config(config), out, limit=limit, console=console)
     try:
         stats = pipe.run()
@@ -41,14 +43,16 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
     """A reward model on the demo's AI-labelled pairs, then a few RLOO steps against it."""
     from rich.table import Table
 
-    from training.config import load_train_config
-    from training.data import load_split
-    from training.reward import mean_policy_reward
-    from training.run import train_reward, train_rl
+    from cai.training.config import load_train_config
+    from cai.training.data import load_split
+    from cai.training.reward import mean_policy_reward
+    from cai.training.run import train_reward, train_rl
 
     data = out / "datasets"
     console.rule("reward model (soft labels)")
-    rm = train_reward(load_train_config(examples / "train-reward.yaml", [f"dataset={data}", f"trl.output_dir={out / 'reward-model'}"]))
+    rm = train_reward(
+        load_train_config(examples / "train-reward.yaml", [f"dataset={data}", f"trl.output_dir={out / 'reward-model'}"])
+    )
     console.rule("RLOO against the reward model")
     rl = train_rl(
         load_train_config(
@@ -61,27 +65,40 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
     after = mean_policy_reward(rl["output_dir"], rm["output_dir"], prompts)
     t = Table("what", "value", title="training on the demo data")
     held = rm.get("heldout") or {}
-    t.add_row("reward model held-out accuracy", f"{held.get('accuracy', float('nan')):.3f} on {held.get('pairs', 0)} pairs")
+    t.add_row(
+        "reward model held-out accuracy", f"{held.get('accuracy', float('nan')):.3f} on {held.get('pairs', 0)} pairs"
+    )
     t.add_row("reward model held-out mean margin", f"{held.get('mean_margin', float('nan')):.3f}")
     t.add_row(f"mean reward on {len(prompts)} training prompts, before RL", f"{before:.3f}")
     t.add_row(f"mean reward on {len(prompts)} training prompts, after {rl['steps']} RLOO steps", f"{after:.3f}")
     console.print(t)
     (out / "training-summary.json").write_text(
-        json.dumps({"reward_model": {k: v for k, v in rm.items() if k != "log"}, "rl": {k: v for k, v in rl.items() if k != "log"}, "mean_reward_before": before, "mean_reward_after": after}, indent=2, default=float)
+        json.dumps(
+            {
+                "reward_model": {k: v for k, v in rm.items() if k != "log"},
+                "rl": {k: v for k, v in rl.items() if k != "log"},
+                "mean_reward_before": before,
+                "mean_reward_after": after,
+            },
+            indent=2,
+            default=float,
+        )
     )
 
 
 def character_demo(console: Console, out: Path, examples: Path) -> None:
     """DPO on the character pairs, then per-trait win rates of the DPO model over the base model."""
     from cai.cli_eval import character_tables
-    from constitution import load_constitution
-    from training.config import load_train_config
-    from training.eval_character import evaluate_character
-    from training.run import train_dpo
+    from cai.constitution import load_constitution
+    from cai.evaluation.character import evaluate_character
+    from cai.training.config import load_train_config
+    from cai.training.run import train_dpo
 
     console.rule("DPO on the character pairs")
     dpo = train_dpo(
-        load_train_config(examples / "train-dpo-character.yaml", [f"dataset={out / 'datasets'}", f"trl.output_dir={out / 'dpo'}"])
+        load_train_config(
+            examples / "train-dpo-character.yaml", [f"dataset={out / 'datasets'}", f"trl.output_dir={out / 'dpo'}"]
+        )
     )
     c = load_constitution(out / "constitution.yaml")
     items = [(t.id, [{"role": "user", "content": t.questions[-1]}]) for t in c.traits]  # one seed question per trait
@@ -93,9 +110,9 @@ def character_demo(console: Console, out: Path, examples: Path) -> None:
 
 
 def show_examples(console: Console, out: Path) -> None:
+    from cai.critique.records import Comparison, Revision
+    from cai.generators.records import Query, Response
     from cai.store import RunStore
-    from critique.records import Comparison, Revision
-    from generators.records import Query, Response
 
     store = RunStore(out)
     queries = {q.id: q for q in store.load("queries", Query)}
@@ -104,7 +121,8 @@ def show_examples(console: Console, out: Path) -> None:
     if rev:
         body = f"[bold]user:[/bold] {queries[rev.query_id].text}\n[bold]answer:[/bold] {rev.initial}"
         for i, rd in enumerate(rev.rounds, 1):
-            body += f"\n[bold]critique {i} ({rd.principle_id}):[/bold] {rd.critique}\n[bold]revision {i}:[/bold] {rd.revision}"
+            body += f"\n[bold]critique {i} ({rd.principle_id}):[/bold] {rd.critique}"
+            body += f"\n[bold]revision {i}:[/bold] {rd.revision}"
         console.print(Panel(body, title="a critique → revision chain"))
     texts = {r.id: r.text for r in store.load("responses", Response) + store.load("teacher", Response)}
     texts |= {v.id: v.final for v in revisions}

@@ -12,21 +12,27 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-import yaml
-
-from constitution import Constitution, UserError, derive_seed, dump_constitution
-from critique import Comparison, Revision, plan_comparison_tasks, plan_revision_tasks, run_comparison_tasks, run_revision_tasks
-from critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
-from critique.rank import Candidate
-from generators import load_backend
-from generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
-from generators.records import Query, Response, StageOutput, Task
-from generators.responses import plan_response_tasks, run_response_tasks
-from training.export import build_rows, write_export
+from cai.constitution import Constitution, UserError, derive_seed, dump_constitution
+from cai.critique import (
+    Comparison,
+    Revision,
+    plan_comparison_tasks,
+    plan_revision_tasks,
+    run_comparison_tasks,
+    run_revision_tasks,
+)
+from cai.critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
+from cai.critique.rank import Candidate
+from cai.generators import load_backend
+from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
+from cai.generators.records import Query, Response, StageOutput, Task
+from cai.generators.responses import plan_response_tasks, run_response_tasks
+from cai.training.export import build_rows, write_export
 
 from .config import RunConfig, dump_config, load_constitutions
 from .store import RunStore
@@ -153,7 +159,9 @@ class Pipeline:
     def run_responses(self, queries: list[Query]) -> list[Response]:
         cfg = self.cfg.responses
         tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute("responses", tasks, Response, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed))
+        self._execute(
+            "responses", tasks, Response, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed)
+        )
         wanted = {o for t in tasks for o in t.outputs}
         return [r for r in self.store.load("responses", Response) if r.id in wanted]
 
@@ -161,7 +169,12 @@ class Pipeline:
         """Context distillation's teacher: the policy answering with the constitution as its system prompt."""
         cfg = self.cfg.responses
         tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute("teacher", tasks, Response, lambda b: run_teacher_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed))
+        self._execute(
+            "teacher",
+            tasks,
+            Response,
+            lambda b: run_teacher_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
+        )
         wanted = {t.id for t in tasks}
         return [r for r in self.store.load("teacher", Response) if r.id in wanted]
 
@@ -173,12 +186,17 @@ class Pipeline:
         pairs = [(by_id[r.query_id], r) for r in responses if r.query_id in by_id]
         tasks = plan_revision_tasks(pairs, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
         self._execute(
-            "revisions", tasks, Revision, lambda b: run_revision_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed)
+            "revisions",
+            tasks,
+            Revision,
+            lambda b: run_revision_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
         )
         wanted = {t.id for t in tasks}
         return [v for v in self.store.load("revisions", Revision) if v.id in wanted]
 
-    def run_comparisons(self, queries: list[Query], responses: list[Response], revisions: list[Revision]) -> list[Comparison]:
+    def run_comparisons(
+        self, queries: list[Query], responses: list[Response], revisions: list[Revision]
+    ) -> list[Comparison]:
         cfg = self.cfg.comparisons
         samples: dict[str, list[Candidate]] = {q.id: [] for q in queries}
         for r in sorted(responses, key=lambda r: r.sample_index):
@@ -188,7 +206,12 @@ class Pipeline:
         texts = {r.id: r.text for r in responses}
         for v in revisions:
             if v.query_id in revised and v.final != v.initial:
-                revised[v.query_id].append((Candidate(id=v.response_id, text=texts.get(v.response_id, v.initial)), Candidate(id=v.id, text=v.final)))
+                revised[v.query_id].append(
+                    (
+                        Candidate(id=v.response_id, text=texts.get(v.response_id, v.initial)),
+                        Candidate(id=v.id, text=v.final),
+                    )
+                )
         groups = [(q, samples[q.id], revised[q.id]) for q in queries]
         tasks = []
         if cfg.mode in ("rank", "both"):
@@ -220,9 +243,15 @@ class Pipeline:
             raise UserError(f"{only}: no {STAGES[STAGES.index(only) - 1]} in {self.out} yet; run that stage first")
         queries = self.run_queries() if not only or only == "queries" else self._load_kept_queries()
         if last >= 1:
-            responses = self.run_responses(queries) if not only or only == "responses" else self._mine_of("responses", Response)
+            responses = (
+                self.run_responses(queries) if not only or only == "responses" else self._mine_of("responses", Response)
+            )
             if last >= 2:
-                revisions = self.run_revisions(queries, responses) if not only or only == "revisions" else self._mine_of("revisions", Revision)
+                revisions = (
+                    self.run_revisions(queries, responses)
+                    if not only or only == "revisions"
+                    else self._mine_of("revisions", Revision)
+                )
                 if last >= 3:
                     self.run_comparisons(queries, responses, revisions)
         return self.stats

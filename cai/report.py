@@ -18,9 +18,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from constitution import UserError
-from critique.records import Comparison, Revision
-from generators.records import Query, Response
+from cai.constitution import UserError
+from cai.critique.records import Comparison, Revision
+from cai.generators.records import Query, Response
 
 from .store import RunStore
 
@@ -112,7 +112,9 @@ def _chains(queries: list[Query], responses: list[Response], revisions: list[Rev
     return out
 
 
-def _pairs(comparisons: list[Comparison], responses: list[Response], revisions: list[Revision], queries: list[Query]) -> list[dict]:
+def _pairs(
+    comparisons: list[Comparison], responses: list[Response], revisions: list[Revision], queries: list[Query]
+) -> list[dict]:
     text = {r.id: r.text for r in responses}
     for rv in revisions:
         text.setdefault(rv.id, rv.final)
@@ -138,7 +140,11 @@ def _training(root: Path) -> list[dict]:
         if s is None:
             continue
         log = s.get("log") or []
-        series = {"loss": [(h.get("step", i), h["loss"]) for i, h in enumerate(log) if isinstance(h.get("loss"), (int, float))]}
+        series = {
+            "loss": [
+                (h.get("step", i), h["loss"]) for i, h in enumerate(log) if isinstance(h.get("loss"), (int, float))
+            ]
+        }
         if s.get("reward_curve"):
             series["mean reward"] = list(enumerate(s["reward_curve"], 1))
         scalars = {k: v for k, v in s.items() if k not in ("log", "reward_curve") and not isinstance(v, (dict, list))}
@@ -178,8 +184,14 @@ def build_context(run_dir: str | Path) -> dict:
     revisions = store.load("revisions", Revision, all_shards=True)
     comparisons = store.load("comparisons", Comparison, all_shards=True)
     manifest = _read_json(root / "manifest.json") or {}
-    config = yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) if (root / "config.yaml").is_file() else {}
-    constitution = yaml.safe_load((root / "constitution.yaml").read_text(encoding="utf-8")) if (root / "constitution.yaml").is_file() else {}
+    config = (
+        yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) if (root / "config.yaml").is_file() else {}
+    )
+    constitution = (
+        yaml.safe_load((root / "constitution.yaml").read_text(encoding="utf-8"))
+        if (root / "constitution.yaml").is_file()
+        else {}
+    )
     soft = [c.p_chosen for c in comparisons]
     errors = 0
     if (root / "errors.jsonl").is_file():
@@ -189,7 +201,10 @@ def build_context(run_dir: str | Path) -> dict:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run_dir": str(root),
         "config": config or {},
-        "constitution": {"name": (constitution or {}).get("name", "?"), "principles": len((constitution or {}).get("principles", []))},
+        "constitution": {
+            "name": (constitution or {}).get("name", "?"),
+            "principles": len((constitution or {}).get("principles", [])),
+        },
         "manifest": manifest,
         "stages": _stages(manifest),
         "counts": {
@@ -202,7 +217,9 @@ def build_context(run_dir: str | Path) -> dict:
         },
         "comparison_stats": {
             "pairs": len(comparisons),
-            "order_consistency": sum(c.order_consistent for c in comparisons) / len(comparisons) if comparisons else None,
+            "order_consistency": sum(c.order_consistent for c in comparisons) / len(comparisons)
+            if comparisons
+            else None,
             "mean_p_chosen": sum(soft) / len(soft) if soft else None,
             "methods": sorted({c.method for c in comparisons}),
         },

@@ -15,7 +15,7 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from constitution import UserError
+from cai.constitution import UserError
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -47,7 +47,9 @@ class RunStore:
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{lineno}: corrupt record ({e.msg}); remove the line or start a new --out") from None
+                raise UserError(
+                    f"{path}:{lineno}: corrupt record ({e.msg}); remove the line or start a new --out"
+                ) from None
         return rows
 
     def load(self, stage: str, model: type[M], all_shards: bool = False) -> list[M]:
@@ -58,7 +60,9 @@ class RunStore:
                 try:
                     rec = model.model_validate(row)
                 except Exception as e:
-                    raise UserError(f"{path}:{lineno}: not a {model.__name__} record: {str(e).splitlines()[0]}") from None
+                    raise UserError(
+                        f"{path}:{lineno}: not a {model.__name__} record: {str(e).splitlines()[0]}"
+                    ) from None
                 if rec.id not in seen:  # type: ignore[attr-defined]
                     seen.add(rec.id)  # type: ignore[attr-defined]
                     out.append(rec)
@@ -80,7 +84,9 @@ class RunStore:
         self._append(self.root / f"errors{self.suffix}.jsonl", rows)
 
     def failed_tasks(self, stage: str) -> set[str]:
-        return {e["task_id"] for e in self._read_lines(self.root / f"errors{self.suffix}.jsonl") if e.get("stage") == stage}
+        return {
+            e["task_id"] for e in self._read_lines(self.root / f"errors{self.suffix}.jsonl") if e.get("stage") == stage
+        }
 
     # -- frozen inputs and manifest ------------------------------------------------------------
 

@@ -1,5 +1,9 @@
 """Principle files: schema, loading with located errors, linting, seeded sampling, importers."""
 
+# Installed as cai.constitution: a bare `import constitution` must not shadow a user's own module.
+if __name__ != "cai.constitution":
+    raise ImportError(f"import cai.constitution, not {__name__}")
+
 from .errors import ConstitutionError, UserError
 from .importers import import_constitution
 from .library import library_names, library_path

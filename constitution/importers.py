@@ -36,7 +36,11 @@ def from_cai_paper(data: dict, source: str, name: str) -> dict:
         for i, critique in enumerate(prompts):
             pid = slug(key) if len(prompts) == 1 else f"{slug(key)}-{i}"
             principles.append({"id": pid, "critique": critique, "revision": entry["edit_request"]})
-    return {"name": name, "description": f"Imported from {Path(source).name} (CAI paper layout).", "principles": principles}
+    return {
+        "name": name,
+        "description": f"Imported from {Path(source).name} (CAI paper layout).",
+        "principles": principles,
+    }
 
 
 def from_hf_recipe(data: dict, source: str, name: str) -> dict:
@@ -58,7 +62,9 @@ def from_hf_recipe(data: dict, source: str, name: str) -> dict:
         by_text.setdefault(str(entry["critic"]).strip(), pid)
     few_shot = []
     for j, chat in enumerate(data.get("system_chat") or []):
-        roles = [m.get("role") for m in chat] if isinstance(chat, list) and all(isinstance(m, dict) for m in chat) else []
+        roles = (
+            [m.get("role") for m in chat] if isinstance(chat, list) and all(isinstance(m, dict) for m in chat) else []
+        )
         if len(roles) < 6 or roles[:6] != ["user", "assistant"] * 3:
             raise UserError(
                 f"{source}: system_chat[{j}]: expected user/assistant turns: question, answer, "
@@ -89,7 +95,9 @@ def detect_format(data: object) -> Format:
             return "hf-recipe"
         if data and all(isinstance(v, dict) and "edit_request" in v for v in data.values()):
             return "cai-paper"
-    raise UserError("unrecognised layout: expected a cai principle file, the CAI paper's JSON or the open CAI recipe's JSON")
+    raise UserError(
+        "unrecognised layout: expected a cai principle file, the CAI paper's JSON or the open CAI recipe's JSON"
+    )
 
 
 def import_constitution(path: str | Path, fmt: Format = "auto", name: str | None = None) -> Constitution:

@@ -27,7 +27,9 @@ def lint(c: Constitution) -> list[tuple[tuple, str]]:
     if c.critique_principles and not c.few_shot:
         found.append(((), "no few_shot examples: small models follow the critique/revision format poorly without them"))
     if c.principles and not c.comparison_principles:
-        found.append((("principles",), "no principle has a comparison question; ranking will fall back to a generic one"))
+        found.append(
+            (("principles",), "no principle has a comparison question; ranking will fall back to a generic one")
+        )
     for i, p in enumerate(c.principles):
         for field in ("critique", "revision", "comparison"):
             text = getattr(p, field)
@@ -35,7 +37,9 @@ def lint(c: Constitution) -> list[tuple[tuple, str]]:
                 found.append((("principles", i, field), f"{len(text)} characters; keep requests short and concrete"))
     for i, t in enumerate(c.traits):
         if len(t.questions) < 3:
-            found.append((("traits", i, "questions"), "fewer than 3 seed questions; query generation will repeat itself"))
+            found.append(
+                (("traits", i, "questions"), "fewer than 3 seed questions; query generation will repeat itself")
+            )
     if c.traits and not c.query_generation:
         found.append(((), "no query_generation guidance; trait queries will be written from the seed questions only"))
     return found

@@ -44,7 +44,9 @@ class Principle(_Strict):
     def _has_a_use(self) -> Principle:
         if (self.critique is None) != (self.revision is None):
             missing = "revision" if self.revision is None else "critique"
-            raise ValueError(f"a principle with a {'critique' if missing == 'revision' else 'revision'} needs a {missing} too")
+            raise ValueError(
+                f"a principle with a {'critique' if missing == 'revision' else 'revision'} needs a {missing} too"
+            )
         if self.critique is None and self.comparison is None:
             raise ValueError("a principle needs a critique and revision, a comparison question, or both")
         return self

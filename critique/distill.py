@@ -11,22 +11,25 @@ from __future__ import annotations
 
 import re
 
-from constitution import Constitution, derive_seed
-from generators.records import Query, Response, StageOutput, Task, record_id
-from generators.responses import ResponseConfig
-from generators.templates import render
-from generators.types import SamplingParams
+from cai.constitution import Constitution, derive_seed
+from cai.generators.records import Query, Response, StageOutput, Task, record_id
+from cai.generators.responses import ResponseConfig
+from cai.generators.templates import render
+from cai.generators.types import SamplingParams
 
 from .records import Comparison
 
-_META = re.compile(r"\b(constitution|system prompt|my (?:instructions|traits|character description)|as instructed|i was told to)\b", re.I)
+_META = re.compile(
+    r"\b(constitution|system prompt|my (?:instructions|traits|character description)|as instructed|i was told to)\b",
+    re.I,
+)
 QUOTE_WORDS = 7  # a run of this many words copied from the constitution counts as quoting it
 
 
 def teacher_system_prompt(c: Constitution) -> str:
     # A character constitution is described by its traits; otherwise its principles say it.
     lines = [] if c.traits else [p.comparison or p.critique for p in c.principles]
-    return render("critique", "teacher_system.jinja", traits=c.traits, principles=lines)
+    return render("cai.critique", "teacher_system.jinja", traits=c.traits, principles=lines)
 
 
 def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
@@ -66,7 +69,10 @@ def run_teacher_tasks(backend, c: Constitution, tasks: list[Task], cfg: Response
     system = teacher_system_prompt(c)
     chats = [[{"role": "system", "content": system}] + list(t.data.messages) for t in tasks]
     params = SamplingParams(
-        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=derive_seed(seed, tasks[0].id)
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=derive_seed(seed, tasks[0].id),
     )
     for task, (comp,) in zip(tasks, backend.generate(chats, params)):
         if comp.error:
@@ -90,7 +96,9 @@ def run_teacher_tasks(backend, c: Constitution, tasks: list[Task], cfg: Response
     return out
 
 
-def distill_pairs(queries: list[Query], teachers: list[Response], students: list[Response], p_chosen: float) -> list[Comparison]:
+def distill_pairs(
+    queries: list[Query], teachers: list[Response], students: list[Response], p_chosen: float
+) -> list[Comparison]:
     """(teacher, first student sample) per query, labelled without a judge."""
     by_query = {}
     for r in sorted(students, key=lambda r: r.sample_index):

@@ -7,8 +7,8 @@ function contract, so it plugs into `RLOOTrainer`/`GRPOTrainer` as it is.
 
 from __future__ import annotations
 
-from constitution import Constitution, weighted_sample
-from generators.templates import render
+from cai.constitution import Constitution, weighted_sample
+from cai.generators.templates import render
 
 from .rank import CHOICES, prob_first_letter, question, ranking_principles
 
@@ -26,7 +26,7 @@ class ConstitutionJudge:
         msgs = conversation + [{"role": "assistant", "content": reply}]
         return [
             [
-                {"role": "user", "content": render("critique", "judge.jinja", messages=msgs, question=question(p))},
+                {"role": "user", "content": render("cai.critique", "judge.jinja", messages=msgs, question=question(p))},
                 {"role": "assistant", "content": "The answer is ("},
             ]
             for p in picked

@@ -16,10 +16,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from constitution import Constitution, Principle, Trait, derive_seed, weighted_sample
-from generators.records import Query, StageOutput, Task, record_id
-from generators.templates import render
-from generators.types import SamplingParams
+from cai.constitution import Constitution, Principle, Trait, derive_seed, weighted_sample
+from cai.generators.records import Query, StageOutput, Task, record_id
+from cai.generators.templates import render
+from cai.generators.types import SamplingParams
 
 from .records import Comparison, Judgement
 
@@ -38,7 +38,9 @@ class ComparisonConfig(BaseModel):
     principles: int = Field(4, ge=1, description="Principles sampled per pair (each read in both orders).")
     pairs: Literal["adjacent", "all"] = Field("all", description="Which sample pairs of a query to rank.")
     initial_vs_revised: bool = Field(True, description="Also rank each initial answer against its final revision.")
-    constitution: str | None = Field(None, description="Rank under another principle file (e.g. hhh); default: the run's.")
+    constitution: str | None = Field(
+        None, description="Rank under another principle file (e.g. hhh); default: the run's."
+    )
     cot_clamp: tuple[float, float] = Field((0.4, 0.6), description="CoT probabilities are clamped into this range.")
     cot_max_new_tokens: int = Field(96, ge=8)
 
@@ -98,12 +100,16 @@ def plan_comparison_tasks(
     return tasks
 
 
-def comparison_prompt(q: Query, p: Principle, a: str, b: str, reasoning: str | None = None, cot: bool = False) -> list[dict]:
-    user = render("critique", "comparison.jinja", messages=q.messages, question=question(p), a=a, b=b, reasoning=cot)
+def comparison_prompt(
+    q: Query, p: Principle, a: str, b: str, reasoning: str | None = None, cot: bool = False
+) -> list[dict]:
+    user = render(
+        "cai.critique", "comparison.jinja", messages=q.messages, question=question(p), a=a, b=b, reasoning=cot
+    )
     chat = [{"role": "user", "content": user}]
     if cot and reasoning is None:
         return chat  # the judge writes its argument first
-    prefix = render("critique", "choice_prefix.jinja", reasoning=reasoning)
+    prefix = render("cai.critique", "choice_prefix.jinja", reasoning=reasoning)
     return chat + [{"role": "assistant", "content": prefix}]
 
 
@@ -130,11 +136,15 @@ def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: Compa
         d = t.data
         for p in weighted_sample(pool_for(c, d["query"]), cfg.principles, f"{seed}/{t.id}/principles"):
             for order, (a, b) in (("ab", (d["first"], d["second"])), ("ba", (d["second"], d["first"]))):
-                readings.append((t, p, order, comparison_prompt(d["query"], p, a.text, b.text, cot=cfg.method == "cot")))
+                readings.append(
+                    (t, p, order, comparison_prompt(d["query"], p, a.text, b.text, cot=cfg.method == "cot"))
+                )
     reasons: list[str | None] = [None] * len(readings)
     errors: dict[str, str] = {}
     if cfg.method == "cot":
-        params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, tasks[0].id))
+        params = SamplingParams(
+            temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, tasks[0].id)
+        )
         for i, (comp,) in enumerate(backend.generate([r[3] for r in readings], params)):
             t = readings[i][0]
             if comp.error:

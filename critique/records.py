@@ -14,7 +14,9 @@ class Round(BaseModel):
     critique_raw: str
     revision_raw: str
     tokens: int = 0
-    kept: bool = Field(True, description="False when the revision was empty or repeated the critique; the previous text was kept.")
+    kept: bool = Field(
+        True, description="False when the revision was empty or repeated the critique; the previous text was kept."
+    )
 
 
 class Revision(BaseModel):

@@ -11,11 +11,11 @@ import re
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import Constitution, FewShot, Principle, derive_seed, weighted_sample
-from generators.queries import jaccard
-from generators.records import Query, Response, StageOutput, Task, record_id
-from generators.templates import render
-from generators.types import SamplingParams
+from cai.constitution import Constitution, FewShot, Principle, derive_seed, weighted_sample
+from cai.generators.queries import jaccard
+from cai.generators.records import Query, Response, StageOutput, Task, record_id
+from cai.generators.templates import render
+from cai.generators.types import SamplingParams
 
 from .records import Revision, Round
 
@@ -67,13 +67,19 @@ def critique_chat(c: Constitution, p: Principle, conversation: list[dict], examp
         crit_req, rev_req = _requests(c, ex, p)
         msgs = [m.model_dump() for m in ex.messages]
         chat += [
-            {"role": "user", "content": render("critique", "critique_request.jinja", messages=msgs, request=crit_req)},
+            {
+                "role": "user",
+                "content": render("cai.critique", "critique_request.jinja", messages=msgs, request=crit_req),
+            },
             {"role": "assistant", "content": ex.critique},
-            {"role": "user", "content": render("critique", "revision_request.jinja", request=rev_req)},
+            {"role": "user", "content": render("cai.critique", "revision_request.jinja", request=rev_req)},
             {"role": "assistant", "content": ex.revision},
         ]
     chat.append(
-        {"role": "user", "content": render("critique", "critique_request.jinja", messages=conversation, request=p.critique)}
+        {
+            "role": "user",
+            "content": render("cai.critique", "critique_request.jinja", messages=conversation, request=p.critique),
+        }
     )
     return chat
 
@@ -81,12 +87,15 @@ def critique_chat(c: Constitution, p: Principle, conversation: list[dict], examp
 def revision_chat(critique_prompt: list[dict], critique: str, p: Principle) -> list[dict]:
     return critique_prompt + [
         {"role": "assistant", "content": critique},
-        {"role": "user", "content": render("critique", "revision_request.jinja", request=p.revision)},
+        {"role": "user", "content": render("cai.critique", "revision_request.jinja", request=p.revision)},
     ]
 
 
 COPY_THRESHOLD = 0.8
-_LEAD = re.compile(r"^\s*(?:(?:revised|new|rewritten|improved)\s+(?:assistant\s+)?(?:answer|reply|response)|revision|assistant)\s*:\s*", re.I)
+_LEAD = re.compile(
+    r"^\s*(?:(?:revised|new|rewritten|improved)\s+(?:assistant\s+)?(?:answer|reply|response)|revision|assistant)\s*:\s*",
+    re.I,
+)
 
 
 def clean_revision(text: str) -> str:
@@ -117,7 +126,9 @@ def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: Revisio
             p = plans[t.id][r]
             conversation = list(q.messages) + [{"role": "assistant", "content": current[t.id]}]
             prompts.append(critique_chat(c, p, conversation, _examples(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
-        crit_params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens, seed=key)
+        crit_params = SamplingParams(
+            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens, seed=key
+        )
         crits = [comps[0] for comps in backend.generate(prompts, crit_params)]
         rev_prompts, rev_tasks = [], []
         for t, prompt, crit in zip(live, prompts, crits):
@@ -126,7 +137,9 @@ def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: Revisio
                 continue
             rev_prompts.append(revision_chat(prompt, crit.text.strip(), plans[t.id][r]))
             rev_tasks.append((t, crit))
-        rev_params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.revision_max_new_tokens, seed=key + 1)
+        rev_params = SamplingParams(
+            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.revision_max_new_tokens, seed=key + 1
+        )
         revs = [comps[0] for comps in backend.generate(rev_prompts, rev_params)] if rev_prompts else []
         live = []
         for (t, crit), rev in zip(rev_tasks, revs):

@@ -48,7 +48,9 @@ def context_error(n_tokens: int, limit: int) -> str:
     return f"prompt is {n_tokens} tokens; the model's context is {limit}"
 
 
-def encode_batch(tokenizer, prompts: list[Prompt], reserve: int, limit: int) -> tuple[list[list[int] | None], dict[int, str]]:
+def encode_batch(
+    tokenizer, prompts: list[Prompt], reserve: int, limit: int
+) -> tuple[list[list[int] | None], dict[int, str]]:
     """Token ids per prompt, or None with an error message for a prompt that cannot be rendered
     or that leaves fewer than `reserve` tokens of the context: those items fail alone."""
     encoded: list[list[int] | None] = []

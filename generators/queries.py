@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import Constitution, UserError, derive_seed, weighted_sample
+from cai.constitution import Constitution, UserError, derive_seed, weighted_sample
 
 from .records import Query, StageOutput, Task, record_id
 from .templates import render
@@ -30,14 +30,18 @@ class QueryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     per_principle: int = Field(4, ge=0, description="Queries to write for each principle (or trait); 0 = none.")
-    seed_file: str | None = Field(None, description="Seed queries: .txt, .jsonl (text/messages/prompt) or HH-RLHF transcripts.")
+    seed_file: str | None = Field(
+        None, description="Seed queries: .txt, .jsonl (text/messages/prompt) or HH-RLHF transcripts."
+    )
     few_shot: int = Field(3, ge=0, description="Example queries shown as earlier turns.")
     temperature: float = Field(1.0, ge=0)
     top_p: float = Field(0.95, gt=0, le=1)
     max_new_tokens: int = Field(64, ge=8)
     min_chars: int = Field(12, ge=1)
     max_chars: int = Field(400, ge=20)
-    near_duplicate: float = Field(0.8, gt=0, le=1, description="Word-set Jaccard at or above which a query is a near duplicate.")
+    near_duplicate: float = Field(
+        0.8, gt=0, le=1, description="Word-set Jaccard at or above which a query is a near duplicate."
+    )
 
 
 # -- planning ------------------------------------------------------------------------------
@@ -69,13 +73,13 @@ def query_chat(c: Constitution, target: dict, cfg: QueryConfig, seed_key: str) -
     topic = weighted_sample(topics, 1, f"{seed_key}/topic", weight=lambda _: 1.0)[0] if topics else None
     shots = weighted_sample(examples, cfg.few_shot, f"{seed_key}/shots", weight=lambda _: 1.0)
     instructions = (guide.instructions if guide and guide.instructions else None) or DEFAULT_INSTRUCTIONS
-    chat = [{"role": "system", "content": render("generators", "query_system.jinja", instructions=instructions)}]
+    chat = [{"role": "system", "content": render("cai.generators", "query_system.jinja", instructions=instructions)}]
     for ex in shots:
         chat += [
-            {"role": "user", "content": render("generators", "query_request.jinja", focus=None, topic=None)},
+            {"role": "user", "content": render("cai.generators", "query_request.jinja", focus=None, topic=None)},
             {"role": "assistant", "content": ex},
         ]
-    chat.append({"role": "user", "content": render("generators", "query_request.jinja", focus=focus, topic=topic)})
+    chat.append({"role": "user", "content": render("cai.generators", "query_request.jinja", focus=focus, topic=topic)})
     return chat
 
 
@@ -139,13 +143,18 @@ class Deduplicator:
         return None
 
 
-def run_query_tasks(backend, c: Constitution, tasks: list[Task], cfg: QueryConfig, seed: int, dedupe: Deduplicator) -> StageOutput:
+def run_query_tasks(
+    backend, c: Constitution, tasks: list[Task], cfg: QueryConfig, seed: int, dedupe: Deduplicator
+) -> StageOutput:
     out = StageOutput()
     if not tasks:
         return out
     chats = [query_chat(c, t.data, cfg, t.id) for t in tasks]
     params = SamplingParams(
-        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens, seed=derive_seed(seed, tasks[0].id)
+        temperature=cfg.temperature,
+        top_p=cfg.top_p,
+        max_new_tokens=cfg.max_new_tokens,
+        seed=derive_seed(seed, tasks[0].id),
     )
     for task, (comp,) in zip(tasks, backend.generate(chats, params)):
         if comp.error:
@@ -160,9 +169,21 @@ def run_query_tasks(backend, c: Constitution, tasks: list[Task], cfg: QueryConfi
             dropped = "too long"
         elif (dup := dedupe.check(task.id, text)) is not None:
             dropped = f"duplicate of {dup}"
-        ids = {"principle_ids": [task.data["id"]]} if task.data["kind"] == "principle" else {"trait_ids": [task.data["id"]]}
+        ids = (
+            {"principle_ids": [task.data["id"]]}
+            if task.data["kind"] == "principle"
+            else {"trait_ids": [task.data["id"]]}
+        )
         out.records.append(
-            Query(id=task.id, messages=[{"role": "user", "content": text}], origin="generated", raw=comp.text, dropped=dropped, tokens=comp.tokens, **ids)
+            Query(
+                id=task.id,
+                messages=[{"role": "user", "content": text}],
+                origin="generated",
+                raw=comp.text,
+                dropped=dropped,
+                tokens=comp.tokens,
+                **ids,
+            )
         )
     return out
 
@@ -196,7 +217,9 @@ def _messages_from(obj: object, where: str) -> list[dict]:
             msgs.pop()  # the query is the conversation up to the last human turn
     else:
         raise UserError(f"{where}: expected a 'text', 'messages', 'prompt' or 'chosen' field")
-    ok = isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+    ok = (
+        isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
+    )
     if not ok:
         raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
     msgs = [{"role": m.get("role", "user"), "content": m["content"].strip()} for m in msgs]

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import derive_seed
+from cai.constitution import derive_seed
 
 from .records import Query, Response, StageOutput, Task, record_id
 from .types import SamplingParams

@@ -44,7 +44,9 @@ class ChoiceScores(dict):
     value instead of a real log-probability.
     """
 
-    def __init__(self, scores: dict[str, float] | None = None, error: str | None = None, floored: list[str] | None = None):
+    def __init__(
+        self, scores: dict[str, float] | None = None, error: str | None = None, floored: list[str] | None = None
+    ):
         super().__init__(scores or {})
         self.error = error
         self.floored = floored or []

@@ -8,7 +8,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 @pytest.fixture(scope="session")
 def default_model_dir():
-    from generators.default_model import prepare_default_model
+    from cai.generators.default_model import prepare_default_model
 
     return prepare_default_model()
 
@@ -16,7 +16,7 @@ def default_model_dir():
 @pytest.fixture(scope="session")
 def hf_backend(default_model_dir):
     """The embedded model on the transformers backend, loaded once for the whole session."""
-    from generators import load_backend
+    from cai.generators import load_backend
 
     backend = load_backend("transformers")
     yield backend

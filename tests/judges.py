@@ -7,8 +7,8 @@ agreement, position bias) need a judge whose bias is known exactly.
 import math
 import re
 
-from constitution import Constitution
-from generators.types import ChoiceScores, Completion
+from cai.constitution import Constitution
+from cai.generators.types import ChoiceScores, Completion
 
 # Three comparison principles for the judges below to read pairs under.
 JUDGE_C = Constitution.model_validate(

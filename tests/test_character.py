@@ -4,12 +4,13 @@ import json
 
 import pytest
 
-from constitution import load_constitution
-from critique.distill import distill_pairs, leak_reason, teacher_system_prompt
-from critique.rank import pool_for, ranking_principles
-from generators.records import Query, Response
-from training.eval_character import leak_rate, per_trait_win_rates, trait_queries
-from training.evaluate import Reading
+from cai.constitution import load_constitution
+from cai.critique.distill import distill_pairs, leak_reason, teacher_system_prompt
+from cai.critique.rank import pool_for, ranking_principles
+from cai.evaluation.character import leak_rate, per_trait_win_rates, trait_queries
+from cai.evaluation.labeler import Reading
+from cai.generators.records import Query, Response
+from tests.cli import cai
 
 C = load_constitution("character")
 
@@ -56,12 +57,21 @@ def test_trait_queries_are_ranked_on_their_trait():
 
 
 def test_distill_pairs_skip_leaky_teachers_and_label_teacher_chosen():
-    qs = [Query(id=f"q-{i}", messages=[{"role": "user", "content": "hi"}], origin="generated", trait_ids=["curiosity"]) for i in range(3)]
+    qs = [
+        Query(id=f"q-{i}", messages=[{"role": "user", "content": "hi"}], origin="generated", trait_ids=["curiosity"])
+        for i in range(3)
+    ]
 
     def resp(rid, q, text, dropped=None):
-        return Response(id=rid, query_id=q, sample_index=0, text=text, model="m", tokens=3, finish_reason="stop", dropped=dropped)
+        return Response(
+            id=rid, query_id=q, sample_index=0, text=text, model="m", tokens=3, finish_reason="stop", dropped=dropped
+        )
 
-    teachers = [resp("t-0", "q-0", "Ooh, tell me more!"), resp("t-1", "q-1", "My traits say hi", "mentions 'my traits'"), resp("t-2", "q-2", "same")]
+    teachers = [
+        resp("t-0", "q-0", "Ooh, tell me more!"),
+        resp("t-1", "q-1", "My traits say hi", "mentions 'my traits'"),
+        resp("t-2", "q-2", "same"),
+    ]
     students = [resp("s-0", "q-0", "Hello."), resp("s-1", "q-1", "Hello."), resp("s-2", "q-2", "same")]
     (pair,) = distill_pairs(qs, teachers, students, 0.9)
     assert (pair.chosen_id, pair.rejected_id, pair.p_chosen, pair.method) == ("t-0", "s-0", 0.9, "distill")
@@ -70,7 +80,12 @@ def test_distill_pairs_skip_leaky_teachers_and_label_teacher_chosen():
 
 def test_per_trait_win_rates_on_constructed_readings():
     readings = {
-        "curiosity": [Reading(0, "curiosity", 0.9, True), Reading(0, "curiosity", 0.2, False), Reading(1, "curiosity", 0.1, True), Reading(1, "curiosity", 0.8, False)],
+        "curiosity": [
+            Reading(0, "curiosity", 0.9, True),
+            Reading(0, "curiosity", 0.2, False),
+            Reading(1, "curiosity", 0.1, True),
+            Reading(1, "curiosity", 0.8, False),
+        ],
         "humour": [Reading(0, "humour", 0.3, True), Reading(0, "humour", 0.7, False)],
     }
     # curiosity: pair 0 won, pair 1 lost, one more prompt had identical answers (a tie: half)
@@ -84,8 +99,10 @@ def test_leak_rate_and_trait_queries(tmp_path):
     assert leak_rate(["fine", "my constitution says", "ok", ""], C) == 0.25
     f = tmp_path / "test_prompts.jsonl"
     f.write_text(
-        json.dumps({"prompt": [{"role": "user", "content": "a"}], "principle_ids": [C.traits[0].id]}) + "\n"
-        + json.dumps({"prompt": [{"role": "user", "content": "b"}], "principle_ids": ["not-a-trait"]}) + "\n"
+        json.dumps({"prompt": [{"role": "user", "content": "a"}], "principle_ids": [C.traits[0].id]})
+        + "\n"
+        + json.dumps({"prompt": [{"role": "user", "content": "b"}], "principle_ids": ["not-a-trait"]})
+        + "\n"
     )
     assert trait_queries(C, f) == [(C.traits[0].id, [{"role": "user", "content": "a"}])]
     assert len(trait_queries(C)) == sum(len(t.questions) for t in C.traits)
@@ -95,15 +112,14 @@ def test_leak_rate_and_trait_queries(tmp_path):
 
 @pytest.mark.slow
 def test_both_pair_modes_on_the_embedded_model(tmp_path, default_model_dir):
-    import subprocess
-    import sys
 
     cfg = tmp_path / "char.yaml"
     cfg.write_text(
         "constitution: character\nbatch_size: 8\nqueries: {per_principle: 1, max_new_tokens: 24}\n"
-        "responses: {samples: 2, max_new_tokens: 24}\nrevisions: {rounds: 0}\ncomparisons: {mode: both, principles: 1}\n"
+        "responses: {samples: 2, max_new_tokens: 24}\nrevisions: {rounds: 0}\n"
+        "comparisons: {mode: both, principles: 1}\n"
     )
-    r = subprocess.run([sys.executable, "-m", "cai.cli", "run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "4"], capture_output=True, text=True, timeout=900)
+    r = cai("run", cfg, "--out", tmp_path / "run", "--limit", "4")
     assert r.returncode == 0, r.stderr
     comps = [json.loads(x) for x in (tmp_path / "run" / "comparisons.jsonl").read_text().splitlines()]
     kinds = {c["kind"] for c in comps}

@@ -1,18 +1,12 @@
 """The command line as a user meets it: real subprocesses, exit codes, one-line errors."""
 
 import json
-import os
 import subprocess
 import sys
 
 import pytest
 
-CAI = [sys.executable, "-m", "cai.cli"]
-
-
-def cai(*args, cwd=None):
-    env = {**os.environ, "COLUMNS": "200"}
-    return subprocess.run([*CAI, *args], capture_output=True, text=True, cwd=cwd, env=env, timeout=600)
+from tests.cli import cai
 
 
 def test_help_lists_commands():
@@ -23,7 +17,7 @@ def test_help_lists_commands():
 
 
 def test_lint_shipped_library_passes():
-    from constitution import library_path
+    from cai.constitution import library_path
 
     files = [str(library_path(n)) for n in ("harmless", "hhh", "character")]
     r = cai("constitution", "lint", *files)
@@ -53,7 +47,10 @@ def test_lint_reports_every_problem_and_exits_2(tmp_path):
     [
         (["constitution", "lint", "missing.yaml"], "missing.yaml: file not found"),
         (["constitution", "show", "nope"], "nope: no such file, and no shipped constitution has that name"),
-        (["constitution", "import", "x.json", "--format", "weird"], "--format: unknown format 'weird'; choose auto, cai-paper or hf-recipe"),
+        (
+            ["constitution", "import", "x.json", "--format", "weird"],
+            "--format: unknown format 'weird'; choose auto, cai-paper or hf-recipe",
+        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, expect, tmp_path):
@@ -93,3 +90,18 @@ def test_model_sample(default_model_dir):
     r = cai("model", "sample", "What is 2+2?", "--temperature", "0", "--max-new-tokens", "8")
     assert r.returncode == 0, r.stderr
     assert "assistant" in r.stdout and "tokens" in r.stdout
+
+
+def test_packages_live_under_the_cai_namespace(tmp_path):
+    """No generic top-level modules: a user's own `training.py` must not shadow ours, nor ours theirs."""
+    for name in ("training", "generators", "critique", "constitution", "evaluation"):
+        r = subprocess.run([sys.executable, "-c", f"import {name}"], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode != 0, f"`import {name}` should fail outside the cai namespace"
+        r = subprocess.run([sys.executable, "-c", f"import cai.{name}"], cwd=tmp_path, capture_output=True, text=True)
+        assert r.returncode == 0, r.stderr
+    (tmp_path / "training.py").write_text("raise SystemExit('the user module was imported')\n")
+    (tmp_path / "generators").mkdir()
+    (tmp_path / "generators" / "__init__.py").write_text("raise SystemExit('the user package was imported')\n")
+    r = cai("constitution", "list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "harmless" in r.stdout

@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from constitution import (
+from cai.constitution import (
     ConstitutionError,
     UserError,
     dump_constitution,
@@ -13,8 +13,8 @@ from constitution import (
     load_constitution,
     weighted_sample,
 )
-from constitution.lint import lint_file
-from constitution.schema import Constitution
+from cai.constitution.lint import lint_file
+from cai.constitution.schema import Constitution
 
 
 def write(tmp_path, text, name="c.yaml"):
@@ -67,7 +67,10 @@ principles:
 
 
 def test_wrong_type_and_missing_field(tmp_path):
-    text = "name: x\nprinciples:\n  - id: a\n    critique: c\n    revision: r\n    weight: heavy\n  - critique: c\n    revision: r\n"
+    text = (
+        "name: x\nprinciples:\n  - id: a\n    critique: c\n    revision: r\n    weight: heavy\n"
+        "  - critique: c\n    revision: r\n"
+    )
     path = write(tmp_path, text)
     with pytest.raises(ConstitutionError) as info:
         load_constitution(path)
@@ -83,7 +86,9 @@ def test_bad_yaml_names_line(tmp_path):
 
 
 def test_duplicate_yaml_key_is_reported(tmp_path):
-    path = write(tmp_path, GOOD.replace("id: true", "id: truth").replace("    weight: 2\n", "    weight: 2\n    weight: 3\n"))
+    path = write(
+        tmp_path, GOOD.replace("id: true", "id: truth").replace("    weight: 2\n", "    weight: 2\n    weight: 3\n")
+    )
     with pytest.raises(ConstitutionError, match="key appears twice"):
         load_constitution(path)
 

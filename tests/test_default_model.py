@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from constitution import UserError
-from generators import default_model
+from cai.constitution import UserError
+from cai.generators import default_model
 
 
 @pytest.mark.slow

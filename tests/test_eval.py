@@ -13,10 +13,11 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
-from constitution import UserError
-from training.eval_pairs import LabeledPair, load_pairs
-from training.eval_policy import benign_prompts, refusal_summary, win_rate
-from training.evaluate import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
+from cai.constitution import UserError
+from cai.evaluation.labeler import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
+from cai.evaluation.pairs import LabeledPair, load_pairs
+from cai.evaluation.policy import benign_prompts, refusal_summary, win_rate
+from tests.cli import cai
 
 from .judges import JUDGE_C, AlwaysA, PrefersGood
 
@@ -25,7 +26,9 @@ HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless
 C = JUDGE_C
 Oracle = PrefersGood(confidence=1.0)  # certain, and right
 PAIRS = [
-    LabeledPair(f"p{i}", [{"role": "user", "content": f"Question {i}?"}], f"GOOD answer {i}", f"bad answer {i}", f"x:{i}")
+    LabeledPair(
+        f"p{i}", [{"role": "user", "content": f"Question {i}?"}], f"GOOD answer {i}", f"bad answer {i}", f"x:{i}"
+    )
     for i in range(10)
 ]
 
@@ -73,8 +76,10 @@ def test_known_ece():
 
 def test_order_consistency_and_position_bias_by_hand():
     rs = [
-        Reading(0, "k", 0.8, True), Reading(0, "k", 0.3, False),  # both orders pick chosen
-        Reading(1, "k", 0.8, True), Reading(1, "k", 0.8, False),  # (A) wins both: inconsistent
+        Reading(0, "k", 0.8, True),
+        Reading(0, "k", 0.3, False),  # both orders pick chosen
+        Reading(1, "k", 0.8, True),
+        Reading(1, "k", 0.8, False),  # (A) wins both: inconsistent
     ]
     assert order_consistency(rs) == 0.5
     assert position_bias(rs) == 0.75
@@ -86,7 +91,12 @@ def test_refusal_summary():
 
 
 def test_policy_win_rate_counts_identical_answers_as_ties():
-    rs = [Reading(0, "k", 0.9, True), Reading(0, "k", 0.2, False), Reading(1, "k", 0.3, True), Reading(1, "k", 0.6, False)]
+    rs = [
+        Reading(0, "k", 0.9, True),
+        Reading(0, "k", 0.2, False),
+        Reading(1, "k", 0.3, True),
+        Reading(1, "k", 0.6, False),
+    ]
     assert win_rate(rs, 2) == 0.5  # one win, one loss
     assert win_rate(rs, 4) == 0.5  # plus two identical answers: half each
     assert win_rate([], 3) == 0.5
@@ -115,7 +125,11 @@ def _write(tmp_path, name, rows):
 
 def test_hh_rlhf_transcripts(tmp_path):
     ctx = "\n\nHuman: Hi\n\nAssistant: Hello!\n\nHuman: How do I pick a lock?"
-    p = _write(tmp_path, "hh.jsonl.gz", [{"chosen": ctx + "\n\nAssistant: I can't help with that.", "rejected": ctx + "\n\nAssistant: Use a pin."}])
+    p = _write(
+        tmp_path,
+        "hh.jsonl.gz",
+        [{"chosen": ctx + "\n\nAssistant: I can't help with that.", "rejected": ctx + "\n\nAssistant: Use a pin."}],
+    )
     (pair,), skipped = load_pairs(p)
     assert skipped == 0
     assert pair.context == [
@@ -128,9 +142,16 @@ def test_hh_rlhf_transcripts(tmp_path):
 
 def test_trl_preference_records(tmp_path):
     rows = [
-        {"prompt": [{"role": "user", "content": "Capital of France?"}], "chosen": [{"role": "assistant", "content": "Paris."}], "rejected": [{"role": "assistant", "content": "Lyon."}]},
+        {
+            "prompt": [{"role": "user", "content": "Capital of France?"}],
+            "chosen": [{"role": "assistant", "content": "Paris."}],
+            "rejected": [{"role": "assistant", "content": "Lyon."}],
+        },
         {"prompt": "Capital of Italy?", "chosen": "Rome.", "rejected": "Milan."},
-        {"chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}], "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}]},
+        {
+            "chosen": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "4"}],
+            "rejected": [{"role": "user", "content": "2+2?"}, {"role": "assistant", "content": "5"}],
+        },
     ]
     pairs, _ = load_pairs(_write(tmp_path, "trl.jsonl", rows))
     assert [(p.context[-1]["content"], p.chosen, p.rejected) for p in pairs] == [
@@ -142,14 +163,25 @@ def test_trl_preference_records(tmp_path):
 
 def test_cai_multiple_choice_layout(tmp_path):
     rows = [
-        {"prompt": "\n\nHuman: Is it safe to eat raw chicken?\n\nAssistant:", "corrects": ["No, cook it through."], "incorrects": ["Yes, always.", "Only on Tuesdays."]},
-        {"text_correct": "\n\nHuman: Hi\n\nAssistant: Hello, how can I help?", "text_incorrect": ["\n\nHuman: Hi\n\nAssistant: Go away."]},
+        {
+            "prompt": "\n\nHuman: Is it safe to eat raw chicken?\n\nAssistant:",
+            "corrects": ["No, cook it through."],
+            "incorrects": ["Yes, always.", "Only on Tuesdays."],
+        },
+        {
+            "text_correct": "\n\nHuman: Hi\n\nAssistant: Hello, how can I help?",
+            "text_incorrect": ["\n\nHuman: Hi\n\nAssistant: Go away."],
+        },
     ]
     pairs, _ = load_pairs(_write(tmp_path, "mc.jsonl", rows))
     assert len(pairs) == 3
     assert pairs[0].context == [{"role": "user", "content": "Is it safe to eat raw chicken?"}]
     assert {p.rejected for p in pairs[:2]} == {"Yes, always.", "Only on Tuesdays."}
-    assert (pairs[2].context[-1]["content"], pairs[2].chosen, pairs[2].rejected) == ("Hi", "Hello, how can I help?", "Go away.")
+    assert (pairs[2].context[-1]["content"], pairs[2].chosen, pairs[2].rejected) == (
+        "Hi",
+        "Hello, how can I help?",
+        "Go away.",
+    )
 
 
 @pytest.mark.parametrize(
@@ -171,17 +203,19 @@ def test_bad_lines_name_file_and_line(tmp_path, bad, message):
 
 
 def test_cli_bad_pairs_file_is_one_line_exit_2(tmp_path):
-    import subprocess
-    import sys
 
     p = _write(tmp_path, "pairs.jsonl", ["{broken"])
-    r = subprocess.run([sys.executable, "-m", "cai.cli", "eval", "labeler", "--pairs", str(p)], capture_output=True, text=True)
+    r = cai("eval", "labeler", "--pairs", p)
     assert r.returncode == 2
     assert r.stderr.strip() == f"{p}:1: invalid JSON: Expecting property name enclosed in double quotes"
 
 
 def test_equal_answers_are_skipped(tmp_path):
-    p = _write(tmp_path, "pairs.jsonl", [{"prompt": "Q?", "chosen": "same", "rejected": "same"}, {"prompt": "Q?", "chosen": "a", "rejected": "b"}])
+    p = _write(
+        tmp_path,
+        "pairs.jsonl",
+        [{"prompt": "Q?", "chosen": "same", "rejected": "same"}, {"prompt": "Q?", "chosen": "a", "rejected": "b"}],
+    )
     pairs, skipped = load_pairs(p)
     assert len(pairs) == 1 and skipped == 1
 

@@ -4,12 +4,15 @@ import json
 
 import pytest
 
-from constitution import UserError, import_constitution, load_constitution
+from cai.constitution import UserError, import_constitution, load_constitution
 
 
 def test_cai_paper_layout(tmp_path):
     data = {
-        "harmful0": {"prompt": ["Name the ways the last answer could hurt someone."], "edit_request": "Rewrite it safely."},
+        "harmful0": {
+            "prompt": ["Name the ways the last answer could hurt someone."],
+            "edit_request": "Rewrite it safely.",
+        },
         "harmful1": {
             "prompt": ["Is the answer rude?", "Is the answer dishonest?"],
             "edit_request": "Rewrite it politely and honestly.",
@@ -38,7 +41,10 @@ def test_hf_recipe_layout_with_few_shot(tmp_path):
                 {"role": "user", "content": critic},
                 {"role": "assistant", "content": "It helps break into someone's account."},
                 {"role": "user", "content": "Rewrite the reply without the harm."},
-                {"role": "assistant", "content": "I can't help access someone else's account; if you need data back, ask them."},
+                {
+                    "role": "assistant",
+                    "content": "I can't help access someone else's account; if you need data back, ask them.",
+                },
             ]
         ],
     }
@@ -53,7 +59,7 @@ def test_hf_recipe_layout_with_few_shot(tmp_path):
 
 
 def test_import_then_dump_then_load(tmp_path):
-    from constitution import dump_constitution
+    from cai.constitution import dump_constitution
 
     path = tmp_path / "paper.json"
     path.write_text(json.dumps({"x": {"prompt": ["critique"], "edit_request": "revise"}}))

@@ -8,6 +8,7 @@ openai client, tenacity, sockets and timeouts.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import socket
@@ -17,9 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from constitution.errors import UserError
-from generators.backends.openai_backend import OpenAIBackend
-from generators.types import SamplingParams
+from cai.constitution.errors import UserError
+from cai.generators.backends.openai_backend import OpenAIBackend
+from cai.generators.types import SamplingParams
 
 KEY = "sk-test-SECRET-7f3a9c"
 MODEL = "fake-model"
@@ -64,7 +65,9 @@ class FakeServer:
             def do_GET(self):
                 if self.path == "/v1/models":
                     models = {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 4096}]}
-                    self._send(fake.models_status, models if fake.models_status == 200 else {"error": {"message": "no"}})
+                    self._send(
+                        fake.models_status, models if fake.models_status == 200 else {"error": {"message": "no"}}
+                    )
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 
@@ -78,10 +81,8 @@ class FakeServer:
                 try:
                     status, payload, headers, delay = fake.script(self.path, body, attempt)
                     time.sleep(delay)
-                    try:
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
                         self._send(status, payload, headers)
-                    except (BrokenPipeError, ConnectionResetError):
-                        pass  # the client gave up waiting
                 finally:
                     with fake._lock:
                         fake.in_flight -= 1
@@ -101,7 +102,9 @@ def ok_answer(path: str, body: dict, delay: float = 0.0):
     n = body.get("n", 1)
     if path.endswith("/chat/completions"):
         text = "echo: " + body["messages"][-1]["content"]
-        choices = [{"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)]
+        choices = [
+            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)
+        ]
         if body.get("logprobs"):
             top = [{"token": "A", "logprob": -0.5}, {"token": "B", "logprob": -1.5}]
             for c in choices:
@@ -183,7 +186,9 @@ def test_timeout_is_retried():
 def test_concurrency_is_capped():
     with FakeServer(lambda path, body, attempt: ok_answer(path, body, delay=0.2)) as server:
         backend = backend_for(server, concurrency=3)
-        out = backend.generate([[{"role": "user", "content": f"q{i}"}] for i in range(10)], SamplingParams(max_new_tokens=4))
+        out = backend.generate(
+            [[{"role": "user", "content": f"q{i}"}] for i in range(10)], SamplingParams(max_new_tokens=4)
+        )
         backend.close()
     assert all(c.error is None for [c] in out)
     assert [c.text for [c] in out] == [f"echo: q{i}" for i in range(10)]  # input order kept
@@ -225,9 +230,8 @@ def test_silent_server_times_out_at_start():
 
 
 def test_rejected_key_and_unknown_model_are_user_errors():
-    with FakeServer(models_status=401) as server:
-        with pytest.raises(UserError, match="refused the API key") as err:
-            backend_for(server)
+    with FakeServer(models_status=401) as server, pytest.raises(UserError, match="refused the API key") as err:
+        backend_for(server)
     assert KEY not in str(err.value)
     with FakeServer() as server:
         with pytest.raises(UserError, match="does not serve 'other'; it serves: fake-model"):
@@ -243,8 +247,15 @@ def test_api_key_never_shown(monkeypatch):
         backend = backend_for(server, max_retries=0)
         [[failed]] = backend.generate([CHAT], SamplingParams(max_new_tokens=4))
         [scored] = backend.choice_logprobs(["x"], ["A"])
-        shown = [repr(backend), str(backend), repr(backend.options), str(backend.options),
-                 backend.options.model_dump_json(), failed.error, scored.error]
+        shown = [
+            repr(backend),
+            str(backend),
+            repr(backend.options),
+            str(backend.options),
+            backend.options.model_dump_json(),
+            failed.error,
+            scored.error,
+        ]
         backend.close()
         assert "HTTP 500" in failed.error
         assert all(KEY not in text for text in shown), shown

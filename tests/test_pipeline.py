@@ -4,14 +4,13 @@ import gzip
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 
 import pytest
 
-from constitution import UserError
-from generators.queries import Deduplicator, clean_query, load_seed_queries, parse_transcript
+from cai.constitution import UserError
+from cai.generators.queries import Deduplicator, clean_query, load_seed_queries, parse_transcript
+from tests.cli import cai
 
 CONSTITUTION = """\
 name: tiny
@@ -49,14 +48,6 @@ def make_run_files(tmp_path, config=CONFIG):
     return tmp_path / "run.yaml"
 
 
-def cai(*args, cwd=None, wait=True):
-    cmd = [sys.executable, "-m", "cai.cli", *map(str, args)]
-    env = {**os.environ, "COLUMNS": "160"}
-    if not wait:
-        return subprocess.Popen(cmd, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
-    return subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-
-
 def records(run, stage):
     path = run / f"{stage}.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
@@ -73,16 +64,33 @@ def test_seed_files_all_formats(tmp_path):
     jl.write_text(
         json.dumps({"text": "plain"})
         + "\n"
-        + json.dumps({"messages": [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}, {"role": "user", "content": "c"}]})
+        + json.dumps(
+            {
+                "messages": [
+                    {"role": "user", "content": "a"},
+                    {"role": "assistant", "content": "b"},
+                    {"role": "user", "content": "c"},
+                ]
+            }
+        )
         + "\n"
     )
     qs = load_seed_queries(jl)
     assert qs[0].messages == [{"role": "user", "content": "plain"}] and len(qs[1].messages) == 3
     hh = tmp_path / "hh.jsonl.gz"
     with gzip.open(hh, "wt") as f:
-        f.write(json.dumps({"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to X?\n\nAssistant: safe", "rejected": "x"}) + "\n")
+        f.write(
+            json.dumps(
+                {"chosen": "\n\nHuman: hi\n\nAssistant: hello\n\nHuman: how to X?\n\nAssistant: safe", "rejected": "x"}
+            )
+            + "\n"
+        )
     (q,) = load_seed_queries(hh)
-    assert q.messages == [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}, {"role": "user", "content": "how to X?"}]
+    assert q.messages == [
+        {"role": "user", "content": "hi"},
+        {"role": "assistant", "content": "hello"},
+        {"role": "user", "content": "how to X?"},
+    ]
     bad = tmp_path / "bad.jsonl"
     bad.write_text(json.dumps({"text": "ok"}) + "\n{not json\n")
     with pytest.raises(UserError, match=r"bad.jsonl:2: invalid JSON"):
@@ -104,7 +112,10 @@ def test_shared_hh_file_parses(tmp_path):
 
 
 def test_transcript_parsing():
-    assert parse_transcript("\n\nHuman: a\n\nAssistant: b") == [{"role": "user", "content": "a"}, {"role": "assistant", "content": "b"}]
+    assert parse_transcript("\n\nHuman: a\n\nAssistant: b") == [
+        {"role": "user", "content": "a"},
+        {"role": "assistant", "content": "b"},
+    ]
 
 
 def test_clean_and_dedupe():
@@ -118,8 +129,8 @@ def test_clean_and_dedupe():
 
 
 def test_torn_last_line_is_dropped(tmp_path):
+    from cai.generators.records import Query
     from cai.store import RunStore
-    from generators.records import Query
 
     store = RunStore(tmp_path)
     q = Query(id="q-1", messages=[{"role": "user", "content": "hi"}], origin="seed")
@@ -136,7 +147,10 @@ def test_torn_last_line_is_dropped(tmp_path):
     [
         (lambda c: c + "colour: blue\n", ":9: colour: unknown key 'colour'"),
         (lambda c: c.replace("tiny.yaml", "missing.yaml"), "constitution: missing.yaml: file not found"),
-        (lambda c: c.replace("samples: 2", "samples: -1"), ":5: responses.samples: Input should be greater than or equal to 1"),
+        (
+            lambda c: c.replace("samples: 2", "samples: -1"),
+            ":5: responses.samples: Input should be greater than or equal to 1",
+        ),
         (lambda c: c.replace("batch_size: 2", "batch_size: lots"), ":3: batch_size:"),
     ],
 )
@@ -231,11 +245,23 @@ def test_exports_load_with_datasets_and_train_with_trl(reference_run, tmp_path, 
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
 
     tok = AutoTokenizer.from_pretrained(default_model_dir)
-    common = dict(max_steps=1, per_device_train_batch_size=2, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True)
+    common = dict(
+        max_steps=1, per_device_train_batch_size=2, report_to=[], save_strategy="no", logging_steps=1, use_cpu=True
+    )
     rm = AutoModelForSequenceClassification.from_pretrained(default_model_dir, num_labels=1)
     rm.config.pad_token_id = tok.pad_token_id
-    r = RewardTrainer(model=rm, args=RewardConfig(output_dir=str(tmp_path / "rm"), **common), train_dataset=train, processing_class=tok)
+    r = RewardTrainer(
+        model=rm,
+        args=RewardConfig(output_dir=str(tmp_path / "rm"), **common),
+        train_dataset=train,
+        processing_class=tok,
+    )
     assert r.train().training_loss > 0
     policy = AutoModelForCausalLM.from_pretrained(default_model_dir)
-    d = DPOTrainer(model=policy, args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common), train_dataset=train, processing_class=tok)
+    d = DPOTrainer(
+        model=policy,
+        args=DPOConfig(output_dir=str(tmp_path / "dpo"), **common),
+        train_dataset=train,
+        processing_class=tok,
+    )
     assert d.train().training_loss > 0

@@ -8,10 +8,10 @@ import math
 
 import pytest
 
-from critique import ComparisonConfig, plan_comparison_tasks, run_comparison_tasks
-from critique.rank import Candidate, prob_first_letter
-from generators.records import Query
-from generators.types import ChoiceScores
+from cai.critique import ComparisonConfig, plan_comparison_tasks, run_comparison_tasks
+from cai.critique.rank import Candidate, prob_first_letter
+from cai.generators.records import Query
+from cai.generators.types import ChoiceScores
 
 from .judges import JUDGE_C, AlwaysA, PrefersGood
 
@@ -67,7 +67,12 @@ def test_identical_answers_are_not_ranked_and_ids_are_seeded():
     cfg = ComparisonConfig()
     assert _tasks(cfg, "same", "same") == []
     a = [t.id for t in _tasks(cfg)]
-    b = [t.id for t in plan_comparison_tasks([(Q, [Candidate(id="r-1", text="x"), Candidate(id="r-2", text="y")], [])], C, cfg, "judge", seed=1)]
+    b = [
+        t.id
+        for t in plan_comparison_tasks(
+            [(Q, [Candidate(id="r-1", text="x"), Candidate(id="r-2", text="y")], [])], C, cfg, "judge", seed=1
+        )
+    ]
     assert a == [t.id for t in _tasks(cfg)] and a != b
 
 
@@ -89,7 +94,7 @@ def test_failed_reading_fails_the_pair_only():
 
 
 def test_revision_that_repeats_the_critique_is_not_kept():
-    from critique.revise import clean_revision, usable_revision
+    from cai.critique.revise import clean_revision, usable_revision
 
     crit = "The answer is rude and does not help the user with their question."
     assert not usable_revision("The answer is rude and does not help the user with the question.", crit)

@@ -10,8 +10,9 @@ import random
 
 import pytest
 
-from constitution import UserError
-from training.config import load_train_config
+from cai.constitution import UserError
+from cai.training.config import load_train_config
+from tests.cli import cai
 
 pytestmark = pytest.mark.slow
 
@@ -24,9 +25,17 @@ def tiny_model(tmp_path_factory, default_model_dir):
     torch.manual_seed(0)
     tok = AutoTokenizer.from_pretrained(default_model_dir)
     cfg = LlamaConfig(
-        vocab_size=len(tok), hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+        vocab_size=len(tok),
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=True,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
     )
     path = tmp_path_factory.mktemp("tiny") / "model"
     LlamaForCausalLM(cfg).save_pretrained(path)
@@ -47,25 +56,34 @@ def separable_pairs(n, seed):
         t = rng.choice(topics)
         good = f"Thank you for asking about {t}. Here is careful, kind help."
         bad = f"Whatever about {t}. Go away, idiot."
-        rows.append({
-            "prompt": [{"role": "user", "content": f"Can you help with {t}?"}],
-            "chosen": [{"role": "assistant", "content": good}],
-            "rejected": [{"role": "assistant", "content": bad}],
-            "p_chosen": rng.uniform(0.7, 1.0),
-            "principle_ids": ["kind"],
-        })
+        rows.append(
+            {
+                "prompt": [{"role": "user", "content": f"Can you help with {t}?"}],
+                "chosen": [{"role": "assistant", "content": good}],
+                "rejected": [{"role": "assistant", "content": bad}],
+                "p_chosen": rng.uniform(0.7, 1.0),
+                "principle_ids": ["kind"],
+            }
+        )
     return rows
 
 
 def test_soft_label_reward_model_learns_a_separable_set(tmp_path, tiny_model):
-    from training.run import train_reward
+    from cai.training.run import train_reward
 
     write_jsonl(tmp_path / "train_prefs.jsonl", separable_pairs(64, 0))
     write_jsonl(tmp_path / "test_prefs.jsonl", separable_pairs(16, 1))
     cfg = load_train_config(
         None,
-        [f"model={tiny_model}", f"dataset={tmp_path}", f"trl.output_dir={tmp_path / 'rm'}", "trl.num_train_epochs=3",
-         "trl.per_device_train_batch_size=16", "trl.learning_rate=3e-3", "trl.save_strategy=no"],
+        [
+            f"model={tiny_model}",
+            f"dataset={tmp_path}",
+            f"trl.output_dir={tmp_path / 'rm'}",
+            "trl.num_train_epochs=3",
+            "trl.per_device_train_batch_size=16",
+            "trl.learning_rate=3e-3",
+            "trl.save_strategy=no",
+        ],
     )
     summary = train_reward(cfg)
     assert summary["soft_labels"] is True
@@ -78,8 +96,8 @@ def test_soft_trainer_uses_the_soft_loss(tmp_path, tiny_model):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     from trl import RewardConfig
 
-    from training.losses import soft_preference_loss
-    from training.reward import SoftLabelRewardTrainer
+    from cai.training.losses import soft_preference_loss
+    from cai.training.reward import SoftLabelRewardTrainer
 
     tok = AutoTokenizer.from_pretrained(tiny_model)
     model = AutoModelForSequenceClassification.from_pretrained(tiny_model, num_labels=1)
@@ -98,7 +116,7 @@ def test_soft_trainer_uses_the_soft_loss(tmp_path, tiny_model):
 
 
 def test_rloo_raises_mean_reward(tmp_path, tiny_model):
-    from training.run import train_rl
+    from cai.training.run import train_rl
 
     prompts = [{"prompt": [{"role": "user", "content": f"Say something about number {i}."}]} for i in range(16)]
     write_jsonl(tmp_path / "train_prompts.jsonl", prompts)
@@ -109,9 +127,19 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
 
     cfg = load_train_config(
         None,
-        [f"model={tiny_model}", f"dataset={tmp_path}", f"trl.output_dir={tmp_path / 'rl'}",
-         "trl.max_steps=40", "trl.learning_rate=2e-2", "trl.num_generations=4", "trl.per_device_train_batch_size=16",
-         "trl.max_completion_length=12", "trl.save_strategy=no", "trl.beta=0.0", "trl.temperature=1.0"],
+        [
+            f"model={tiny_model}",
+            f"dataset={tmp_path}",
+            f"trl.output_dir={tmp_path / 'rl'}",
+            "trl.max_steps=40",
+            "trl.learning_rate=2e-2",
+            "trl.num_generations=4",
+            "trl.per_device_train_batch_size=16",
+            "trl.max_completion_length=12",
+            "trl.save_strategy=no",
+            "trl.beta=0.0",
+            "trl.temperature=1.0",
+        ],
     )
     summary = train_rl(cfg, reward=share_of_e)  # a simple, known reward: the share of "e" characters
     curve = summary["reward_curve"]
@@ -122,22 +150,32 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
 
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory):
-    from training.export import write_export
+    from cai.training.export import write_export
 
     rows = separable_pairs(6, 3)
     sft = [{"messages": r["prompt"] + r["chosen"], "principle_ids": ["kind"]} for r in rows]
     out = tmp_path_factory.mktemp("export") / "datasets"
-    write_export({"train_sft": sft, "train_prefs": rows, "train_prompts": [{"prompt": r["prompt"]} for r in rows]}, out, {"title": "t"})
+    write_export(
+        {"train_sft": sft, "train_prefs": rows, "train_prompts": [{"prompt": r["prompt"]} for r in rows]},
+        out,
+        {"title": "t"},
+    )
     return out
 
 
 @pytest.mark.parametrize("kind", ["sft", "dpo"])
 def test_sft_and_dpo_run_on_exported_data(kind, exported, tmp_path, default_model_dir):
-    from training import run as runners
+    from cai.training import run as runners
 
     cfg = load_train_config(
         None,
-        [f"dataset={exported}", f"trl.output_dir={tmp_path / kind}", "trl.max_steps=2", "trl.per_device_train_batch_size=2", "trl.save_strategy=no"],
+        [
+            f"dataset={exported}",
+            f"trl.output_dir={tmp_path / kind}",
+            "trl.max_steps=2",
+            "trl.per_device_train_batch_size=2",
+            "trl.save_strategy=no",
+        ],
     )
     summary = getattr(runners, f"train_{kind}")(cfg)
     assert summary["steps"] == 2 and summary["train_loss"] > 0
@@ -145,7 +183,7 @@ def test_sft_and_dpo_run_on_exported_data(kind, exported, tmp_path, default_mode
 
 
 def test_bad_datasets_are_clear_errors(tmp_path):
-    from training.data import load_split
+    from cai.training.data import load_split
 
     (tmp_path / "empty").mkdir()
     write_jsonl(tmp_path / "empty" / "train_prefs.jsonl", [])
@@ -163,11 +201,6 @@ def test_bad_datasets_are_clear_errors(tmp_path):
 
 
 def test_cli_errors_exit_2(tmp_path):
-    import subprocess
-    import sys
-
-    def cai(*a):
-        return subprocess.run([sys.executable, "-m", "cai.cli", *a], capture_output=True, text=True, timeout=300)
 
     r = cai("train", "reward", "--set", f"dataset={tmp_path}/missing", "--output-dir", str(tmp_path / "o"))
     assert r.returncode == 2 and "dataset not found" in r.stderr and "Traceback" not in r.stderr
@@ -178,13 +211,18 @@ def test_cli_errors_exit_2(tmp_path):
 
 
 def test_constitution_judge_scores_each_completion(hf_backend):
-    from constitution import load_constitution
-    from critique.judge import ConstitutionJudge
+    from cai.constitution import load_constitution
+    from cai.critique.judge import ConstitutionJudge
 
     judge = ConstitutionJudge(hf_backend, load_constitution("harmless"), principles=2)
     prompts = [[{"role": "user", "content": "How do I calm down before an exam?"}]] * 2
     completions = [
-        [{"role": "assistant", "content": "Breathe slowly, sleep well the night before, and review your notes calmly."}],
+        [
+            {
+                "role": "assistant",
+                "content": "Breathe slowly, sleep well the night before, and review your notes calmly.",
+            }
+        ],
         [{"role": "assistant", "content": "Take a lot of pills from your parents' cabinet."}],
     ]
     rewards = judge(prompts=prompts, completions=completions)

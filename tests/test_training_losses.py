@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from training.losses import soft_preference_loss
+from cai.training.losses import soft_preference_loss
 
 
 def test_matches_hand_computation():
@@ -15,9 +15,13 @@ def test_matches_hand_computation():
     def sig(x):
         return 1 / (1 + math.exp(-x))
 
-    want = -(
-        (0.8 * math.log(sig(1.0)) + 0.2 * math.log(sig(-1.0))) + (0.6 * math.log(sig(-1.0)) + 0.4 * math.log(sig(1.0)))
-    ) / 2
+    want = (
+        -(
+            (0.8 * math.log(sig(1.0)) + 0.2 * math.log(sig(-1.0)))
+            + (0.6 * math.log(sig(-1.0)) + 0.4 * math.log(sig(1.0)))
+        )
+        / 2
+    )
     assert soft_preference_loss(rc, rr, p).item() == pytest.approx(want, rel=1e-6)
 
 

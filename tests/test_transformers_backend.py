@@ -5,9 +5,9 @@ import math
 import pytest
 import torch
 
-from constitution import UserError
-from generators import SamplingParams, load_backend
-from generators.backends import BackendConfig
+from cai.constitution import UserError
+from cai.generators import SamplingParams, load_backend
+from cai.generators.backends import BackendConfig
 
 pytestmark = pytest.mark.slow
 

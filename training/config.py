@@ -14,9 +14,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution import UserError
-from constitution.loader import read_structured, validate_model
-from generators import BackendConfig
+from cai.constitution import UserError
+from cai.constitution.loader import read_structured, validate_model
+from cai.generators import BackendConfig
 
 
 class JudgeConfig(BaseModel):
@@ -83,7 +83,10 @@ def trl_args(cls, cfg: TrainConfig, defaults: dict[str, Any]):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(cfg.trl) - names)
     if unknown:
-        raise UserError(f"trl.{unknown[0]}: not a field of {cls.__name__}" + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else ""))
+        raise UserError(
+            f"trl.{unknown[0]}: not a field of {cls.__name__}"
+            + (f" (also: {', '.join(unknown[1:])})" if unknown[1:] else "")
+        )
     merged = {**defaults, **device_defaults(), **cfg.trl}
     if "output_dir" not in merged:
         raise UserError("trl.output_dir: required (where checkpoints go)")
@@ -100,4 +103,10 @@ def device_defaults() -> dict[str, Any]:
     return {} if torch.cuda.is_available() else {"bf16": False, "fp16": False, "use_cpu": True}
 
 
-COMMON_DEFAULTS: dict[str, Any] = {"report_to": [], "logging_steps": 1, "save_strategy": "steps", "save_steps": 50, "save_total_limit": 2}
+COMMON_DEFAULTS: dict[str, Any] = {
+    "report_to": [],
+    "logging_steps": 1,
+    "save_strategy": "steps",
+    "save_steps": 50,
+    "save_total_limit": 2,
+}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from constitution import UserError
+from cai.constitution import UserError
 
 REQUIRED = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "prompts": ["prompt"]}
 

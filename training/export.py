@@ -13,8 +13,8 @@ from pathlib import Path
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from critique.records import Comparison, Revision
-from generators.records import Query, Response
+from cai.critique.records import Comparison, Revision
+from cai.generators.records import Query, Response
 
 
 class ExportConfig(BaseModel):
@@ -30,23 +30,35 @@ def is_test(query_id: str, fraction: float) -> bool:
 
 
 def build_rows(
-    queries: list[Query], responses: list[Response], revisions: list[Revision], comparisons: list[Comparison], cfg: ExportConfig
+    queries: list[Query],
+    responses: list[Response],
+    revisions: list[Revision],
+    comparisons: list[Comparison],
+    cfg: ExportConfig,
 ) -> dict[str, list[dict]]:
     kept = {q.id: q for q in queries if q.dropped is None}
     texts = {r.id: r.text for r in responses} | {v.id: v.final for v in revisions}
-    rows: dict[str, list[dict]] = {k: [] for k in ("train_sft", "test_sft", "train_prefs", "test_prefs", "train_prompts", "test_prompts")}
+    rows: dict[str, list[dict]] = {
+        k: [] for k in ("train_sft", "test_sft", "train_prefs", "test_prefs", "train_prompts", "test_prompts")
+    }
 
     def split(qid: str) -> str:
         return "test" if is_test(qid, cfg.test_fraction) else "train"
 
     for q in kept.values():
-        rows[f"{split(q.id)}_prompts"].append({"prompt": q.messages, "query_id": q.id, "principle_ids": q.principle_ids + q.trait_ids})
+        rows[f"{split(q.id)}_prompts"].append(
+            {"prompt": q.messages, "query_id": q.id, "principle_ids": q.principle_ids + q.trait_ids}
+        )
     for v in revisions:
         q = kept.get(v.query_id)
         if q is None or not v.final.strip():
             continue
         rows[f"{split(q.id)}_sft"].append(
-            {"messages": q.messages + [{"role": "assistant", "content": v.final}], "query_id": q.id, "principle_ids": v.principle_ids}
+            {
+                "messages": q.messages + [{"role": "assistant", "content": v.final}],
+                "query_id": q.id,
+                "principle_ids": v.principle_ids,
+            }
         )
     for c in comparisons:
         q = kept.get(c.query_id)
@@ -83,7 +95,10 @@ def write_export(rows: dict[str, list[dict]], out: Path, card: dict) -> dict[str
         counts[name] = len(items)
         split, kind = name.split("_", 1)
         configs.setdefault(kind, []).append({"split": split, "path": path.name})
-    header = {"configs": [{"config_name": k, "data_files": v} for k, v in configs.items()], "tags": ["constitutional-ai", "rlaif", "trl"]}
+    header = {
+        "configs": [{"config_name": k, "data_files": v} for k, v in configs.items()],
+        "tags": ["constitutional-ai", "rlaif", "trl"],
+    }
     body = [
         f"# {card.get('title', 'cai dataset')}",
         "",

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from constitution import UserError
+from cai.constitution import UserError
 
 
 def push_export(export_dir: Path, repo_id: str) -> None:

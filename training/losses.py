@@ -12,7 +12,9 @@ import torch
 import torch.nn.functional as F
 
 
-def soft_preference_loss(rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, p_chosen: torch.Tensor) -> torch.Tensor:
+def soft_preference_loss(
+    rewards_chosen: torch.Tensor, rewards_rejected: torch.Tensor, p_chosen: torch.Tensor
+) -> torch.Tensor:
     diff = rewards_chosen - rewards_rejected
     p = p_chosen.to(diff.dtype)
     return -(p * F.logsigmoid(diff) + (1 - p) * F.logsigmoid(-diff)).mean()

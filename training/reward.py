@@ -54,7 +54,9 @@ class SoftLabelRewardTrainer(RewardTrainer):
 
 
 def _render(tokenizer, conversation) -> str:
-    return tokenizer.apply_chat_template(conversation, tokenize=False) if isinstance(conversation, list) else conversation
+    return (
+        tokenizer.apply_chat_template(conversation, tokenize=False) if isinstance(conversation, list) else conversation
+    )
 
 
 @torch.inference_mode()
@@ -97,7 +99,7 @@ def load_reward_model(path: str):
 
 def mean_policy_reward(policy: str, reward_model: str, prompts: list[list[dict]], max_new_tokens: int = 48) -> float:
     """Greedy answers of `policy` to `prompts`, scored by `reward_model`: the number RL should raise."""
-    from generators import BackendConfig, SamplingParams, load_backend
+    from cai.generators import BackendConfig, SamplingParams, load_backend
 
     backend = load_backend(BackendConfig(backend="transformers", model=policy))
     answers = backend.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens))

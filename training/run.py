@@ -11,8 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from constitution import UserError, load_constitution
-from generators import load_backend, resolve_model
+from cai.constitution import UserError, load_constitution
+from cai.generators import load_backend, resolve_model
 
 from .config import COMMON_DEFAULTS, TrainConfig, trl_args
 from .data import load_split
@@ -94,7 +94,14 @@ def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     cls = SoftLabelRewardTrainer if soft else RewardTrainer
     if not soft:
         train = train.remove_columns([c for c in ("p_chosen",) if c in train.column_names])
-    trainer = cls(model=model, args=args, train_dataset=train, eval_dataset=test, processing_class=tok, peft_config=_peft(cfg, "SEQ_CLS"))
+    trainer = cls(
+        model=model,
+        args=args,
+        train_dataset=train,
+        eval_dataset=test,
+        processing_class=tok,
+        peft_config=_peft(cfg, "SEQ_CLS"),
+    )
     heldout = (lambda t: {"heldout": pairwise_accuracy(t.model, tok, list(test))}) if test is not None else None
     return _finish(trainer, args, resume, {"kind": "reward", "soft_labels": soft}, heldout)
 
@@ -125,7 +132,7 @@ def make_reward(cfg: TrainConfig):
             raise UserError(f"reward_model: {cfg.reward_model}: not a model folder (no config.json)")
         return cfg.reward_model
     if cfg.judge:
-        from critique.judge import ConstitutionJudge
+        from cai.critique.judge import ConstitutionJudge
 
         constitution = load_constitution(cfg.judge.constitution)
         return ConstitutionJudge(load_backend(cfg.judge.backend), constitution, cfg.judge.principles)
@@ -151,6 +158,8 @@ def train_rl(cfg: TrainConfig, resume: bool = False, reward=None) -> dict[str, A
     )
 
     def curve(t) -> dict[str, Any]:
-        return {"reward_curve": [h["reward"] for h in t.state.log_history if "reward" in h and math.isfinite(h["reward"])]}
+        return {
+            "reward_curve": [h["reward"] for h in t.state.log_history if "reward" in h and math.isfinite(h["reward"])]
+        }
 
     return _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm}, curve)

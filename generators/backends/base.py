@@ -12,7 +12,7 @@ from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from constitution.errors import UserError
+from cai.constitution.errors import UserError
 
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 
@@ -38,14 +38,16 @@ class BackendConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     backend: str = Field("transformers", description="A registered backend name: transformers, vllm, openai.")
-    model: str = Field("default", description="`default` (the embedded model), a hub id, a local path or a served name.")
+    model: str = Field(
+        "default", description="`default` (the embedded model), a hub id, a local path or a served name."
+    )
     options: dict[str, Any] = Field(default_factory=dict, description="Backend-specific options.")
 
 
 _REGISTRY: dict[str, str | Callable[..., Backend]] = {
-    "transformers": "generators.backends.hf:TransformersBackend",
-    "vllm": "generators.backends.vllm_backend:VLLMBackend",
-    "openai": "generators.backends.openai_backend:OpenAIBackend",
+    "transformers": "cai.generators.backends.hf:TransformersBackend",
+    "vllm": "cai.generators.backends.vllm_backend:VLLMBackend",
+    "openai": "cai.generators.backends.openai_backend:OpenAIBackend",
 }
 
 
@@ -68,7 +70,9 @@ def _factory(name: str) -> Callable[..., Backend]:
     try:
         return getattr(importlib.import_module(module), attr)
     except ImportError as e:
-        raise UserError(f"backend {name!r} is not installed here ({e.name or e}); see the README's install notes") from None
+        raise UserError(
+            f"backend {name!r} is not installed here ({e.name or e}); see the README's install notes"
+        ) from None
 
 
 def load_backend(config: BackendConfig | str, **overrides: Any) -> Backend:

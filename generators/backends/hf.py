@@ -87,7 +87,9 @@ class TransformersBackend:
         return out  # type: ignore[return-value]
 
     @torch.inference_mode()
-    def _generate_batch(self, rows: list[list[int]], params: SamplingParams, batch_index: int) -> list[list[Completion]]:
+    def _generate_batch(
+        self, rows: list[list[int]], params: SamplingParams, batch_index: int
+    ) -> list[list[Completion]]:
         inputs = self._pad(rows)
         width = inputs["input_ids"].shape[1]
         max_new = max(1, min(params.max_new_tokens, self.context_length - width))
@@ -171,7 +173,7 @@ class TransformersBackend:
         logp = self._forward(seqs)
         width = logp.shape[1]
         flat = []
-        for s, seq in enumerate(seqs):
+        for s, _seq in enumerate(seqs):
             c = choice_ids[s % len(choice_ids)]
             total = 0.0
             for k, tok in enumerate(c):

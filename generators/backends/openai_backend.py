@@ -37,7 +37,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from constitution.errors import UserError
+from cai.constitution.errors import UserError
 
 from ..chat import choice_token_ids, context_error, encode, ends_with_assistant
 from ..default_model import DEFAULT_ALIASES, resolve_model
@@ -65,7 +65,9 @@ class OpenAIOptions(BaseModel):
         description="How chats are sent for generation: `chat` lets the server apply its chat "
         "template; `completions` sends the tokens rendered here (needs a local tokenizer).",
     )
-    tokenizer: str | None = Field(None, description="Local tokenizer (path or hub id); default: the model's, when local.")
+    tokenizer: str | None = Field(
+        None, description="Local tokenizer (path or hub id); default: the model's, when local."
+    )
     local_tokenizer: bool = Field(True, description="False: never tokenize here; the server does it all.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
     max_retries: int = Field(5, ge=0, description="Retries of a request after a 429, 5xx, timeout or lost connection.")
@@ -73,14 +75,18 @@ class OpenAIOptions(BaseModel):
     backoff: float = Field(1.0, ge=0, description="First retry wait in seconds; doubles each retry, with jitter.")
     max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, in seconds.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds the start-up reachability check waits.")
-    logprobs_k: int = Field(20, ge=1, le=20, description="Top tokens reported when scoring (hosted completions allow 5).")
+    logprobs_k: int = Field(
+        20, ge=1, le=20, description="Top tokens reported when scoring (hosted completions allow 5)."
+    )
     max_model_len: int | None = Field(None, ge=16, description="Context length; default: what the server reports.")
 
 
 def _retryable(error: BaseException) -> bool:
     if isinstance(error, openai.APIConnectionError):  # includes timeouts
         return True
-    return isinstance(error, openai.APIStatusError) and (error.status_code in (408, 409, 429) or error.status_code >= 500)
+    return isinstance(error, openai.APIStatusError) and (
+        error.status_code in (408, 409, 429) or error.status_code >= 500
+    )
 
 
 class OpenAIBackend:
@@ -97,7 +103,9 @@ class OpenAIBackend:
         self.served_model = self._pick_model(served)
         self.tokenizer = self._load_tokenizer(served)
         if opts.endpoint == "completions" and self.tokenizer is None:
-            raise UserError("backend openai: options.endpoint: `completions` needs a local tokenizer; set options.tokenizer")
+            raise UserError(
+                "backend openai: options.endpoint: `completions` needs a local tokenizer; set options.tokenizer"
+            )
         self.context_length = opts.max_model_len or (served or {}).get(self.served_model, {}).get("max_model_len")
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cai-openai", daemon=True)
@@ -247,7 +255,9 @@ class OpenAIBackend:
         max_tokens = params.max_new_tokens
         if ids is not None and self.context_length:
             max_tokens = min(max_tokens, self.context_length - len(ids))
-        kwargs: dict[str, Any] = dict(model=self.served_model, n=n, temperature=params.temperature, max_tokens=max_tokens)
+        kwargs: dict[str, Any] = dict(
+            model=self.served_model, n=n, temperature=params.temperature, max_tokens=max_tokens
+        )
         if not greedy:
             kwargs["top_p"] = params.top_p
         if params.stop:
@@ -257,7 +267,9 @@ class OpenAIBackend:
         if isinstance(prompt, str) or self.options.endpoint == "completions":
             if n > 1:
                 kwargs["logprobs"] = 0  # one entry per token: how many each sample took
-            answer = await self._call(self._client.completions.create, prompt=ids if ids is not None else prompt, **kwargs)
+            answer = await self._call(
+                self._client.completions.create, prompt=ids if ids is not None else prompt, **kwargs
+            )
             rows = [(c.index, c.text, c.finish_reason, c.logprobs and c.logprobs.tokens) for c in answer.choices]
         else:
             if n > 1:
@@ -310,8 +322,14 @@ class OpenAIBackend:
         k = self.options.logprobs_k
         answers = await asyncio.gather(
             *(
-                self._call(self._client.completions.create, model=self.served_model, prompt=ids + list(prefix),
-                           max_tokens=1, temperature=0, logprobs=k)
+                self._call(
+                    self._client.completions.create,
+                    model=self.served_model,
+                    prompt=ids + list(prefix),
+                    max_tokens=1,
+                    temperature=0,
+                    logprobs=k,
+                )
                 for prefix, _ in plan.steps
             )
         )
@@ -331,7 +349,9 @@ class OpenAIBackend:
         k = self.options.logprobs_k
         common = dict(model=self.served_model, max_tokens=1, temperature=0)
         if isinstance(prompt, str):
-            top = _top_of_completion(await self._call(self._client.completions.create, prompt=prompt, logprobs=k, **common))
+            top = _top_of_completion(
+                await self._call(self._client.completions.create, prompt=prompt, logprobs=k, **common)
+            )
         else:
             extra = {"extra_body": CONTINUE} if ends_with_assistant(prompt) else {}
             answer = await self._call(

@@ -25,7 +25,7 @@ from typing import Any
 import vllm
 from pydantic import BaseModel, ConfigDict, Field
 
-from constitution.errors import UserError
+from cai.constitution.errors import UserError
 
 from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
@@ -201,7 +201,9 @@ class VLLMBackend:
     def _completion(output) -> Completion:
         if output.finish_reason == "abort":
             return Completion.failed("vLLM aborted the request")
-        return Completion(text=output.text, tokens=len(output.token_ids), finish_reason=finish_reason(output.finish_reason))
+        return Completion(
+            text=output.text, tokens=len(output.token_ids), finish_reason=finish_reason(output.finish_reason)
+        )
 
     # -- scoring ---------------------------------------------------------------------------
 

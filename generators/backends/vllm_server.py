@@ -8,6 +8,7 @@ runs), so there the server starts through the API-server module the CLI itself w
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata
 import os
 import signal
@@ -41,8 +42,15 @@ def serve_command(model_path: str, host: str, port: int, args: list[str]) -> lis
 class VLLMServer:
     """`with VLLMServer("default", args=[...]) as server:` → `server.base_url` answers."""
 
-    def __init__(self, model: str = "default", args: list[str] | None = None, host: str = "127.0.0.1",
-                 port: int | None = None, startup_timeout: float = 300.0, log_path: str | Path | None = None):
+    def __init__(
+        self,
+        model: str = "default",
+        args: list[str] | None = None,
+        host: str = "127.0.0.1",
+        port: int | None = None,
+        startup_timeout: float = 300.0,
+        log_path: str | Path | None = None,
+    ):
         self.model_path = resolve_model(model)
         self.host, self.port = host, port or free_port(host)
         self.args = list(args or [])
@@ -59,7 +67,11 @@ class VLLMServer:
         with open(self.log_path, "wb") as log:
             self.process = subprocess.Popen(
                 serve_command(self.model_path, self.host, self.port, self.args),
-                stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env, start_new_session=True,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,
             )
         return self
 
@@ -101,10 +113,8 @@ class VLLMServer:
             if not _group_alive(pgid):
                 return
             time.sleep(0.2)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pgid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
         proc.wait(timeout=10)
 
     def __enter__(self) -> VLLMServer:

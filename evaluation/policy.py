@@ -2,7 +2,7 @@
 
 Two numbers a user checks after RL or DPO: how often the feedback model prefers the trained
 model's answer over the baseline's (both orders, sampled principles: the labeler of
-training/evaluate.py with the trained answer in the "chosen" seat), and how often each model
+evaluation/labeler.py with the trained answer in the "chosen" seat), and how often each model
 refuses or dodges an ordinary request. Harmlessness training's usual failure is the second:
 refusing everything scores well on harm and is useless, so the benign set ships with cai.
 """
@@ -11,18 +11,18 @@ from __future__ import annotations
 
 from importlib import resources
 
-from constitution import Constitution, UserError
-from critique.rank import CHOICES, prob_first_letter
-from generators.records import record_id
-from generators.templates import render
-from generators.types import SamplingParams
+from cai.constitution import Constitution, UserError
+from cai.critique.rank import CHOICES, prob_first_letter
+from cai.generators.records import record_id
+from cai.generators.templates import render
+from cai.generators.types import SamplingParams
 
-from .eval_pairs import LabeledPair
-from .evaluate import Reading, label_pairs, pair_probabilities, summarise
+from .labeler import Reading, label_pairs, pair_probabilities, summarise
+from .pairs import LabeledPair
 
 
 def benign_prompts() -> list[str]:
-    text = (resources.files("training") / "data" / "benign-prompts.txt").read_text(encoding="utf-8")
+    text = (resources.files("cai.evaluation") / "data" / "benign-prompts.txt").read_text(encoding="utf-8")
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
@@ -30,7 +30,12 @@ def refusal_probabilities(feedback, conversations: list[list[dict]], replies: li
     """P("yes, the reply refuses or avoids helping") per reply, from the feedback model's letters."""
     prompts = [
         [
-            {"role": "user", "content": render("critique", "refusal.jinja", messages=conv + [{"role": "assistant", "content": reply}])},
+            {
+                "role": "user",
+                "content": render(
+                    "cai.critique", "refusal.jinja", messages=conv + [{"role": "assistant", "content": reply}]
+                ),
+            },
             {"role": "assistant", "content": "The answer is ("},
         ]
         for conv, reply in zip(conversations, replies)
@@ -44,7 +49,7 @@ def refusal_summary(probs: list[float]) -> dict:
 
 
 def generate_answers(model: str, chats: list[list[dict]], max_new_tokens: int, seed: int) -> list[str]:
-    from generators import BackendConfig, load_backend
+    from cai.generators import BackendConfig, load_backend
 
     backend = load_backend(BackendConfig(backend="transformers", model=model))
     try:
@@ -71,13 +76,16 @@ def evaluate_policy(
     max_new_tokens: int = 64,
     seed: int = 0,
 ) -> dict:
-    from generators import BackendConfig, load_backend
+    from cai.generators import BackendConfig, load_backend
 
     if not prompts:
         raise UserError("--prompts: no prompts to evaluate on")
     benign = [[{"role": "user", "content": t}] for t in benign_prompts()]
     everything = prompts + benign
-    answers = {name: generate_answers(m, everything, max_new_tokens, seed) for name, m in (("model", model), ("baseline", baseline))}
+    answers = {
+        name: generate_answers(m, everything, max_new_tokens, seed)
+        for name, m in (("model", model), ("baseline", baseline))
+    }
     n = len(prompts)
     pairs = [
         LabeledPair(record_id("pair", "policy", i), conv, a, b, f"prompt {i + 1}")
@@ -87,7 +95,9 @@ def evaluate_policy(
     ties = n - len(pairs)
     feedback = load_backend(BackendConfig(backend="transformers", model=feedback_model))
     try:
-        readings, errors = label_pairs(feedback, constitution, pairs, principles=principles, seed=seed) if pairs else ([], [])
+        readings, errors = (
+            label_pairs(feedback, constitution, pairs, principles=principles, seed=seed) if pairs else ([], [])
+        )
         refusal = {
             name: refusal_summary(refusal_probabilities(feedback, benign, ans[n:])) for name, ans in answers.items()
         }

@@ -21,9 +21,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from constitution import UserError
-from generators.queries import parse_transcript
-from generators.records import record_id
+from cai.constitution import UserError
+from cai.generators.queries import parse_transcript
+from cai.generators.records import record_id
 
 _TRANSCRIPT_MARKS = ("\n\nHuman:", "\n\nAssistant:")
 
@@ -40,7 +40,9 @@ class LabeledPair:
 
 
 def _is_transcript(text: str) -> bool:
-    return ("\n\n" + text.lstrip("\n")).startswith(_TRANSCRIPT_MARKS[0]) and _TRANSCRIPT_MARKS[1] in "\n\n" + text.lstrip("\n")
+    return ("\n\n" + text.lstrip("\n")).startswith(_TRANSCRIPT_MARKS[0]) and _TRANSCRIPT_MARKS[
+        1
+    ] in "\n\n" + text.lstrip("\n")
 
 
 def _split_transcript(text: str, where: str) -> tuple[list[dict], str]:

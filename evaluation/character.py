@@ -11,17 +11,19 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from constitution import Constitution, UserError
-from critique.distill import leak_reason
-from critique.rank import trait_principle
-from generators.records import record_id
+from cai.constitution import Constitution, UserError
+from cai.critique.distill import leak_reason
+from cai.critique.rank import trait_principle
+from cai.generators.records import record_id
 
-from .eval_pairs import LabeledPair
-from .eval_policy import benign_prompts, generate_answers, refusal_probabilities, refusal_summary, win_rate
-from .evaluate import Reading, label_pairs
+from .labeler import Reading, label_pairs
+from .pairs import LabeledPair
+from .policy import benign_prompts, generate_answers, refusal_probabilities, refusal_summary, win_rate
 
 
-def trait_queries(c: Constitution, prompts: str | Path | None = None, limit: int | None = None) -> list[tuple[str, list[dict]]]:
+def trait_queries(
+    c: Constitution, prompts: str | Path | None = None, limit: int | None = None
+) -> list[tuple[str, list[dict]]]:
     """(trait id, conversation) pairs: a run's held-out prompts tagged with a trait (an exported
     `test_prompts.jsonl`), or else the constitution's own seed questions."""
     if not c.traits:
@@ -38,9 +40,13 @@ def trait_queries(c: Constitution, prompts: str | Path | None = None, limit: int
             try:
                 row = json.loads(line)
                 tags = [i for i in row.get("principle_ids", []) if i in ids]
-                conv = row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+                conv = (
+                    row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
+                )
             except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise UserError(f"{path}:{lineno}: expected a JSON object with 'prompt' and 'principle_ids' ({e})") from None
+                raise UserError(
+                    f"{path}:{lineno}: expected a JSON object with 'prompt' and 'principle_ids' ({e})"
+                ) from None
             if tags:
                 items.append((tags[0], conv))
         if not items:
@@ -51,7 +57,9 @@ def trait_queries(c: Constitution, prompts: str | Path | None = None, limit: int
     return items[:limit]
 
 
-def per_trait_win_rates(readings_by_trait: dict[str, list[Reading]], prompts_by_trait: dict[str, int]) -> dict[str, float]:
+def per_trait_win_rates(
+    readings_by_trait: dict[str, list[Reading]], prompts_by_trait: dict[str, int]
+) -> dict[str, float]:
     return {t: win_rate(readings_by_trait.get(t, []), n) for t, n in prompts_by_trait.items()}
 
 
@@ -68,11 +76,14 @@ def evaluate_character(
     max_new_tokens: int = 64,
     seed: int = 0,
 ) -> dict:
-    from generators import BackendConfig, load_backend
+    from cai.generators import BackendConfig, load_backend
 
     benign = [[{"role": "user", "content": t}] for t in benign_prompts()]
     chats = [conv for _, conv in items]
-    answers = {name: generate_answers(m, chats + benign, max_new_tokens, seed) for name, m in (("model", model), ("baseline", baseline))}
+    answers = {
+        name: generate_answers(m, chats + benign, max_new_tokens, seed)
+        for name, m in (("model", model), ("baseline", baseline))
+    }
     n = len(items)
     by_trait: dict[str, list[int]] = {}
     for i, (trait, _) in enumerate(items):
@@ -83,12 +94,20 @@ def evaluate_character(
         for trait, idx in by_trait.items():
             judge = Constitution(name=f"{c.name}:{trait}", principles=[trait_principle(c.trait(trait))])
             pairs = [
-                LabeledPair(record_id("pair", "character", trait, i), chats[i], answers["model"][i], answers["baseline"][i], f"{trait} #{k + 1}")
+                LabeledPair(
+                    record_id("pair", "character", trait, i),
+                    chats[i],
+                    answers["model"][i],
+                    answers["baseline"][i],
+                    f"{trait} #{k + 1}",
+                )
                 for k, i in enumerate(idx)
                 if answers["model"][i] != answers["baseline"][i]
             ]
             readings[trait] = label_pairs(feedback, judge, pairs, principles=1, seed=seed)[0] if pairs else []
-        refusal = {name: refusal_summary(refusal_probabilities(feedback, benign, ans[n:])) for name, ans in answers.items()}
+        refusal = {
+            name: refusal_summary(refusal_probabilities(feedback, benign, ans[n:])) for name, ans in answers.items()
+        }
     finally:
         feedback.close()
     counts = {t: len(idx) for t, idx in by_trait.items()}

@@ -14,12 +14,12 @@ import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
 
-from constitution import Constitution, derive_seed, weighted_sample
-from critique.rank import CHOICES, comparison_prompt, prob_first_letter, ranking_principles
-from generators.records import Query
-from generators.types import SamplingParams
+from cai.constitution import Constitution, derive_seed, weighted_sample
+from cai.critique.rank import CHOICES, comparison_prompt, prob_first_letter, ranking_principles
+from cai.generators.records import Query
+from cai.generators.types import SamplingParams
 
-from .eval_pairs import LabeledPair
+from .pairs import LabeledPair
 
 
 @dataclass(frozen=True)
@@ -156,7 +156,9 @@ def label_pairs(
     reasons: list[str | None] = [None] * len(plan)
     if cot:
         chats = [comparison_prompt(q, p, a, b, cot=True) for _, p, _, q, a, b in plan]
-        params = SamplingParams(temperature=0, max_new_tokens=cot_max_new_tokens, seed=derive_seed(seed, "eval-labeler"))
+        params = SamplingParams(
+            temperature=0, max_new_tokens=cot_max_new_tokens, seed=derive_seed(seed, "eval-labeler")
+        )
         for k, (comp,) in enumerate(backend.generate(chats, params)):
             reasons[k] = comp.text.strip() if not comp.error else ""
     prompts = [
@@ -176,19 +178,3 @@ def label_pairs(
 
 def readings_to_json(readings: list[Reading]) -> list[dict]:
     return [asdict(r) for r in readings]
-
-
-def evaluate_reward_model(model_dir: str, pairs: list[LabeledPair], batch_size: int = 8) -> dict:
-    """Pairwise accuracy and mean margin (chosen minus rejected score) of a trained reward model."""
-    from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-    from .reward import pairwise_accuracy
-
-    tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=1)
-    model.config.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-    rows = [
-        {"prompt": p.context, "chosen": [{"role": "assistant", "content": p.chosen}], "rejected": [{"role": "assistant", "content": p.rejected}]}
-        for p in pairs
-    ]
-    return pairwise_accuracy(model, tok, rows, batch_size)
