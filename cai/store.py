@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,6 +19,7 @@ from pydantic import BaseModel
 from cai.constitution import UserError
 
 M = TypeVar("M", bound=BaseModel)
+_ID_PREFIX = b'{"id":"'
 
 
 class RunStore:
@@ -31,32 +33,59 @@ class RunStore:
     def stage_path(self, stage: str) -> Path:
         return self.root / f"{stage}{self.suffix}.jsonl"
 
-    def _read_lines(self, path: Path) -> list[dict]:
+    def _repair(self, path: Path) -> None:
+        """Cut a torn last line (a killed writer) so the next append starts on a fresh line."""
+        size = path.stat().st_size
+        if size == 0:
+            return
+        with open(path, "r+b") as f:
+            f.seek(size - 1)
+            if f.read(1) == b"\n":
+                return
+            pos = size  # walk back to the last newline in blocks, never reading the whole file
+            while pos > 0:
+                step = min(1 << 16, pos)
+                pos -= step
+                f.seek(pos)
+                i = f.read(step).rfind(b"\n")
+                if i >= 0:
+                    f.truncate(pos + i + 1)
+                    return
+            f.truncate(0)
+
+    def _iter_lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        """(line number, line) of a stage file, streamed; a torn last line is cut first."""
         if not path.exists():
-            return []
-        data = path.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if end < len(data):  # a torn last line from a killed writer
-            with open(path, "r+b") as f:
-                f.truncate(end)
-            data = data[:end]
-        rows = []
-        for lineno, line in enumerate(data.splitlines(), 1):
-            if not line.strip():
-                continue
+            return
+        self._repair(path)
+        with open(path, "rb") as f:
+            for lineno, line in enumerate(f, 1):
+                if line.strip():
+                    yield lineno, line
+
+    def _rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+        for lineno, line in self._iter_lines(path):
             try:
-                rows.append(json.loads(line))
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(
                     f"{path}:{lineno}: corrupt record ({e.msg}); remove the line or start a new --out"
                 ) from None
-        return rows
 
-    def load(self, stage: str, model: type[M], all_shards: bool = False) -> list[M]:
-        paths = sorted(self.root.glob(f"{stage}*.jsonl")) if all_shards else [self.stage_path(stage)]
-        out, seen = [], set()
-        for path in paths:
-            for lineno, row in enumerate(self._read_lines(path), 1):
+    def _read_lines(self, path: Path) -> list[dict]:
+        return [row for _, row in self._rows(path)]
+
+    def stage_paths(self, stage: str, all_shards: bool = False) -> list[Path]:
+        """This shard's file of a stage, or every shard's (`stage.jsonl` and `stage.shard-i-of-n.jsonl`)."""
+        if not all_shards:
+            return [self.stage_path(stage)]
+        return sorted(p for p in self.root.glob(f"{stage}*.jsonl") if p.name.split(".", 1)[0] == stage)
+
+    def iter_records(self, stage: str, model: type[M], all_shards: bool = False) -> Iterator[M]:
+        """Records of a stage, validated one line at a time; an id seen before is skipped."""
+        seen: set[str] = set()
+        for path in self.stage_paths(stage, all_shards):
+            for lineno, row in self._rows(path):
                 try:
                     rec = model.model_validate(row)
                 except Exception as e:
@@ -65,7 +94,24 @@ class RunStore:
                     ) from None
                 if rec.id not in seen:  # type: ignore[attr-defined]
                     seen.add(rec.id)  # type: ignore[attr-defined]
-                    out.append(rec)
+                    yield rec
+
+    def load(self, stage: str, model: type[M], all_shards: bool = False) -> list[M]:
+        return list(self.iter_records(stage, model, all_shards))
+
+    def ids(self, stage: str, all_shards: bool = False) -> set[str]:
+        """The ids in a stage's files without building records: what planning a rerun needs."""
+        out: set[str] = set()
+        for path in self.stage_paths(stage, all_shards):
+            for lineno, line in self._iter_lines(path):
+                if line.startswith(_ID_PREFIX):  # records are dumped with `id` first
+                    end = line.find(b'"', len(_ID_PREFIX))
+                    out.add(line[len(_ID_PREFIX) : end].decode())
+                    continue
+                try:
+                    out.add(json.loads(line)["id"])
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserError(f"{path}:{lineno}: corrupt record; remove the line or start a new --out") from None
         return out
 
     def _append(self, path: Path, rows: list[str]) -> None:

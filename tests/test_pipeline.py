@@ -265,3 +265,20 @@ def test_exports_load_with_datasets_and_train_with_trl(reference_run, tmp_path, 
         processing_class=tok,
     )
     assert d.train().training_loss > 0
+
+
+def test_store_streams_ids_and_repairs_a_torn_line(tmp_path):
+    from cai.generators.records import Query
+    from cai.store import RunStore
+
+    store = RunStore(tmp_path)
+    qs = [Query(id=f"q-{i}", messages=[{"role": "user", "content": f"hi {i}"}], origin="seed") for i in range(3)]
+    store.append("queries", qs)
+    with open(store.stage_path("queries"), "ab") as f:
+        f.write(b'{"id":"q-9","messages":[{"ro')  # torn by a kill
+    assert store.ids("queries") == {"q-0", "q-1", "q-2"}
+    assert store.stage_path("queries").read_bytes().endswith(b"\n")
+    assert [q.id for q in store.iter_records("queries", Query)] == ["q-0", "q-1", "q-2"]
+    (tmp_path / "queries.shard-1-of-2.jsonl").write_text(qs[0].model_dump_json() + "\n")
+    (tmp_path / "queries_extra.jsonl").write_text("not a stage file\n")
+    assert len(store.load("queries", Query, all_shards=True)) == 3
