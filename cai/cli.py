@@ -78,6 +78,41 @@ def constitution_show(file: Annotated[str, typer.Argument(help="A principle file
     console.print(f"{len(c.few_shot)} few-shot example(s)")
 
 
+@constitution_app.command("diff")
+def constitution_diff(
+    old: Annotated[str, typer.Argument(help="The earlier principle file, or a shipped name.")],
+    new: Annotated[str, typer.Argument(help="The later principle file, or a shipped name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
+) -> None:
+    """What changed, principle by principle; exit 0 when equal, 1 when different (like diff)."""
+    import json
+
+    from rich.markup import escape
+
+    from cai.constitution import load_constitution
+    from cai.constitution.diff import diff_constitutions
+
+    changes = diff_constitutions(load_constitution(old), load_constitution(new))
+    if as_json:
+        typer.echo(json.dumps([c.to_json() for c in changes], indent=2, ensure_ascii=False))
+    else:
+        colour = {"added": "green", "removed": "red", "renamed": "yellow", "changed": "cyan"}
+        for c in changes:
+            where = f"{c.section}[{c.id}]" + (f".{c.field}" if c.field and c.kind == "changed" else "")
+            head = f"[{colour[c.kind]}]{c.kind:8}[/{colour[c.kind]}] {escape(where)}"
+            if c.kind == "renamed":
+                console.print(f"{head}: {escape(str(c.old))} -> {escape(str(c.new))}")
+            elif c.kind == "changed":
+                body = c.words if c.words is not None else f"{c.old!r} -> {c.new!r}"
+                body = escape(body).replace("\\[-", "[red]\\[-").replace("-]", "-][/red]")
+                console.print(f"{head}: {body.replace('{+', '[green]{+').replace('+}', '+}[/green]')}")
+            else:
+                console.print(head)
+        console.print(f"{len(changes)} change(s)" if changes else "no changes")
+    if changes:
+        raise typer.Exit(1)
+
+
 @constitution_app.command("list")
 def constitution_list() -> None:
     """List the constitutions that ship with cai."""
