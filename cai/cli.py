@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
@@ -16,6 +16,8 @@ from rich.table import Table
 
 from cai.cli_eval import eval_app, report
 from cai.constitution.errors import UserError
+from cai.logs import VERBOSE, library_output
+from cai.store import STAGES
 
 app = typer.Typer(
     help="Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO.",
@@ -29,6 +31,16 @@ app.add_typer(constitution_app, name="constitution")
 app.add_typer(model_app, name="model")
 
 console = Console()
+
+
+@app.callback()
+def _options(
+    verbose: Annotated[
+        bool, typer.Option("--verbose", "-v", help="Show libraries' own messages instead of logging them.")
+    ] = False,
+) -> None:
+    """Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO."""
+    VERBOSE["on"] = verbose
 
 
 @constitution_app.command("lint")
@@ -191,20 +203,22 @@ def _shard(value: str | None) -> tuple[int, int]:
 
 def _run(config: Path, out: Path, limit: int | None, shard: str | None, only: str | None = None) -> None:
     from cai.config import load_config
-    from cai.pipeline import Pipeline, export_run, summary_table
+    from cai.export import export_run
+    from cai.pipeline import Pipeline, summary_table
 
     if limit is not None and limit < 1:
         raise UserError("--limit: must be at least 1")
     cfg = load_config(config)
-    pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console)
-    try:
-        stats = pipe.run(only=only)
-    finally:
-        pipe.close()
-    console.print(summary_table(stats))
-    if only is None and pipe.shard[1] == 1:
-        counts = export_run(out)
-        console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {out / 'datasets'}")
+    with library_output(out):
+        pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console)
+        try:
+            stats = pipe.run(only=only)
+        finally:
+            pipe.close()
+        console.print(summary_table(stats))
+        if only is None and pipe.shard[1] == 1:
+            counts = export_run(out)
+            console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {out / 'datasets'}")
 
 
 ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML).")]
@@ -227,7 +241,7 @@ def _stage_command(stage: str):
     return command
 
 
-for _stage in ("queries", "responses", "revisions", "comparisons"):
+for _stage in STAGES:
     generate_app.command(_stage)(_stage_command(_stage))
 
 
@@ -236,11 +250,16 @@ def export(
     run_dir: Annotated[Path, typer.Argument(help="A run directory.")],
     dest: Annotated[Path | None, typer.Option("--to", help="Where to write (default RUN_DIR/datasets).")] = None,
     push_to_hub: Annotated[str | None, typer.Option(help="Also push to this hub dataset repo.")] = None,
+    fmt: Annotated[
+        Literal["jsonl", "parquet"] | None,
+        typer.Option("--format", help="jsonl, or parquet shards for large runs (default: the config's export.format)."),
+    ] = None,
 ) -> None:
-    """Write TRL datasets (SFT, preferences, prompts) and a dataset card from a run."""
-    from cai.pipeline import export_run
+    """Write TRL datasets (SFT, preferences, prompts) and a dataset card from every shard of a run."""
+    from cai.export import export_run
 
-    counts = export_run(run_dir, dest)
+    with library_output(run_dir):
+        counts = export_run(run_dir, dest, fmt)
     where = dest or run_dir / "datasets"
     console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {where}")
     if push_to_hub:
@@ -260,7 +279,14 @@ def _train(
     from cai.training.config import load_train_config
 
     cfg = load_train_config(config, sets, output_dir=output_dir, max_steps=max_steps)
-    summary = getattr(runners, f"train_{kind}")(cfg, resume=resume)
+    trainers = {
+        "sft": runners.train_sft,
+        "reward": runners.train_reward,
+        "rl": runners.train_rl,
+        "dpo": runners.train_dpo,
+    }
+    with library_output(Path(cfg.trl.get("output_dir") or ".")):
+        summary = trainers[kind](cfg, resume=resume)
     shown = {k: v for k, v in summary.items() if k not in ("log", "reward_curve")}
     console.print_json(data=shown)
 
@@ -305,7 +331,8 @@ def demo(
     """Run the demo config, show a revision chain and a ranked pair, then train on the data."""
     from cai.demo import run_demo
 
-    run_demo(console, config, out, limit, train)
+    with library_output(out):
+        run_demo(console, config, out, limit, train)
 
 
 app.add_typer(eval_app, name="eval")

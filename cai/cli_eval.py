@@ -3,17 +3,17 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
 from cai.constitution.errors import UserError
+from cai.logs import library_output
+
+from .tables import character_tables, labeler_tables, policy_tables, reward_model_tables
 
 console = Console()
-
-# -- evaluation and reports ----------------------------------------------------------------
 
 eval_app = typer.Typer(
     help="Evaluate the labeler, a reward model, a trained policy or a character.", no_args_is_help=True
@@ -32,8 +32,14 @@ OutJsonOpt = Annotated[
 ]
 
 
-def _fmt(x) -> str:
-    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+def _log_dir(out_json: Path | None) -> Path | None:
+    return out_json.parent if out_json is not None else None
+
+
+def _logged(out_json: Path | None, fn, *args):
+    """Run an eval with library output sent to the log beside --out-json (or the user's cache)."""
+    with library_output(_log_dir(out_json)):
+        return fn(*args)
 
 
 def _emit(result: dict, as_json: bool, out_json: Path | None, tables) -> None:
@@ -53,7 +59,9 @@ def _emit(result: dict, as_json: bool, out_json: Path | None, tables) -> None:
 def eval_labeler(
     pairs: PairsOpt,
     constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
-    method: Annotated[str, typer.Option(help="logprob or cot.")] = "logprob",
+    method: Annotated[
+        Literal["logprob", "cot"], typer.Option(help="Read letter log-probs, or argue first (CoT).")
+    ] = "logprob",
     principles: Annotated[int, typer.Option(min=1, help="Principles sampled per pair (each read in both orders).")] = 4,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
     seed: int = 0,
@@ -71,16 +79,15 @@ def eval_labeler(
     from cai.evaluation.pairs import load_pairs
     from cai.generators import BackendConfig, load_backend
 
-    if method not in ("logprob", "cot"):
-        raise UserError(f"--method: expected logprob or cot, got {method!r}")
     c = load_constitution(constitution)
     data, skipped = load_pairs(pairs, limit)
-    b = load_backend(BackendConfig(backend=backend, model=model))
     start = time.perf_counter()
-    try:
-        readings, errors = label_pairs(b, c, data, method=method, principles=principles, seed=seed)
-    finally:
-        b.close()
+    with library_output(_log_dir(out_json)):
+        b = load_backend(BackendConfig(backend=backend, model=model))
+        try:
+            readings, errors = label_pairs(b, c, data, method=method, principles=principles, seed=seed)
+        finally:
+            b.close()
     if not readings:
         raise UserError(f"{pairs}: every reading failed ({errors[0]['error'] if errors else 'no pairs'})")
     result = {
@@ -99,31 +106,7 @@ def eval_labeler(
         "per_reading": readings_to_json(readings),
     }
 
-    def tables(r: dict):
-        t = Table("metric", "value", title=f"labeler: {r['method']}, {r['principles']} principles, {r['pairs']} pairs")
-        for k in (
-            "agreement",
-            "order_consistency",
-            "position_bias",
-            "ece",
-            "mean_p_chosen",
-            "readings",
-            "skipped",
-            "errors",
-            "seconds",
-        ):
-            t.add_row(k, _fmt(r[k]))
-        yield t
-        t = Table("principle", "pairs", "agreement", "mean p(chosen)", title="per principle")
-        for pid, v in r["by_principle"].items():
-            t.add_row(pid, str(v["pairs"]), _fmt(v["agreement"]), _fmt(v["mean_p_chosen"]))
-        yield t
-        t = Table("soft label", "pairs", "confidence", "accuracy", title=f"reliability (ECE {r['ece']:.3f})")
-        for row in r["reliability"]:
-            t.add_row(row["bin"], str(row["count"]), _fmt(row["confidence"]), _fmt(row["accuracy"]))
-        yield t
-
-    _emit(result, as_json, out_json, tables)
+    _emit(result, as_json, out_json, labeler_tables)
 
 
 @eval_app.command("reward-model")
@@ -146,16 +129,10 @@ def eval_reward_model(
         "model": str(model),
         "pairs_file": str(pairs),
         "skipped": skipped,
-        **evaluate_reward_model(str(model), data),
+        **_logged(out_json, evaluate_reward_model, str(model), data),
     }
 
-    def tables(r: dict):
-        t = Table("metric", "value", title=f"reward model {r['model']}")
-        for k in ("pairs", "accuracy", "mean_margin", "skipped"):
-            t.add_row(k, _fmt(r[k]))
-        yield t
-
-    _emit(result, as_json, out_json, tables)
+    _emit(result, as_json, out_json, reward_model_tables)
 
 
 @eval_app.command("policy")
@@ -182,17 +159,20 @@ def eval_policy(
 
     c = load_constitution(constitution)
     qs = load_seed_queries(prompts)[:limit]
-    result = evaluate_policy(model, baseline, [q.messages for q in qs], c, feedback, principles, max_new_tokens, seed)
+    result = _logged(
+        out_json,
+        evaluate_policy,
+        model,
+        baseline,
+        [q.messages for q in qs],
+        c,
+        feedback,
+        principles,
+        max_new_tokens,
+        seed,
+    )
 
-    def tables(r: dict):
-        t = Table("metric", "value", title=f"{r['model']} vs {r['baseline']} on {r['prompts']} prompts")
-        for k in ("win_rate", "order_consistency", "identical_answers", "errors"):
-            t.add_row(k, _fmt(r[k]))
-        for who, v in r["over_refusal"].items():
-            t.add_row(f"over-refusal ({who}, {v['prompts']} benign prompts)", _fmt(v["refusal_rate"]))
-        yield t
-
-    _emit(result, as_json, out_json, tables)
+    _emit(result, as_json, out_json, policy_tables)
 
 
 def report(
@@ -213,7 +193,9 @@ def eval_character(
     constitution: Annotated[str, typer.Option(help="A character constitution (with traits).")] = "character",
     prompts: Annotated[
         Path | None,
-        typer.Option(help="Held-out trait prompts (a run's test_prompts.jsonl); default: the traits' seed questions."),
+        typer.Option(
+            help="Held-out trait prompts: a run's datasets/ folder or a JSONL file; default: each trait's questions."
+        ),
     ] = None,
     feedback: Annotated[str, typer.Option(help="Feedback model for win rates and the refusal check.")] = "default",
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
@@ -227,24 +209,6 @@ def eval_character(
     from cai.evaluation.character import evaluate_character, trait_queries
 
     c = load_constitution(constitution)
-    result = evaluate_character(model, baseline, c, trait_queries(c, prompts, limit), feedback, max_new_tokens, seed)
+    items = trait_queries(c, prompts, limit)
+    result = _logged(out_json, evaluate_character, model, baseline, c, items, feedback, max_new_tokens, seed)
     _emit(result, as_json, out_json, character_tables)
-
-
-def character_tables(r: dict):
-    t = Table("trait", "prompts", "win rate", title=f"{r['model']} vs {r['baseline']} ({r['constitution']})")
-    for trait, rate in r["win_rate_by_trait"].items():
-        t.add_row(trait, str(r["prompts_by_trait"][trait]), _fmt(rate))
-    t.add_row("all", str(r["prompts"]), _fmt(r["win_rate"]))
-    yield t
-    u = Table("check", "model", "baseline")
-    u.add_row(
-        "over-refusal on benign prompts",
-        _fmt(r["over_refusal"]["model"]["refusal_rate"]),
-        _fmt(r["over_refusal"]["baseline"]["refusal_rate"]),
-    )
-    u.add_row("answers that leak the character", _fmt(r["leak_rate"]["model"]), _fmt(r["leak_rate"]["baseline"]))
-    yield u
-
-
-# -- end of evaluation and reports ---------------------------------------------------------

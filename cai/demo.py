@@ -13,7 +13,8 @@ def run_demo(console: Console, config: Path, out: Path, limit: int | None = None
     from cai.config import load_config
     from cai.constitution import library_names
     from cai.constitution.lint import lint_file
-    from cai.pipeline import Pipeline, export_run, summary_table
+    from cai.export import export_run
+    from cai.pipeline import Pipeline, summary_table
 
     for name in library_names():
         c, _ = lint_file(name)
@@ -88,9 +89,9 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
 
 def character_demo(console: Console, out: Path, examples: Path) -> None:
     """DPO on the character pairs, then per-trait win rates of the DPO model over the base model."""
-    from cai.cli_eval import character_tables
     from cai.constitution import load_constitution
     from cai.evaluation.character import evaluate_character
+    from cai.tables import character_tables
     from cai.training.config import load_train_config
     from cai.training.run import train_dpo
 

@@ -12,12 +12,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cai.constitution import Constitution, UserError, derive_seed, dump_constitution
+from cai.constitution import UserError, derive_seed, dump_constitution
 from cai.critique import (
     Comparison,
     Revision,
@@ -32,12 +31,9 @@ from cai.generators import load_backend
 from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
 from cai.generators.records import Query, Response, StageOutput, Task
 from cai.generators.responses import plan_response_tasks, run_response_tasks
-from cai.training.export import build_rows, write_export
 
 from .config import RunConfig, dump_config, load_constitutions
-from .store import RunStore
-
-STAGES = ["queries", "responses", "revisions", "comparisons"]
+from .store import STAGES, RunStore
 
 
 @dataclass
@@ -67,8 +63,6 @@ class Pipeline:
         self._backends: dict[str, object] = {}
         self.stats: list[StageStats] = []
 
-    # -- shared pieces -------------------------------------------------------------------------
-
     def backend(self, role: str):
         bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
         key = bc.model_dump_json()
@@ -89,14 +83,13 @@ class Pipeline:
         self.store.freeze("config.yaml", dump_config(self.cfg))
         self.store.freeze("constitution.yaml", dump_constitution(self.constitution))
 
-    def _execute(self, stage: str, tasks: list[Task], record_type, run_batch) -> StageStats:
+    def _execute(self, stage: str, tasks: list[Task], run_batch) -> StageStats:
         """Skip finished tasks, run the rest in batches, append after each batch."""
         t0 = time.perf_counter()
-        existing = self.store.load(stage, record_type)
-        done = {r.id for r in existing}
+        done = self.store.ids(stage)  # planning needs ids, not records
         failed = self.store.failed_tasks(stage)  # failures are recorded once, not retried
         todo = [t for t in tasks if t.id not in failed and not all(o in done for o in t.outputs)]
-        stats = StageStats(stage, records=len(existing))
+        stats = StageStats(stage, records=len(done))
         with Progress(
             TextColumn(f"[bold]{stage:<12}"),
             BarColumn(),
@@ -126,13 +119,11 @@ class Pipeline:
         self.stats.append(stats)
         return stats
 
-    # -- stages ------------------------------------------------------------------------------
-
     def run_queries(self) -> list[Query]:
         cfg = self.cfg.queries
         seeds = load_seed_queries(cfg.seed_file) if cfg.seed_file else []
         gen_tasks = plan_query_tasks(self.constitution, cfg, self.cfg.seed)
-        seed_tasks = [Task(q.id, q, [q.id]) for q in seeds]
+        seed_tasks = [Task(q.id, None, [q.id], ready=q) for q in seeds]
         tasks = [t for t in seed_tasks + gen_tasks if self.mine(t.id)]
         if self.limit is not None:
             tasks = tasks[: self.limit]
@@ -144,24 +135,22 @@ class Pipeline:
                 dedupe.check(q.id, q.text)
 
         def run_batch(batch: list[Task]) -> StageOutput:
-            out = StageOutput(records=[t.data for t in batch if isinstance(t.data, Query)])
+            out = StageOutput(records=[t.ready for t in batch if t.ready is not None])
             for q in out.records:
                 dedupe.check(q.id, q.text)
-            gen = [t for t in batch if not isinstance(t.data, Query)]
+            gen = [t for t in batch if t.ready is None]
             if gen:
                 out.extend(run_query_tasks(self.backend("policy"), self.constitution, gen, cfg, self.cfg.seed, dedupe))
             return out
 
-        self._execute("queries", tasks, Query, run_batch)
+        self._execute("queries", tasks, run_batch)
         wanted = {t.id for t in tasks}
         return [q for q in self.store.load("queries", Query) if q.id in wanted and q.dropped is None]
 
     def run_responses(self, queries: list[Query]) -> list[Response]:
         cfg = self.cfg.responses
         tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute(
-            "responses", tasks, Response, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed)
-        )
+        self._execute("responses", tasks, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed))
         wanted = {o for t in tasks for o in t.outputs}
         return [r for r in self.store.load("responses", Response) if r.id in wanted]
 
@@ -172,7 +161,6 @@ class Pipeline:
         self._execute(
             "teacher",
             tasks,
-            Response,
             lambda b: run_teacher_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
         )
         wanted = {t.id for t in tasks}
@@ -188,7 +176,6 @@ class Pipeline:
         self._execute(
             "revisions",
             tasks,
-            Revision,
             lambda b: run_revision_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
         )
         wanted = {t.id for t in tasks}
@@ -216,20 +203,19 @@ class Pipeline:
         tasks = []
         if cfg.mode in ("rank", "both"):
             tasks = plan_comparison_tasks(groups, self.ranking, cfg, self.model_name("feedback"), self.cfg.seed)
-        ranked = {t.id for t in tasks}
         if cfg.mode in ("distill", "both"):
             teachers = self.run_teacher(queries)
             pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
-            tasks += [Task(c.id, c, [c.id]) for c in pairs]
+            tasks += [Task(c.id, None, [c.id], ready=c) for c in pairs]
 
         def run_batch(batch: list[Task]) -> StageOutput:
-            out = StageOutput(records=[t.data for t in batch if t.id not in ranked])
-            judged = [t for t in batch if t.id in ranked]
+            out = StageOutput(records=[t.ready for t in batch if t.ready is not None])
+            judged = [t for t in batch if t.ready is None]
             if judged:
                 out.extend(run_comparison_tasks(self.backend("feedback"), self.ranking, judged, cfg, self.cfg.seed))
             return out
 
-        self._execute("comparisons", tasks, Comparison, run_batch)
+        self._execute("comparisons", tasks, run_batch)
         wanted = {t.id for t in tasks}
         return [c for c in self.store.load("comparisons", Comparison) if c.id in wanted]
 
@@ -266,32 +252,6 @@ class Pipeline:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()  # type: ignore[attr-defined]
-
-
-def export_run(out: Path, dest: Path | None = None) -> dict[str, int]:
-    """Build the TRL datasets from every shard's records in a run directory."""
-    cfg_path = out / "config.yaml"
-    if not cfg_path.exists():
-        raise UserError(f"{out}: not a run directory (no config.yaml)")
-    cfg = RunConfig.model_validate(yaml.safe_load(cfg_path.read_text()))
-    store = RunStore(out)
-    rows = build_rows(
-        store.load("queries", Query, all_shards=True),
-        store.load("responses", Response, all_shards=True) + store.load("teacher", Response, all_shards=True),
-        store.load("revisions", Revision, all_shards=True),
-        store.load("comparisons", Comparison, all_shards=True),
-        cfg.export,
-    )
-    constitution = yaml.safe_load((out / "constitution.yaml").read_text())
-    c = Constitution.model_validate(constitution)
-    card = {
-        "title": f"cai: {c.name}",
-        "constitution": {"name": c.name, "version": c.version, "hash": c.content_hash()},
-        "policy": cfg.policy.model_dump(),
-        "feedback": cfg.feedback_backend.model_dump(),
-        "config": cfg.model_dump(mode="json"),
-    }
-    return write_export(rows, dest or out / "datasets", card)
 
 
 def summary_table(stats: list[StageStats]) -> Table:

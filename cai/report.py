@@ -16,13 +16,12 @@ from importlib import resources
 from pathlib import Path
 
 import jinja2
-import yaml
 
 from cai.constitution import UserError
 from cai.critique.records import Comparison, Revision
 from cai.generators.records import Query, Response
 
-from .store import RunStore
+from .reader import RunReader
 
 SAMPLE_CHAINS = 3
 
@@ -76,9 +75,9 @@ def _read_json(path: Path) -> dict | None:
         raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def _stages(manifest: dict) -> list[dict]:
+def _stages(stages: dict[str, dict]) -> list[dict]:
     rows = []
-    for name, s in manifest.get("stages", {}).items():
+    for name, s in stages.items():
         secs = s.get("seconds") or 0.0
         rows.append({"name": name, **s, "tokens_per_s": s.get("tokens", 0) / secs if secs else None})
     return rows
@@ -99,37 +98,38 @@ def _principles(comparisons: list[Comparison]) -> list[dict]:
     ]
 
 
-def _chains(queries: list[Query], responses: list[Response], revisions: list[Revision]) -> list[dict]:
-    qs = {q.id: q for q in queries}
+def _chains(queries: dict[str, Query], responses: list[Response], revisions: list[Revision]) -> list[dict]:
     out = []
     for r in revisions[:SAMPLE_CHAINS]:
-        q = qs.get(r.query_id)
+        q = queries.get(r.query_id)
         out.append({"query": q.text if q else r.query_id, "initial": r.initial, "rounds": r.rounds, "final": r.final})
     if not out:  # no revision stage: show query → answer
         for resp in responses[:SAMPLE_CHAINS]:
-            q = qs.get(resp.query_id)
+            q = queries.get(resp.query_id)
             out.append({"query": q.text if q else resp.query_id, "initial": resp.text, "rounds": [], "final": None})
     return out
 
 
-def _pairs(
-    comparisons: list[Comparison], responses: list[Response], revisions: list[Revision], queries: list[Query]
-) -> list[dict]:
-    text = {r.id: r.text for r in responses}
-    for rv in revisions:
-        text.setdefault(rv.id, rv.final)
-    qs = {q.id: q.text for q in queries}
-    return [
-        {
-            "query": qs.get(c.query_id, c.query_id),
-            "chosen": text.get(c.chosen_id, c.chosen_id),
-            "rejected": text.get(c.rejected_id, c.rejected_id),
-            "p_chosen": c.p_chosen,
-            "kind": c.kind,
-            "consistent": c.order_consistent,
-        }
-        for c in comparisons[:SAMPLE_CHAINS]
-    ]
+def _pairs(comparisons: list[Comparison], texts, queries: dict[str, Query]) -> list[dict]:
+    """A few ranked pairs, one of each kind first (a distillation pair's chosen text is a teacher answer)."""
+    shown: list[Comparison] = []
+    for kind in dict.fromkeys(c.kind for c in comparisons):
+        shown.append(next(c for c in comparisons if c.kind == kind))
+    shown += [c for c in comparisons if c not in shown][: max(0, SAMPLE_CHAINS - len(shown))]
+    out = []
+    for c in shown:
+        q = queries.get(c.query_id)
+        out.append(
+            {
+                "query": q.text if q else c.query_id,
+                "chosen": texts.get(c.chosen_id, c.chosen_id),
+                "rejected": texts.get(c.rejected_id, c.rejected_id),
+                "p_chosen": c.p_chosen,
+                "kind": c.kind,
+                "consistent": c.order_consistent,
+            }
+        )
+    return out
 
 
 def _training(root: Path) -> list[dict]:
@@ -176,44 +176,43 @@ def _evals(root: Path) -> list[dict]:
 
 def build_context(run_dir: str | Path) -> dict:
     root = Path(run_dir)
-    if not (root / "manifest.json").is_file() and not (root / "config.yaml").is_file():
-        raise UserError(f"{root}: not a run directory (no manifest.json or config.yaml)")
-    store = RunStore(root)
-    queries = store.load("queries", Query, all_shards=True)
-    responses = store.load("responses", Response, all_shards=True)
-    revisions = store.load("revisions", Revision, all_shards=True)
-    comparisons = store.load("comparisons", Comparison, all_shards=True)
-    manifest = _read_json(root / "manifest.json") or {}
-    config = (
-        yaml.safe_load((root / "config.yaml").read_text(encoding="utf-8")) if (root / "config.yaml").is_file() else {}
-    )
-    constitution = (
-        yaml.safe_load((root / "constitution.yaml").read_text(encoding="utf-8"))
-        if (root / "constitution.yaml").is_file()
-        else {}
-    )
+    run = RunReader(root)
+    queries = {q.id: q for q in run.records("queries")}
+    responses = run.load("responses")
+    revisions = run.load("revisions")
+    comparisons = run.load("comparisons")
+    c = run.constitution
     soft = [c.p_chosen for c in comparisons]
-    errors = 0
-    if (root / "errors.jsonl").is_file():
-        errors = sum(1 for line in (root / "errors.jsonl").read_text(encoding="utf-8").splitlines() if line.strip())
+    texts = run.texts()
+    try:
+        pairs = _pairs(comparisons, texts, queries)
+    finally:
+        texts.close()
+    manifests = list(run.manifests().values())
+    times = {
+        k: v
+        for k, v in (
+            ("created", min((m["created"] for m in manifests if "created" in m), default=None)),
+            ("updated", max((m["updated"] for m in manifests if "updated" in m), default=None)),
+        )
+        if v
+    }
     return {
         "title": f"cai run report: {root.name}",
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run_dir": str(root),
-        "config": config or {},
-        "constitution": {
-            "name": (constitution or {}).get("name", "?"),
-            "principles": len((constitution or {}).get("principles", [])),
-        },
-        "manifest": manifest,
-        "stages": _stages(manifest),
+        "config": run.config.model_dump(mode="json"),
+        "constitution": {"name": c.name, "principles": len(c.principles)},
+        "manifest": times,
+        "shards": len(manifests),
+        "stages": _stages(run.stages()),
         "counts": {
             "queries": len(queries),
-            "kept_queries": sum(q.dropped is None for q in queries),
+            "kept_queries": sum(q.dropped is None for q in queries.values()),
             "responses": len(responses),
             "revisions": len(revisions),
             "comparisons": len(comparisons),
-            "errors": errors,
+            "errors": len(run.errors()),
         },
         "comparison_stats": {
             "pairs": len(comparisons),
@@ -226,7 +225,7 @@ def build_context(run_dir: str | Path) -> dict:
         "histogram": soft_label_histogram(soft) if soft else None,
         "principles": _principles(comparisons),
         "chains": _chains(queries, responses, revisions),
-        "pairs": _pairs(comparisons, responses, revisions, queries),
+        "pairs": pairs,
         "training": _training(root),
         "training_summary": _read_json(root / "training-summary.json"),
         "evals": _evals(root),

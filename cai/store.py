@@ -20,15 +20,28 @@ from cai.constitution import UserError
 
 M = TypeVar("M", bound=BaseModel)
 _ID_PREFIX = b'{"id":"'
+STAGES = ("queries", "responses", "revisions", "comparisons")  # in run order; `teacher` runs inside comparisons
+
+
+def record_id_of(line: bytes, path: Path, lineno: int) -> str:
+    """A stage line's id without parsing the record: records are dumped with `id` first."""
+    if line.startswith(_ID_PREFIX):
+        end = line.find(b'"', len(_ID_PREFIX))
+        if end > 0:
+            return line[len(_ID_PREFIX) : end].decode()
+    try:
+        return json.loads(line)["id"]
+    except (json.JSONDecodeError, KeyError, TypeError):
+        raise UserError(f"{path}:{lineno}: corrupt record; remove the line or start a new --out") from None
 
 
 class RunStore:
-    def __init__(self, root: str | Path, shard: tuple[int, int] | None = None):
+    def __init__(self, root: str | Path, shard: tuple[int, int] | None = None, create: bool = True):
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        self.create = create
+        if create:
+            self.root.mkdir(parents=True, exist_ok=True)
         self.suffix = f".shard-{shard[0]}-of-{shard[1]}" if shard and shard[1] > 1 else ""
-
-    # -- files -------------------------------------------------------------------------------
 
     def stage_path(self, stage: str) -> Path:
         return self.root / f"{stage}{self.suffix}.jsonl"
@@ -53,17 +66,30 @@ class RunStore:
                     return
             f.truncate(0)
 
-    def _iter_lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
-        """(line number, line) of a stage file, streamed; a torn last line is cut first."""
+    def iter_lines_at(self, path: Path) -> Iterator[tuple[int, int, bytes]]:
+        """(byte offset, line number, line) of a stage file, streamed; a torn last line is cut first."""
         if not path.exists():
             return
-        self._repair(path)
+        if self._writable(path):
+            self._repair(path)
+        offset = 0
         with open(path, "rb") as f:
             for lineno, line in enumerate(f, 1):
-                if line.strip():
-                    yield lineno, line
+                if line.strip() and line.endswith(b"\n"):  # a torn line of a live writer is not read yet
+                    yield offset, lineno, line
+                offset += len(line)
 
-    def _rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+    def _writable(self, path: Path) -> bool:
+        """Only a writing store repairs, and only its own shard's files: another shard's writer may be live."""
+        rest = path.name.partition(".")[2]
+        return self.create and rest == (f"{self.suffix[1:]}.jsonl" if self.suffix else "jsonl")
+
+    def _iter_lines(self, path: Path) -> Iterator[tuple[int, bytes]]:
+        for _, lineno, line in self.iter_lines_at(path):
+            yield lineno, line
+
+    def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
+        """(line number, parsed row) of a JSONL file of this run."""
         for lineno, line in self._iter_lines(path):
             try:
                 yield lineno, json.loads(line)
@@ -73,7 +99,7 @@ class RunStore:
                 ) from None
 
     def _read_lines(self, path: Path) -> list[dict]:
-        return [row for _, row in self._rows(path)]
+        return [row for _, row in self.rows(path)]
 
     def stage_paths(self, stage: str, all_shards: bool = False) -> list[Path]:
         """This shard's file of a stage, or every shard's (`stage.jsonl` and `stage.shard-i-of-n.jsonl`)."""
@@ -85,7 +111,7 @@ class RunStore:
         """Records of a stage, validated one line at a time; an id seen before is skipped."""
         seen: set[str] = set()
         for path in self.stage_paths(stage, all_shards):
-            for lineno, row in self._rows(path):
+            for lineno, row in self.rows(path):
                 try:
                     rec = model.model_validate(row)
                 except Exception as e:
@@ -104,14 +130,7 @@ class RunStore:
         out: set[str] = set()
         for path in self.stage_paths(stage, all_shards):
             for lineno, line in self._iter_lines(path):
-                if line.startswith(_ID_PREFIX):  # records are dumped with `id` first
-                    end = line.find(b'"', len(_ID_PREFIX))
-                    out.add(line[len(_ID_PREFIX) : end].decode())
-                    continue
-                try:
-                    out.add(json.loads(line)["id"])
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{path}:{lineno}: corrupt record; remove the line or start a new --out") from None
+                out.add(record_id_of(line, path, lineno))
         return out
 
     def _append(self, path: Path, rows: list[str]) -> None:
@@ -133,8 +152,6 @@ class RunStore:
         return {
             e["task_id"] for e in self._read_lines(self.root / f"errors{self.suffix}.jsonl") if e.get("stage") == stage
         }
-
-    # -- frozen inputs and manifest ------------------------------------------------------------
 
     def freeze(self, name: str, text: str) -> None:
         """Write a frozen copy once; a rerun with different content is refused."""
@@ -159,16 +176,14 @@ class RunStore:
             return json.loads(self.manifest_path.read_text())
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
-    def update_manifest(self, stage: str, records: int, tokens: int, seconds: float, errors: int, **extra) -> None:
+    def update_manifest(self, stage: str, records: int, tokens: int, seconds: float, errors: int) -> None:
         m = self.manifest()
         s = m["stages"].setdefault(stage, {"records": 0, "tokens": 0, "seconds": 0.0, "errors": 0})
         s["records"] = records
         s["tokens"] += tokens
         s["seconds"] = round(s["seconds"] + seconds, 3)
         s["errors"] = errors
-        s.update(extra)
         m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
-        m.update({k: v for k, v in extra.items() if k.startswith("run_")})
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(m, indent=2))
         os.replace(tmp, self.manifest_path)

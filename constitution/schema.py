@@ -108,8 +108,6 @@ class Constitution(_Strict):
             raise ConstitutionProblems(problems)
         return self
 
-    # -- conveniences ----------------------------------------------------------------------
-
     def principle(self, pid: str) -> Principle:
         for p in self.principles:
             if p.id == pid:

@@ -53,7 +53,9 @@ def leak_reason(text: str, c: Constitution) -> str | None:
     return None
 
 
-def plan_teacher_tasks(queries: list[Query], c: Constitution, cfg: ResponseConfig, model: str, seed: int) -> list[Task]:
+def plan_teacher_tasks(
+    queries: list[Query], c: Constitution, cfg: ResponseConfig, model: str, seed: int
+) -> list[Task[Query]]:
     settings = cfg.model_dump()
     out = []
     for q in queries:
@@ -62,7 +64,9 @@ def plan_teacher_tasks(queries: list[Query], c: Constitution, cfg: ResponseConfi
     return out
 
 
-def run_teacher_tasks(backend, c: Constitution, tasks: list[Task], cfg: ResponseConfig, seed: int) -> StageOutput:
+def run_teacher_tasks(
+    backend, c: Constitution, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int
+) -> StageOutput:
     out = StageOutput()
     if not tasks:
         return out

@@ -11,6 +11,7 @@ over-confident.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from itertools import combinations
 from typing import Literal
 
@@ -57,6 +58,16 @@ class Candidate(BaseModel):
     text: str
 
 
+@dataclass(frozen=True)
+class PairInput:
+    """Two answers to one query, in the order the record names them (first, second)."""
+
+    query: Query
+    first: Candidate
+    second: Candidate
+    kind: str
+
+
 def trait_principle(t: Trait) -> Principle:
     """A trait read as a ranking principle: its own question, or one asking which reply shows it."""
     q = t.comparison or f"Which reply better shows this trait, without naming it: {t.text}"
@@ -85,7 +96,7 @@ def plan_comparison_tasks(
     cfg: ComparisonConfig,
     model: str,
     seed: int,
-) -> list[Task]:
+) -> list[Task[PairInput]]:
     """`groups`: per query, its sampled answers and any (initial, revised) pairs."""
     settings = cfg.model_dump()
     tasks = []
@@ -96,7 +107,7 @@ def plan_comparison_tasks(
                 if first.text.strip() == second.text.strip():
                     continue  # identical answers carry no preference
                 tid = record_id("comparison", q.id, first.id, second.id, model, settings, seed, c.content_hash())
-                tasks.append(Task(tid, {"query": q, "first": first, "second": second, "kind": kind}, [tid]))
+                tasks.append(Task(tid, PairInput(q, first, second, kind), [tid]))
     return tasks
 
 
@@ -127,18 +138,18 @@ def aggregate(judgements: list[Judgement]) -> float:
     return sum(j.p_first for j in judgements) / len(judgements)
 
 
-def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: ComparisonConfig, seed: int) -> StageOutput:
+def run_comparison_tasks(
+    backend, c: Constitution, tasks: list[Task[PairInput]], cfg: ComparisonConfig, seed: int
+) -> StageOutput:
     out = StageOutput()
     if not tasks:
         return out
     readings = []  # (task, principle, order, prompt)
     for t in tasks:
         d = t.data
-        for p in weighted_sample(pool_for(c, d["query"]), cfg.principles, f"{seed}/{t.id}/principles"):
-            for order, (a, b) in (("ab", (d["first"], d["second"])), ("ba", (d["second"], d["first"]))):
-                readings.append(
-                    (t, p, order, comparison_prompt(d["query"], p, a.text, b.text, cot=cfg.method == "cot"))
-                )
+        for p in weighted_sample(pool_for(c, d.query), cfg.principles, f"{seed}/{t.id}/principles"):
+            for order, (a, b) in (("ab", (d.first, d.second)), ("ba", (d.second, d.first))):
+                readings.append((t, p, order, comparison_prompt(d.query, p, a.text, b.text, cot=cfg.method == "cot")))
     reasons: list[str | None] = [None] * len(readings)
     errors: dict[str, str] = {}
     if cfg.method == "cot":
@@ -155,8 +166,8 @@ def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: Compa
         prompts = []
         for (t, p, order, _), reasoning in zip(readings, reasons):
             d = t.data
-            a, b = (d["first"], d["second"]) if order == "ab" else (d["second"], d["first"])
-            prompts.append(comparison_prompt(d["query"], p, a.text, b.text, reasoning=reasoning or "", cot=True))
+            a, b = (d.first, d.second) if order == "ab" else (d.second, d.first)
+            prompts.append(comparison_prompt(d.query, p, a.text, b.text, reasoning=reasoning or "", cot=True))
     else:
         prompts = [r[3] for r in readings]
     scores = backend.choice_logprobs(prompts, CHOICES)
@@ -185,7 +196,7 @@ def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: Compa
             continue
         js = by_task[t.id]
         p_first = aggregate(js)
-        first, second = t.data["first"], t.data["second"]
+        first, second = t.data.first, t.data.second
         chosen, rejected = (first, second) if p_first >= 0.5 else (second, first)
         mean_ab = [j.p_first for j in js if j.order == "ab"]
         mean_ba = [j.p_first for j in js if j.order == "ba"]
@@ -193,10 +204,10 @@ def run_comparison_tasks(backend, c: Constitution, tasks: list[Task], cfg: Compa
         out.records.append(
             Comparison(
                 id=t.id,
-                query_id=t.data["query"].id,
+                query_id=t.data.query.id,
                 first_id=first.id,
                 second_id=second.id,
-                kind=t.data["kind"],
+                kind=t.data.kind,
                 method=cfg.method,
                 principle_ids=sorted({j.principle_id for j in js}),
                 judgements=js,

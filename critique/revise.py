@@ -8,6 +8,7 @@ worked examples are replayed as earlier chat turns of the same shape as the real
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -18,6 +19,12 @@ from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
 from .records import Revision, Round
+
+
+@dataclass(frozen=True)
+class RevisionInput:
+    query: Query
+    response: Response
 
 
 class RevisionConfig(BaseModel):
@@ -33,12 +40,12 @@ class RevisionConfig(BaseModel):
 
 def plan_revision_tasks(
     pairs: list[tuple[Query, Response]], c: Constitution, cfg: RevisionConfig, model: str, seed: int
-) -> list[Task]:
+) -> list[Task[RevisionInput]]:
     settings = cfg.model_dump()
     tasks = []
     for q, r in pairs:
         tid = record_id("revision", r.id, model, settings, seed, c.content_hash())
-        tasks.append(Task(tid, (q, r), [tid]))
+        tasks.append(Task(tid, RevisionInput(q, r), [tid]))
     return tasks
 
 
@@ -108,11 +115,13 @@ def usable_revision(revision: str, critique: str) -> bool:
     return bool(revision) and jaccard(revision, critique) < COPY_THRESHOLD
 
 
-def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: RevisionConfig, seed: int) -> StageOutput:
+def run_revision_tasks(
+    backend, c: Constitution, tasks: list[Task[RevisionInput]], cfg: RevisionConfig, seed: int
+) -> StageOutput:
     out = StageOutput()
     if not tasks or cfg.rounds == 0:
         return out
-    current = {t.id: t.data[1].text for t in tasks}
+    current = {t.id: t.data.response.text for t in tasks}
     rounds: dict[str, list[Round]] = {t.id: [] for t in tasks}
     plans = {t.id: round_principles(c, t.id, cfg.rounds, seed) for t in tasks}
     live = list(tasks)
@@ -122,7 +131,7 @@ def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: Revisio
         key = derive_seed(seed, live[0].id, r)
         prompts = []
         for t in live:
-            q, _ = t.data
+            q = t.data.query
             p = plans[t.id][r]
             conversation = list(q.messages) + [{"role": "assistant", "content": current[t.id]}]
             prompts.append(critique_chat(c, p, conversation, _examples(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
@@ -167,7 +176,7 @@ def run_revision_tasks(backend, c: Constitution, tasks: list[Task], cfg: Revisio
     for t in tasks:
         if t.id in failed:
             continue
-        q, resp = t.data
+        q, resp = t.data.query, t.data.response
         out.records.append(
             Revision(
                 id=t.id,

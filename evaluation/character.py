@@ -21,36 +21,48 @@ from .pairs import LabeledPair
 from .policy import benign_prompts, generate_answers, refusal_probabilities, refusal_summary, win_rate
 
 
+def _prompt_rows(path: Path):
+    """(file:line, row) of a prompts JSONL file, or of an export folder's test prompts (any format)."""
+    if path.is_dir():
+        from cai.training.data import load_split
+
+        for i, row in enumerate(load_split(str(path), "prompts", "test"), 1):
+            yield f"{path} (test prompts, row {i})", row
+        return
+    if not path.is_file():
+        raise UserError(f"{path}: prompts file not found")
+    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                yield f"{path}:{lineno}", json.loads(line)
+            except json.JSONDecodeError as e:
+                raise UserError(
+                    f"{path}:{lineno}: expected a JSON object with 'prompt' and 'principle_ids' ({e})"
+                ) from None
+
+
 def trait_queries(
     c: Constitution, prompts: str | Path | None = None, limit: int | None = None
 ) -> list[tuple[str, list[dict]]]:
-    """(trait id, conversation) pairs: a run's held-out prompts tagged with a trait (an exported
-    `test_prompts.jsonl`), or else the constitution's own seed questions."""
+    """(trait id, conversation) pairs: a run's held-out prompts tagged with a trait (an export
+    folder's test prompts or a JSONL file of them), or else the constitution's own seed questions."""
     if not c.traits:
         raise UserError(f"{c.name}: not a character constitution (no traits)")
     ids = {t.id for t in c.traits}
     items: list[tuple[str, list[dict]]] = []
     if prompts is not None:
-        path = Path(prompts)
-        if not path.is_file():
-            raise UserError(f"{path}: prompts file not found")
-        for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
+        for where, row in _prompt_rows(Path(prompts)):
             try:
-                row = json.loads(line)
                 tags = [i for i in row.get("principle_ids", []) if i in ids]
                 conv = (
                     row["prompt"] if isinstance(row["prompt"], list) else [{"role": "user", "content": row["prompt"]}]
                 )
-            except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as e:
-                raise UserError(
-                    f"{path}:{lineno}: expected a JSON object with 'prompt' and 'principle_ids' ({e})"
-                ) from None
+            except (KeyError, TypeError, AttributeError) as e:
+                raise UserError(f"{where}: expected a JSON object with 'prompt' and 'principle_ids' ({e})") from None
             if tags:
                 items.append((tags[0], conv))
         if not items:
-            raise UserError(f"{path}: no prompt is tagged with a trait of {c.name}")
+            raise UserError(f"{prompts}: no prompt is tagged with a trait of {c.name}")
     else:
         for t in c.traits:
             items += [(t.id, [{"role": "user", "content": q}]) for q in t.questions]

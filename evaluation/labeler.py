@@ -127,9 +127,6 @@ def summarise(readings: list[Reading], bins: int = 5) -> dict:
     }
 
 
-# -- running the labeler -------------------------------------------------------------------
-
-
 def label_pairs(
     backend,
     c: Constitution,

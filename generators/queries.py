@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import Constitution, UserError, derive_seed, weighted_sample
 
-from .records import Query, StageOutput, Task, record_id
+from .records import Query, QueryTarget, StageOutput, Task, record_id
 from .templates import render
 from .types import SamplingParams
 
@@ -44,10 +44,7 @@ class QueryConfig(BaseModel):
     )
 
 
-# -- planning ------------------------------------------------------------------------------
-
-
-def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> list[Task]:
+def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> list[Task[QueryTarget]]:
     """One task per (principle or trait, index). Ids depend on the ids and settings only."""
     settings = cfg.model_dump(exclude={"seed_file"})
     targets = [("principle", p.id) for p in c.critique_principles] + [("trait", t.id) for t in c.traits]
@@ -55,18 +52,18 @@ def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> list[Task]
     for kind, ident in targets:
         for i in range(cfg.per_principle):
             tid = record_id("query", kind, ident, i, settings, seed, c.content_hash())
-            tasks.append(Task(tid, {"kind": kind, "id": ident, "index": i}, [tid]))
+            tasks.append(Task(tid, QueryTarget(kind, ident, i), [tid]))
     return tasks
 
 
-def query_chat(c: Constitution, target: dict, cfg: QueryConfig, seed_key: str) -> list[dict]:
+def query_chat(c: Constitution, target: QueryTarget, cfg: QueryConfig, seed_key: str) -> list[dict]:
     guide = c.query_generation
-    if target["kind"] == "trait":
-        trait = c.trait(target["id"])
+    if target.kind == "trait":
+        trait = c.trait(target.id)
         focus = f"whether the assistant shows this trait, without naming it: {trait.text}"
         examples = list(trait.questions) + (list(guide.examples) if guide else [])
     else:
-        p = c.principle(target["id"])
+        p = c.principle(target.id)
         focus = p.comparison or p.critique
         examples = list(guide.examples) if guide else []
     topics = list(guide.topics) if guide else []
@@ -82,8 +79,6 @@ def query_chat(c: Constitution, target: dict, cfg: QueryConfig, seed_key: str) -
     chat.append({"role": "user", "content": render("cai.generators", "query_request.jinja", focus=focus, topic=topic)})
     return chat
 
-
-# -- parsing and filtering -----------------------------------------------------------------
 
 _LABEL = re.compile(r"^\s*(?:\d+[.)]\s*|[-*]\s+|(?:user(?:'s)? message|user|message|request|query)\s*:\s*)", re.I)
 
@@ -144,7 +139,7 @@ class Deduplicator:
 
 
 def run_query_tasks(
-    backend, c: Constitution, tasks: list[Task], cfg: QueryConfig, seed: int, dedupe: Deduplicator
+    backend, c: Constitution, tasks: list[Task[QueryTarget]], cfg: QueryConfig, seed: int, dedupe: Deduplicator
 ) -> StageOutput:
     out = StageOutput()
     if not tasks:
@@ -169,11 +164,7 @@ def run_query_tasks(
             dropped = "too long"
         elif (dup := dedupe.check(task.id, text)) is not None:
             dropped = f"duplicate of {dup}"
-        ids = (
-            {"principle_ids": [task.data["id"]]}
-            if task.data["kind"] == "principle"
-            else {"trait_ids": [task.data["id"]]}
-        )
+        ids = {"principle_ids" if task.data.kind == "principle" else "trait_ids": [task.data.id]}
         out.records.append(
             Query(
                 id=task.id,
@@ -186,9 +177,6 @@ def run_query_tasks(
             )
         )
     return out
-
-
-# -- seed files ----------------------------------------------------------------------------
 
 
 def parse_transcript(text: str) -> list[dict]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 from pydantic import BaseModel, Field
 
@@ -49,13 +49,31 @@ class Response(BaseModel):
     dropped: str | None = Field(None, description="Why the answer is not used (e.g. it leaks its instructions).")
 
 
+P = TypeVar("P")
+
+
+@dataclass(frozen=True)
+class QueryTarget:
+    """What a generated query is written to test: one principle or one trait, and which try."""
+
+    kind: Literal["principle", "trait"]
+    id: str
+    index: int
+
+
 @dataclass
-class Task:
-    """One unit of work: its id, its input, and the ids of the records it will produce."""
+class Task(Generic[P]):
+    """One unit of work: its id, its typed input, and the ids of the records it will produce.
+
+    `ready` holds a record that needs no model call (a seed query, a distillation pair): it goes
+    through the same skip/append path as generated ones, so resume treats both alike, and the
+    pipeline never has to guess from the payload's type which tasks are ready.
+    """
 
     id: str
-    data: Any
+    data: P
     outputs: list[str]
+    ready: BaseModel | None = None
 
 
 @dataclass

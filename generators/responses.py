@@ -20,7 +20,7 @@ class ResponseConfig(BaseModel):
     system_prompt: str | None = Field(None, description="Optional system message for the policy.")
 
 
-def plan_response_tasks(queries: list[Query], cfg: ResponseConfig, model: str, seed: int) -> list[Task]:
+def plan_response_tasks(queries: list[Query], cfg: ResponseConfig, model: str, seed: int) -> list[Task[Query]]:
     settings = cfg.model_dump()
     tasks = []
     for q in queries:
@@ -34,7 +34,7 @@ def response_chat(q: Query, cfg: ResponseConfig) -> list[dict]:
     return system + list(q.messages)
 
 
-def run_response_tasks(backend, tasks: list[Task], cfg: ResponseConfig, seed: int) -> StageOutput:
+def run_response_tasks(backend, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int) -> StageOutput:
     out = StageOutput()
     if not tasks:
         return out

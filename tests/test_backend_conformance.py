@@ -130,9 +130,6 @@ def ok(completion) -> bool:
     return completion.error is None and completion.finish_reason in ("stop", "length")
 
 
-# -- generation ------------------------------------------------------------------------------
-
-
 def test_returns_n_samples_per_prompt(backend):
     out = backend.generate(PROMPTS, SamplingParams(n=3, temperature=1.0, max_new_tokens=8, seed=1))
     assert len(out) == len(PROMPTS)
@@ -174,9 +171,6 @@ def test_seeded_sampling_is_repeatable(backend):
     texts = lambda out: [[c.text for c in samples] for samples in out]  # noqa: E731
     assert texts(first) == texts(again)
     assert texts(first) != texts(other)
-
-
-# -- choice scoring --------------------------------------------------------------------------
 
 
 def test_choice_logprobs_are_well_formed(backend):
@@ -233,9 +227,6 @@ def test_vllm_top_k_scores_bound_the_exact_ones(backend_pool):
     assert vllm_backend.floored_count - before == sum(len(s.floored) for s in top_k)
 
 
-# -- failures and edge cases -----------------------------------------------------------------
-
-
 def test_overlong_prompt_fails_alone(backend):
     prompts = [PROMPTS[0], OVERLONG, PROMPTS[2], [{"role": "user", "content": OVERLONG}]]
     out = backend.generate(prompts, SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=0))
@@ -250,8 +241,6 @@ def test_empty_prompt_list_gives_empty_result(backend):
     assert backend.generate([], SamplingParams(max_new_tokens=4)) == []
     assert backend.choice_logprobs([], ["A", "B"]) == []
 
-
-# -- across backends -------------------------------------------------------------------------
 
 AGREEMENT_PROMPTS = [
     [{"role": "user", "content": q}]

@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from markupsafe import escape
 
 from cai.constitution import load_constitution
 from cai.critique.distill import distill_pairs, leak_reason, teacher_system_prompt
@@ -135,3 +136,11 @@ def test_both_pair_modes_on_the_embedded_model(tmp_path, default_model_dir):
             assert all(j["principle_id"] in c["principle_ids"] for j in c["judgements"])
         else:
             assert c["chosen_id"] in {t["id"] for t in kept} and c["p_chosen"] == 1.0
+    # the report shows a distillation pair with the teacher's text, not its id
+    assert cai("report", tmp_path / "run").returncode == 0
+    page = (tmp_path / "run" / "report.html").read_text()
+    distilled = [c for c in comps if c["kind"] == "distill"]
+    if distilled:
+        teacher = next(t for t in kept if t["id"] == distilled[0]["chosen_id"])
+        assert str(escape(teacher["text"])) in page
+        assert distilled[0]["chosen_id"] not in page

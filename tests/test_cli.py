@@ -105,3 +105,21 @@ def test_packages_live_under_the_cai_namespace(tmp_path):
     r = cai("constitution", "list", cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert "harmless" in r.stdout
+
+
+def test_namespace_holds_from_a_folder_with_generic_module_names(tmp_path):
+    """Only `cai` is installed at the top: a user's own training.py or generators/ cannot shadow ours."""
+    (tmp_path / "training.py").write_text("raise SystemExit('user training.py was imported')\n")
+    (tmp_path / "generators").mkdir()
+    (tmp_path / "generators" / "__init__.py").write_text("raise SystemExit('user generators/ was imported')\n")
+    r = cai("constitution", "list", cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert "harmless" in r.stdout
+    probe = (
+        "import importlib.util as u; print([u.find_spec(m) is None for m in ('training', 'critique', 'evaluation')])"
+    )
+    r = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
+    assert r.stdout.strip() == "[True, True, True]", r.stdout + r.stderr
+    import importlib
+
+    assert all(importlib.import_module(f"cai.{m}") for m in ("training", "critique", "evaluation", "generators"))

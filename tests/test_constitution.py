@@ -148,9 +148,6 @@ def test_content_hash_ignores_formatting(tmp_path):
     assert a.content_hash() == b.content_hash() != c.content_hash()
 
 
-# -- sampling ------------------------------------------------------------------------------
-
-
 def _principles(weights):
     return Constitution.model_validate(
         {"name": "w", "principles": [{"id": f"p{i}", "comparison": "?", "weight": w} for i, w in enumerate(weights)]}

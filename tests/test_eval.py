@@ -33,9 +33,6 @@ PAIRS = [
 ]
 
 
-# -- metrics -------------------------------------------------------------------------------
-
-
 def test_always_a_labeler_is_pure_position_bias():
     readings, errors = label_pairs(AlwaysA(), C, PAIRS, principles=2, seed=1)
     assert not errors and len(readings) == 10 * 2 * 2
@@ -106,9 +103,6 @@ def test_policy_win_rate_counts_identical_answers_as_ties():
 def test_benign_prompts_ship_with_the_package():
     prompts = benign_prompts()
     assert 25 <= len(prompts) <= 40 and all(p.strip() for p in prompts)
-
-
-# -- input layouts -------------------------------------------------------------------------
 
 
 def _write(tmp_path, name, rows):
@@ -218,9 +212,6 @@ def test_equal_answers_are_skipped(tmp_path):
     )
     pairs, skipped = load_pairs(p)
     assert len(pairs) == 1 and skipped == 1
-
-
-# -- the real model --------------------------------------------------------------------------
 
 
 @pytest.mark.slow

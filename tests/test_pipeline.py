@@ -53,9 +53,6 @@ def records(run, stage):
     return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
-# -- pure pieces ---------------------------------------------------------------------------
-
-
 def test_seed_files_all_formats(tmp_path):
     txt = tmp_path / "s.txt"
     txt.write_text("# comment\nFirst question?\n\nSecond question?\nFirst question?\n")
@@ -168,9 +165,6 @@ def test_bad_shard_and_limit(tmp_path):
     assert cai("run", cfg, "--out", tmp_path / "o", "--limit", "0").returncode == 2
 
 
-# -- the real thing ------------------------------------------------------------------------
-
-
 @pytest.fixture(scope="module")
 def reference_run(tmp_path_factory, default_model_dir):
     base = tmp_path_factory.mktemp("reference")
@@ -239,7 +233,9 @@ def test_exports_load_with_datasets_and_train_with_trl(reference_run, tmp_path, 
     assert row["prompt"][-1]["role"] == "user" and row["chosen"][0]["role"] == "assistant"
     assert 0.5 <= row["p_chosen"] <= 1 and row["principle_ids"]
     assert sft["train"][0]["messages"][-1]["role"] == "assistant"
-    train = load_dataset("json", data_files=str(exported / "train_prefs.jsonl"), split="train")
+    from cai.training.data import load_split
+
+    train = load_split(str(exported), "prefs", "train")
 
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
     from trl import DPOConfig, DPOTrainer, RewardConfig, RewardTrainer
@@ -265,6 +261,37 @@ def test_exports_load_with_datasets_and_train_with_trl(reference_run, tmp_path, 
         processing_class=tok,
     )
     assert d.train().training_loss > 0
+
+
+@pytest.mark.slow
+def test_two_shards_add_up_to_the_whole_run(reference_run, tmp_path):
+    """Two workers of one config: their files partition the run; export and report read both."""
+    cfg = make_run_files(tmp_path)
+    run = tmp_path / "run"
+    for i in (0, 1):
+        r = cai("run", cfg, "--out", run, "--shard", f"{i}/2")
+        assert r.returncode == 0, r.stderr
+    for stage in ("queries", "responses", "revisions", "comparisons"):
+        ids = [x["id"] for i in (0, 1) for x in records(run, f"{stage}.shard-{i}-of-2")]
+        assert sorted(ids) == sorted(x["id"] for x in records(reference_run, stage)), stage
+    assert cai("export", run).returncode == 0
+    from datasets import load_dataset
+
+    for kind in ("sft", "prefs", "prompts"):
+        whole, split = load_dataset(str(reference_run / "datasets"), kind), load_dataset(str(run / "datasets"), kind)
+        assert {k: sorted(v["query_id"]) for k, v in whole.items()} == {
+            k: sorted(v["query_id"]) for k, v in split.items()
+        }
+    # every shard's stage records and errors are in the report
+    with open(run / "errors.shard-1-of-2.jsonl", "a") as f:
+        f.write(json.dumps({"stage": "responses", "task_id": "x", "error": "server said 503"}) + "\n")
+    from cai.report import build_context
+
+    ctx = build_context(run)
+    stages = {s["name"]: s for s in ctx["stages"]}
+    assert stages["comparisons"]["records"] == len(records(reference_run, "comparisons"))
+    assert stages["responses"]["shards"] == 2
+    assert ctx["counts"]["errors"] == 1 and ctx["shards"] == 2
 
 
 def test_store_streams_ids_and_repairs_a_torn_line(tmp_path):

@@ -31,7 +31,10 @@ def run_dir(tmp_path) -> Path:
     (d / "config.yaml").write_text(
         "constitution: harmless\nseed: 0\npolicy:\n  backend: transformers\n  model: default\n"
     )
-    (d / "constitution.yaml").write_text("name: harmless\nprinciples:\n  - id: kind\n  - id: safe\n")
+    (d / "constitution.yaml").write_text(
+        "name: harmless\nprinciples:\n  - id: kind\n    comparison: Which is kinder?\n"
+        "  - id: safe\n    comparison: Which is safer?\n"
+    )
     stages = {
         "queries": {"records": 2, "tokens": 40, "seconds": 2.0, "errors": 0},
         "responses": {"records": 4, "tokens": 400, "seconds": 8.0, "errors": 0},

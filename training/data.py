@@ -6,6 +6,8 @@ from pathlib import Path
 
 from cai.constitution import UserError
 
+from .export_files import split_files
+
 REQUIRED = {"sft": ["messages"], "prefs": ["prompt", "chosen", "rejected"], "prompts": ["prompt"]}
 
 
@@ -14,21 +16,22 @@ def load_split(source: str, kind: str, split: str = "train"):
     from datasets import load_dataset
 
     path = Path(source)
-    if path.is_dir() and (path / "datasets").is_dir() and not (path / f"{split}_{kind}.jsonl").exists():
+    if path.is_dir() and (path / "datasets").is_dir() and not split_files(path, split, kind):
         path = path / "datasets"
     if path.is_dir():
-        file = path / f"{split}_{kind}.jsonl"
-        if not file.exists():
-            raise UserError(f"{path}: no {split}_{kind}.jsonl (was the run exported with {kind} data?)")
+        files = split_files(path, split, kind)
+        if not files:
+            raise UserError(f"{path}: no {split}_{kind} data files (was the run exported with {kind} data?)")
     elif path.is_file():
-        file = path
+        files = [path]
     else:
         raise UserError(f"{source}: dataset not found")
-    fmt = "parquet" if file.suffix == ".parquet" else "json"
-    if file.stat().st_size == 0:
+    file = files[0] if len(files) == 1 else path
+    fmt = "parquet" if files[0].suffix == ".parquet" else "json"
+    if all(f.stat().st_size == 0 for f in files):
         raise UserError(f"{file}: dataset is empty")
     try:
-        ds = load_dataset(fmt, data_files=str(file), split="train")
+        ds = load_dataset(fmt, data_files=[str(f) for f in files], split="train")
     except Exception as e:  # datasets raises many types for unreadable files
         raise UserError(f"{file}: cannot read as {fmt}: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
     if len(ds) == 0:

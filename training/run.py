@@ -16,6 +16,7 @@ from cai.generators import load_backend, resolve_model
 
 from .config import COMMON_DEFAULTS, TrainConfig, trl_args
 from .data import load_split
+from .progress import use_rich_progress
 
 
 def _tokenizer(model_path: str):
@@ -49,6 +50,7 @@ def _finish(trainer, args, resume: bool, extra: dict[str, Any], after=None) -> d
     numbers that need the trained model (held-out accuracy, the reward curve)."""
     out = Path(args.output_dir)
     has_ckpt = resume and any(out.glob("checkpoint-*"))
+    use_rich_progress(trainer, f"train {extra.get('kind', '')}".strip())
     result = trainer.train(resume_from_checkpoint=True if has_ckpt else None)
     trainer.save_model(str(out))
     if trainer.processing_class is not None:

@@ -55,8 +55,6 @@ class TransformersBackend:
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
 
-    # -- helpers ---------------------------------------------------------------------------
-
     def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         width = max(len(r) for r in rows)
         pad = self.tokenizer.pad_token_id
@@ -71,8 +69,6 @@ class TransformersBackend:
 
     def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
         return encode_batch(self.tokenizer, prompts, reserve, self.context_length)
-
-    # -- generation ------------------------------------------------------------------------
 
     def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         encoded, errors = self._encode_all(chats, reserve=1)
@@ -133,8 +129,6 @@ class TransformersBackend:
         if reason == "length" and n < max_new:
             reason = "stop"  # stopped by a stop string that decoding merged across tokens
         return Completion(text=text, tokens=n, finish_reason=reason)
-
-    # -- scoring ---------------------------------------------------------------------------
 
     def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
         choice_ids = choice_token_ids(self.tokenizer, choices)

@@ -116,8 +116,6 @@ class OpenAIBackend:
     def __repr__(self) -> str:
         return f"OpenAIBackend(model={self.model!r}, served_model={self.served_model!r}, base_url={self.base_url!r})"
 
-    # -- start-up --------------------------------------------------------------------------
-
     def _served_models(self) -> dict[str, dict] | None:
         """GET /models, quickly: a dead server must fail now with one line, not hang a run."""
         url = f"{self.base_url}/models"
@@ -168,8 +166,6 @@ class OpenAIBackend:
             return AutoTokenizer.from_pretrained(source)
         except (OSError, ValueError) as e:
             raise UserError(f"backend openai: options.tokenizer: cannot load {source!r} ({e})") from None
-
-    # -- requests --------------------------------------------------------------------------
 
     def _redact(self, text: str) -> str:
         key = self._key.get_secret_value()
@@ -237,8 +233,6 @@ class OpenAIBackend:
             raise _Failed(context_error(len(ids), self.context_length))
         return ids
 
-    # -- generation ------------------------------------------------------------------------
-
     def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         async def job(i: int, prompt: Prompt) -> list[Completion]:
             try:
@@ -296,8 +290,6 @@ class OpenAIBackend:
         if greedy and comps:
             comps = [comps[0].model_copy() for _ in range(params.n)]
         return comps
-
-    # -- scoring ---------------------------------------------------------------------------
 
     def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
         plan = ChoicePlan(choice_token_ids(self.tokenizer, choices)) if self.tokenizer is not None else None

@@ -144,8 +144,6 @@ class VLLMBackend:
     def __repr__(self) -> str:
         return f"VLLMBackend(model={self.model!r}, context_length={self.context_length})"
 
-    # -- helpers ---------------------------------------------------------------------------
-
     def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
         return encode_batch(self.tokenizer, prompts, reserve, self.context_length)
 
@@ -167,8 +165,6 @@ class VLLMBackend:
             except Exception as e:
                 results.append(e)
         return results
-
-    # -- generation ------------------------------------------------------------------------
 
     def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
         encoded, errors = self._encode_all(chats, reserve=1)
@@ -204,8 +200,6 @@ class VLLMBackend:
         return Completion(
             text=output.text, tokens=len(output.token_ids), finish_reason=finish_reason(output.finish_reason)
         )
-
-    # -- scoring ---------------------------------------------------------------------------
 
     def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
         plan = ChoicePlan(choice_token_ids(self.tokenizer, choices))

@@ -1,0 +1,145 @@
+"""The one way to read a run directory: every shard's records, texts by id, config, errors.
+
+Export, the report, the demo and `cai status` all read runs that other processes wrote, often
+split over shards (`STAGE.shard-i-of-n.jsonl`). Reading them by hand in each place let the
+copies drift (a report that missed shard files and teacher answers), so they all come here.
+
+Texts are looked up through an index of byte offsets rather than held in memory: a run of a
+million pairs has hundreds of thousands of answers, and export needs only two of them at a time.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from functools import cached_property
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
+
+from cai.constitution import Constitution, UserError, load_constitution
+from cai.constitution.loader import read_structured, validate_model
+from cai.critique.records import Comparison, Revision
+from cai.generators.records import Query, Response
+
+from .config import RunConfig
+from .store import RunStore, record_id_of
+
+M = TypeVar("M", bound=BaseModel)
+
+# Which field of which stage holds the text an id stands for (a revision stands for its final text).
+TEXT_FIELDS = {"responses": "text", "teacher": "text", "revisions": "final"}
+STAGE_RECORDS: dict[str, type[BaseModel]] = {
+    "queries": Query,
+    "responses": Response,
+    "teacher": Response,
+    "revisions": Revision,
+    "comparisons": Comparison,
+}
+
+
+class TextIndex:
+    """id → text of answers, teacher answers and revisions, read from disk on demand."""
+
+    def __init__(self, store: RunStore, stages: dict[str, str]):
+        self._files: list[tuple[Path, str]] = []
+        self._where: dict[str, tuple[int, int]] = {}
+        for stage, fieldname in stages.items():
+            for path in store.stage_paths(stage, all_shards=True):
+                self._files.append((path, fieldname))
+                k = len(self._files) - 1
+                for offset, lineno, line in store.iter_lines_at(path):
+                    self._where.setdefault(record_id_of(line, path, lineno), (k, offset))
+        self._handles: dict[int, object] = {}
+
+    def __contains__(self, rid: object) -> bool:
+        return rid in self._where
+
+    def __len__(self) -> int:
+        return len(self._where)
+
+    def get(self, rid: str, default: str | None = None) -> str | None:
+        where = self._where.get(rid)
+        if where is None:
+            return default
+        k, offset = where
+        f = self._handles.get(k)
+        if f is None:
+            f = self._handles[k] = open(self._files[k][0], "rb")  # noqa: SIM115 - kept open for many reads
+        f.seek(offset)  # type: ignore[attr-defined]
+        return json.loads(f.readline())[self._files[k][1]]  # type: ignore[attr-defined]
+
+    def __getitem__(self, rid: str) -> str:
+        text = self.get(rid)
+        if text is None:
+            raise KeyError(rid)
+        return text
+
+    def close(self) -> None:
+        for f in self._handles.values():
+            f.close()  # type: ignore[attr-defined]
+        self._handles.clear()
+
+
+class RunReader:
+    """Read-only view of a run directory across all its shards."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        if not (self.root / "config.yaml").is_file():
+            raise UserError(f"{self.root}: not a run directory (no config.yaml)")
+        self.store = RunStore(self.root, create=False)
+
+    @cached_property
+    def config(self) -> RunConfig:
+        path = self.root / "config.yaml"
+        data, node = read_structured(path)
+        return validate_model(RunConfig, data, node, str(path))
+
+    @cached_property
+    def constitution(self) -> Constitution:
+        path = self.root / "constitution.yaml"
+        if not path.is_file():
+            raise UserError(f"{self.root}: no constitution.yaml; the run never started")
+        return load_constitution(path)
+
+    def records(self, stage: str, model: type[M] | None = None) -> Iterator[M]:
+        """Every shard's records of a stage, streamed, each id once."""
+        return self.store.iter_records(stage, model or STAGE_RECORDS[stage], all_shards=True)  # type: ignore[arg-type]
+
+    def load(self, stage: str, model: type[M] | None = None) -> list[M]:
+        return list(self.records(stage, model))
+
+    def ids(self, stage: str) -> set[str]:
+        return self.store.ids(stage, all_shards=True)
+
+    def texts(self) -> TextIndex:
+        return TextIndex(self.store, TEXT_FIELDS)
+
+    def errors(self) -> list[dict]:
+        """Every shard's error records (`errors.jsonl`, `errors.shard-i-of-n.jsonl`)."""
+        return [row for path in self.store.stage_paths("errors", all_shards=True) for _, row in self.store.rows(path)]
+
+    def manifests(self) -> dict[str, dict]:
+        """Each shard's manifest, keyed by its file name."""
+        out = {}
+        for path in sorted(self.root.glob("manifest*.json")):
+            try:
+                out[path.name] = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as e:
+                raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+        return out
+
+    def stages(self) -> dict[str, dict]:
+        """Per stage, the shards' manifests added up (records, tokens, errors; seconds is the slowest shard's)."""
+        total: dict[str, dict] = {}
+        for m in self.manifests().values():
+            for name, s in m.get("stages", {}).items():
+                t = total.setdefault(name, {"records": 0, "tokens": 0, "seconds": 0.0, "errors": 0, "shards": 0})
+                t["records"] += s.get("records", 0)
+                t["tokens"] += s.get("tokens", 0)
+                t["errors"] += s.get("errors", 0)
+                t["seconds"] = max(t["seconds"], s.get("seconds", 0.0))
+                t["shards"] += 1
+        return total

@@ -1,0 +1,66 @@
+"""Rich tables for eval results: shared by `cai eval`, the demo and anything else that prints them."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+
+def fmt(x) -> str:
+    return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
+
+
+def labeler_tables(r: dict):
+    t = Table("metric", "value", title=f"labeler: {r['method']}, {r['principles']} principles, {r['pairs']} pairs")
+    for k in (
+        "agreement",
+        "order_consistency",
+        "position_bias",
+        "ece",
+        "mean_p_chosen",
+        "readings",
+        "skipped",
+        "errors",
+        "seconds",
+    ):
+        t.add_row(k, fmt(r[k]))
+    yield t
+    t = Table("principle", "pairs", "agreement", "mean p(chosen)", title="per principle")
+    for pid, v in r["by_principle"].items():
+        t.add_row(pid, str(v["pairs"]), fmt(v["agreement"]), fmt(v["mean_p_chosen"]))
+    yield t
+    t = Table("soft label", "pairs", "confidence", "accuracy", title=f"reliability (ECE {r['ece']:.3f})")
+    for row in r["reliability"]:
+        t.add_row(row["bin"], str(row["count"]), fmt(row["confidence"]), fmt(row["accuracy"]))
+    yield t
+
+
+def reward_model_tables(r: dict):
+    t = Table("metric", "value", title=f"reward model {r['model']}")
+    for k in ("pairs", "accuracy", "mean_margin", "skipped"):
+        t.add_row(k, fmt(r[k]))
+    yield t
+
+
+def policy_tables(r: dict):
+    t = Table("metric", "value", title=f"{r['model']} vs {r['baseline']} on {r['prompts']} prompts")
+    for k in ("win_rate", "order_consistency", "identical_answers", "errors"):
+        t.add_row(k, fmt(r[k]))
+    for who, v in r["over_refusal"].items():
+        t.add_row(f"over-refusal ({who}, {v['prompts']} benign prompts)", fmt(v["refusal_rate"]))
+    yield t
+
+
+def character_tables(r: dict):
+    t = Table("trait", "prompts", "win rate", title=f"{r['model']} vs {r['baseline']} ({r['constitution']})")
+    for trait, rate in r["win_rate_by_trait"].items():
+        t.add_row(trait, str(r["prompts_by_trait"][trait]), fmt(rate))
+    t.add_row("all", str(r["prompts"]), fmt(r["win_rate"]))
+    yield t
+    u = Table("check", "model", "baseline")
+    u.add_row(
+        "over-refusal on benign prompts",
+        fmt(r["over_refusal"]["model"]["refusal_rate"]),
+        fmt(r["over_refusal"]["baseline"]["refusal_rate"]),
+    )
+    u.add_row("answers that leak the character", fmt(r["leak_rate"]["model"]), fmt(r["leak_rate"]["baseline"]))
+    yield u
