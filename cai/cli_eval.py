@@ -55,6 +55,19 @@ def _emit(result: dict, as_json: bool, out_json: Path | None, tables) -> None:
         console.print(t)
 
 
+def _read_pairs(pairs: Path, limit: int | None, dump: Path | None = None):
+    """Load the labelled pairs, say on stderr what was skipped and why, and write them if asked."""
+    from cai.evaluation.pairs import read_pairs, write_pairs
+
+    read = read_pairs(pairs, limit)
+    if read.skipped:
+        typer.echo(f"{pairs}: {read.summary()}", err=True)
+    if dump is not None:
+        write_pairs(read.pairs, dump)
+        typer.echo(f"wrote {len(read.pairs)} pairs as read to {dump}", err=True)
+    return read.pairs, len(read.skipped)
+
+
 @eval_app.command("labeler")
 def eval_labeler(
     pairs: PairsOpt,
@@ -68,6 +81,10 @@ def eval_labeler(
     backend: Annotated[str, typer.Option(help="transformers, vllm or openai.")] = "transformers",
     model: Annotated[str, typer.Option(help="Feedback model: `default`, a hub id or a local path.")] = "default",
     bins: Annotated[int, typer.Option(min=1, help="Calibration bins over the soft label 0.5-1.")] = 5,
+    dump_pairs: Annotated[
+        Path | None,
+        typer.Option("--dump-pairs", help="Also write the pairs as read: TRL preference JSONL with each file:line."),
+    ] = None,
     as_json: JsonOpt = False,
     out_json: OutJsonOpt = None,
 ) -> None:
@@ -76,11 +93,10 @@ def eval_labeler(
 
     from cai.constitution import load_constitution
     from cai.evaluation.labeler import label_pairs, readings_to_json, summarise
-    from cai.evaluation.pairs import load_pairs
     from cai.generators import BackendConfig, load_backend
 
     c = load_constitution(constitution)
-    data, skipped = load_pairs(pairs, limit)
+    data, skipped = _read_pairs(pairs, limit, dump_pairs)
     start = time.perf_counter()
     with library_output(_log_dir(out_json)):
         b = load_backend(BackendConfig(backend=backend, model=model))
@@ -118,12 +134,11 @@ def eval_reward_model(
     out_json: OutJsonOpt = None,
 ) -> None:
     """Pairwise accuracy and mean margin of a reward model on human-labelled pairs."""
-    from cai.evaluation.pairs import load_pairs
     from cai.evaluation.reward_model import evaluate_reward_model
 
     if not model.is_dir():
         raise UserError(f"--model: {model}: not a model directory")
-    data, skipped = load_pairs(pairs, limit)
+    data, skipped = _read_pairs(pairs, limit)
     result = {
         "kind": "reward-model",
         "model": str(model),
