@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cai.cli_eval import eval_app, report
 from cai.constitution.errors import UserError
+from cai.constitution.importers import Format as ImportFormat
 from cai.logs import VERBOSE, library_output
 from cai.store import STAGES
 
@@ -137,17 +138,22 @@ def constitution_list() -> None:
 
 @constitution_app.command("import")
 def constitution_import(
-    file: Annotated[Path, typer.Argument(help="A JSON file in the CAI paper or open CAI recipe layout.")],
+    files: Annotated[
+        list[Path],
+        typer.Argument(
+            metavar="FILE...",
+            help="The CAI paper's prompt files (critique/revision instructions, ranking principles, few-shot "
+            "prompts), the open CAI recipe's JSON, or cai files; several become one constitution.",
+        ),
+    ],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write YAML here (default: stdout).")] = None,
-    fmt: Annotated[str, typer.Option("--format", help="auto, cai-paper or hf-recipe.")] = "auto",
+    fmt: Annotated[ImportFormat, typer.Option("--format", help="Layout of the files; auto tells them apart.")] = "auto",
     name: Annotated[str | None, typer.Option(help="Name of the new constitution.")] = None,
 ) -> None:
-    """Convert another tool's principle file into a cai YAML file."""
+    """Convert other tools' principle files into one cai YAML file."""
     from cai.constitution import dump_constitution, import_constitution
 
-    if fmt not in ("auto", "cai-paper", "hf-recipe", "cai"):
-        raise UserError(f"--format: unknown format {fmt!r}; choose auto, cai-paper or hf-recipe")
-    c = import_constitution(file, fmt, name)  # type: ignore[arg-type]
+    c = import_constitution(files, fmt, name)
     text = dump_constitution(c)
     if out is None:
         typer.echo(text, nl=False)

@@ -47,16 +47,18 @@ def test_lint_reports_every_problem_and_exits_2(tmp_path):
     [
         (["constitution", "lint", "missing.yaml"], "missing.yaml: file not found"),
         (["constitution", "show", "nope"], "nope: no such file, and no shipped constitution has that name"),
-        (
-            ["constitution", "import", "x.json", "--format", "weird"],
-            "--format: unknown format 'weird'; choose auto, cai-paper or hf-recipe",
-        ),
     ],
 )
 def test_user_errors_are_one_line_exit_2(args, expect, tmp_path):
     r = cai(*args, cwd=tmp_path)
     assert r.returncode == 2
     assert r.stderr.strip() == expect
+
+
+def test_unknown_import_format_lists_the_choices_exit_2(tmp_path):
+    r = cai("constitution", "import", "x.json", "--format", "weird", cwd=tmp_path)
+    assert r.returncode == 2
+    assert "'weird' is not one of 'auto', 'cai', 'cai-paper', 'cai-paper-ranking'" in " ".join(r.stderr.split())
 
 
 def test_bad_yaml_one_line(tmp_path):
