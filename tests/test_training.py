@@ -182,6 +182,125 @@ def test_sft_and_dpo_run_on_exported_data(kind, exported, tmp_path, default_mode
     assert (tmp_path / kind / "summary.json").exists()
 
 
+def _dpo_pair(tiny_model, tmp_path, rows, **config):
+    """A soft-label DPO trainer whose policy is a perturbed copy of its reference, so h is not 0."""
+    import torch
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import DPOConfig
+
+    from cai.training.dpo import SoftLabelDPOTrainer
+
+    torch.manual_seed(1)
+    policy = AutoModelForCausalLM.from_pretrained(tiny_model)
+    with torch.no_grad():
+        for w in policy.parameters():
+            w.add_(0.05 * torch.randn_like(w))
+    args = DPOConfig(
+        output_dir=str(tmp_path), report_to=[], use_cpu=True, bf16=False, per_device_train_batch_size=4, **config
+    )
+    policy.train()  # as in training (TRL keeps its metrics per mode)
+    return SoftLabelDPOTrainer(
+        model=policy,
+        ref_model=AutoModelForCausalLM.from_pretrained(tiny_model),
+        args=args,
+        train_dataset=Dataset.from_list(rows),
+        processing_class=AutoTokenizer.from_pretrained(tiny_model),
+    )
+
+
+def _batch(trainer, p=None, swap=False):
+    rows = [dict(trainer.train_dataset[i]) for i in range(len(trainer.train_dataset))]
+    for r in rows:
+        if swap:
+            r["chosen_ids"], r["rejected_ids"] = r["rejected_ids"], r["chosen_ids"]
+        if p is None:
+            r.pop("p_chosen")
+        else:
+            r["p_chosen"] = p
+    return trainer.data_collator(rows)
+
+
+def _beta_margin(trainer, batch):
+    """TRL's own measurement of β·h (its `rewards/margins` metric), mean over the batch."""
+    import torch
+
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, dict(batch))
+    return trainer._metrics["train"]["rewards/margins"][-1]
+
+
+def test_soft_dpo_loss_against_trls(tmp_path, tiny_model):
+    import torch
+
+    from cai.training.losses import soft_preference_loss
+
+    trainer = _dpo_pair(tiny_model, tmp_path, separable_pairs(4, 4))
+    assert "p_chosen" in next(iter(trainer.get_train_dataloader()))  # the soft label survives TRL's column pruning
+    loss = lambda batch: trainer.compute_loss(trainer.model, dict(batch)).detach()  # noqa: E731
+    trl_loss, trl_swapped = loss(_batch(trainer)), loss(_batch(trainer, swap=True))
+    assert trl_loss != pytest.approx(trl_swapped)  # the policy does prefer one side: h is not 0
+    torch.testing.assert_close(loss(_batch(trainer, p=1.0)), trl_loss)  # p = 1 is TRL's sigmoid loss
+    torch.testing.assert_close(loss(_batch(trainer, p=0.0)), trl_swapped)  # p = 0 is TRL's on swapped pairs
+    torch.testing.assert_close(loss(_batch(trainer, p=0.3)), 0.3 * trl_loss + 0.7 * trl_swapped)
+    # one pair at a time, against the closed form on TRL's own β·h
+    single = _dpo_pair(tiny_model, tmp_path, separable_pairs(1, 5))
+    bh = torch.tensor([_beta_margin(single, _batch(single))])
+    soft = single.compute_loss(single.model, dict(_batch(single, p=0.8))).detach()
+    torch.testing.assert_close(soft, soft_preference_loss(bh, torch.zeros(1), torch.tensor([0.8])))
+
+
+@pytest.mark.parametrize("p", [1.0, 0.5])
+def test_soft_dpo_steps_move_the_margin_towards_the_label(p, tmp_path, tiny_model):
+    import torch
+
+    trainer = _dpo_pair(tiny_model, tmp_path, separable_pairs(1, 6), beta=0.5)
+    start = _beta_margin(trainer, _batch(trainer))
+    batch = _batch(trainer, p=p, swap=start < 0)  # a pair the policy already prefers: β·h > 0
+    start = abs(start)
+    opt = torch.optim.SGD(trainer.model.parameters(), lr=1e-3)
+    for _ in range(3):
+        opt.zero_grad()
+        trainer.compute_loss(trainer.model, dict(batch)).backward()
+        opt.step()
+    end = _beta_margin(trainer, batch)
+    if p == 1.0:
+        assert end > start  # a sure label widens the margin
+    else:
+        assert 0 <= end < start  # an undecided one pulls it back towards 0, the reference's preference
+
+
+def test_soft_dpo_refuses_losses_it_cannot_soften(tmp_path):
+    from trl import DPOConfig
+
+    from cai.training.dpo import check_soft_dpo_args
+
+    with pytest.raises(UserError, match="trl.loss_type: soft labels need the 'sigmoid' DPO loss"):
+        check_soft_dpo_args(DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, loss_type=["ipo"]))
+    check_soft_dpo_args(DPOConfig(output_dir=str(tmp_path), use_cpu=True, bf16=False, loss_type=["sigmoid", "sft"]))
+
+
+def test_cai_train_dpo_step_on_soft_labels(exported, tmp_path, default_model_dir):
+    out = tmp_path / "dpo"
+    r = cai(
+        "train",
+        "dpo",
+        "--set",
+        f"dataset={exported}",
+        "--set",
+        "trl.per_device_train_batch_size=2",
+        "--set",
+        "trl.save_strategy=no",
+        "--max-steps",
+        "1",
+        "--output-dir",
+        out,
+    )
+    assert r.returncode == 0, r.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["soft_labels"] is True and summary["steps"] == 1 and summary["train_loss"] > 0
+
+
 def test_bad_datasets_are_clear_errors(tmp_path):
     from cai.training.data import load_split
 

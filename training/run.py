@@ -111,10 +111,13 @@ def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     from trl import DPOConfig, DPOTrainer
 
+    from .dpo import SoftLabelDPOTrainer
+
     path = resolve_model(cfg.model)
     args = trl_args(DPOConfig, cfg, {**COMMON_DEFAULTS, "max_length": 1024})
     train = load_split(cfg.dataset, "prefs")
-    trainer = DPOTrainer(
+    soft = cfg.soft_labels and "p_chosen" in train.column_names  # else TRL ignores the column
+    trainer = (SoftLabelDPOTrainer if soft else DPOTrainer)(
         model=path,
         args=args,
         train_dataset=train,
@@ -122,7 +125,7 @@ def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         processing_class=_tokenizer(path),
         peft_config=_peft(cfg, "CAUSAL_LM"),
     )
-    return _finish(trainer, args, resume, {"kind": "dpo"})
+    return _finish(trainer, args, resume, {"kind": "dpo", "soft_labels": soft})
 
 
 def make_reward(cfg: TrainConfig):
