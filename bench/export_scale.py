@@ -115,6 +115,7 @@ from cai.config import load_config
 from cai.pipeline import Pipeline
 pipe = Pipeline(load_config(sys.argv[1]), Path(sys.argv[2]), console=Console(quiet=True))
 stats = pipe.run()
+pipe.close()
 assert all(s.new == 0 for s in stats), [(s.stage, s.new) for s in stats]
 """
 
@@ -125,6 +126,7 @@ def sentence(rng: random.Random, n: int) -> str:
 
 def build(root: Path, pairs: int, fmt: str) -> Path:
     """A run directory with `pairs` comparisons, written with the real planners' ids."""
+    from cai import history
     from cai.config import dump_config, load_config, load_constitutions
     from cai.constitution import dump_constitution
     from cai.critique import plan_comparison_tasks
@@ -143,8 +145,7 @@ def build(root: Path, pairs: int, fmt: str) -> Path:
     cfg = load_config(cfg_path)
     constitution, ranking = load_constitutions(cfg)
     store = RunStore(root)
-    store.freeze("config.yaml", dump_config(cfg))
-    store.freeze("constitution.yaml", dump_constitution(constitution))
+    history.record(root, dump_config(cfg), dump_constitution(constitution), "0/1", {})
     model = f"{cfg.policy.backend}:{cfg.policy.model}"
     queries = load_seed_queries(cfg.queries.seed_file)
     principles = [p.id for p in ranking.principles[:2]]
@@ -195,7 +196,7 @@ def build(root: Path, pairs: int, fmt: str) -> Path:
             made["queries"] += len(chunk)
             made["responses"] += 4 * len(chunk)
     for stage, n in made.items():
-        store.update_manifest(stage, n, 0, 0.0, 0)
+        store.update_manifest(stage, records=n, planned=n, tokens=0, seconds=0.0, errors=0, config_version=1)
     return cfg_path
 
 

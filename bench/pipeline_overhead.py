@@ -70,7 +70,7 @@ def main() -> None:
 
         pipe = Pipeline(cfg, tmp / f"run{r}", console=quiet)
         pipe._backends = first._backends  # same loaded model
-        pipe.freeze()
+        pipe.start()
         t0 = time.perf_counter()
         stats = next(s for s in pipe.run(until="responses") if s.stage == "responses")
         pipe_rates.append(stats.tokens / (time.perf_counter() - t0))

@@ -207,17 +207,39 @@ def _shard(value: str | None) -> tuple[int, int]:
     return i, n
 
 
-def _run(config: Path, out: Path, limit: int | None, shard: str | None, only: str | None = None) -> None:
+def _run(
+    config: Path,
+    out: Path,
+    limit: int | None,
+    shard: str | None,
+    only: str | None = None,
+    retry_failed: bool = False,
+    dry_run: bool = False,
+) -> None:
     from cai.config import load_config
     from cai.export import export_run
-    from cai.pipeline import Pipeline, summary_table
+    from cai.pipeline import Pipeline, plan_table, summary_table
 
     if limit is not None and limit < 1:
         raise UserError("--limit: must be at least 1")
     cfg = load_config(config)
+    if dry_run:
+        pipe = Pipeline(
+            cfg, out, limit=limit, shard=_shard(shard), console=console, retry_failed=retry_failed, dry_run=True
+        )
+        change = pipe.start()
+        pipe.run(only=only)
+        console.print(plan_table(pipe.plan, change))
+        return
     with library_output(out):
-        pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console)
+        pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console, retry_failed=retry_failed)
         try:
+            change = pipe.start()
+            if change.new and change.version > 1:
+                console.print(
+                    f"config changed ({', '.join(change.sections)}): kept as configs/{change.version:03d}.yaml; "
+                    f"stages from {change.first_stage} on keep only the records it still wants"
+                )
             stats = pipe.run(only=only)
         finally:
             pipe.close()
@@ -231,17 +253,35 @@ ConfigArg = Annotated[Path, typer.Argument(help="A run config (YAML).")]
 OutOpt = Annotated[Path, typer.Option("--out", "-o", help="Run directory; rerunning resumes it.")]
 LimitOpt = Annotated[int | None, typer.Option(help="Only the first N queries, for a quick try.")]
 ShardOpt = Annotated[str | None, typer.Option(help="i/N: this worker's share of the queries.")]
+RetryOpt = Annotated[
+    bool, typer.Option("--retry-failed", help="Retry every failed task, permanent errors and used-up retries too.")
+]
+DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print per stage what is kept and what is to do; run nothing.")]
 
 
 @app.command("run")
-def run(config: ConfigArg, out: OutOpt, limit: LimitOpt = None, shard: ShardOpt = None) -> None:
+def run(
+    config: ConfigArg,
+    out: OutOpt,
+    limit: LimitOpt = None,
+    shard: ShardOpt = None,
+    retry_failed: RetryOpt = False,
+    dry_run: DryOpt = False,
+) -> None:
     """Run every stage of CONFIG into --out, resuming what is there, then export datasets."""
-    _run(config, out, limit, shard)
+    _run(config, out, limit, shard, retry_failed=retry_failed, dry_run=dry_run)
 
 
 def _stage_command(stage: str):
-    def command(config: ConfigArg, out: OutOpt, limit: LimitOpt = None, shard: ShardOpt = None) -> None:
-        _run(config, out, limit, shard, only=stage)
+    def command(
+        config: ConfigArg,
+        out: OutOpt,
+        limit: LimitOpt = None,
+        shard: ShardOpt = None,
+        retry_failed: RetryOpt = False,
+        dry_run: DryOpt = False,
+    ) -> None:
+        _run(config, out, limit, shard, only=stage, retry_failed=retry_failed, dry_run=dry_run)
 
     command.__doc__ = f"Run only the {stage} stage."
     return command
@@ -249,6 +289,23 @@ def _stage_command(stage: str):
 
 for _stage in STAGES:
     generate_app.command(_stage)(_stage_command(_stage))
+
+
+@app.command("status")
+def status(
+    run_dir: Annotated[Path, typer.Argument(help="A run directory (it may be running elsewhere).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Per stage and shard: records done / planned, errors by kind, tokens, throughput, ETA. Loads no model."""
+    import json
+
+    from cai.status import run_status, status_table
+
+    rows = run_status(run_dir)
+    if as_json:
+        typer.echo(json.dumps(rows, indent=2))
+    else:
+        console.print(status_table(rows, run_dir))
 
 
 @app.command("export")

@@ -17,6 +17,7 @@ from cai.constitution import Constitution, ConstitutionError, UserError, load_co
 from cai.constitution.loader import read_structured, validate_model
 from cai.critique import ComparisonConfig, RevisionConfig
 from cai.generators import BackendConfig
+from cai.generators.default_model import check_model
 from cai.generators.queries import QueryConfig
 from cai.generators.responses import ResponseConfig
 from cai.training.export import ExportConfig
@@ -28,6 +29,9 @@ class RunConfig(BaseModel):
     constitution: str = Field(description="A principle file (relative to this config) or a shipped name.")
     seed: int = Field(0, description="Seeds every sampled choice; with the inputs it fixes every record id.")
     batch_size: int = Field(32, ge=1, description="Work items per model call; also the most a kill can lose.")
+    retries: int = Field(
+        2, ge=0, description="Reruns retry a task whose error may pass (server down, timeout, OOM) this many times."
+    )
     policy: BackendConfig = Field(default_factory=BackendConfig, description="Writes queries, answers and revisions.")
     feedback: BackendConfig | None = Field(None, description="Ranks pairs; defaults to the policy model.")
     queries: QueryConfig = Field(default_factory=QueryConfig)
@@ -59,7 +63,11 @@ def load_config(path: str | Path) -> RunConfig:
     updates = {"constitution": _relative(cfg.constitution, base)}
     queries = cfg.queries.model_copy(update={"seed_file": _relative(cfg.queries.seed_file, base)})
     comparisons = cfg.comparisons.model_copy(update={"constitution": _relative(cfg.comparisons.constitution, base)})
-    return cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
+    cfg = cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
+    for field, bc in (("policy", cfg.policy), ("feedback", cfg.feedback)):
+        if bc is not None and bc.backend != "openai":
+            check_model(bc.model, f"{path}: {field}.model")
+    return cfg
 
 
 def _load(path: str, field: str) -> Constitution:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from cai.constitution import UserError
 from cai.training.export import build_rows, write_export
 
+from .history import lagging_shards
 from .reader import RunReader
 
 
 def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> dict[str, int]:
     """Stream every shard's records into `dest` (default RUN/datasets); returns rows per split."""
     run = RunReader(out)
+    behind = lagging_shards(Path(out))
+    if behind:
+        raise UserError(
+            f"{out}: shard(s) {', '.join(behind)} last ran with an older config than configs/index.json's latest; "
+            "rerun them with the current config before exporting, so old and new records do not mix"
+        )
     cfg, c = run.config, run.constitution
     texts = run.texts()
     try:

@@ -32,7 +32,9 @@ from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_t
 from cai.generators.records import Query, Response, StageOutput, Task
 from cai.generators.responses import plan_response_tasks, run_response_tasks
 
+from . import history
 from .config import RunConfig, dump_config, load_constitutions
+from .lock import RunLock
 from .store import STAGES, RunStore
 
 
@@ -47,21 +49,49 @@ class StageStats:
 
 
 @dataclass
+class PlanRow:
+    """What a run will do to one stage, known before any model is loaded (`cai run --dry-run`)."""
+
+    stage: str
+    planned: int  # records the current config wants
+    kept: int  # of those, already on disk (or brought back from superseded/)
+    aside: int  # records on disk the current config does not want: moved to superseded/
+    todo: int  # tasks to run
+    failed: int  # failed tasks left alone (permanent, or out of retries)
+    after_upstream: bool = False  # an earlier stage has work to do, so this stage will have more
+
+
+def _transient_exception(e: BaseException) -> bool:
+    """A batch-wide failure that may pass: out of memory, a lost connection, a timeout."""
+    if isinstance(e, (MemoryError, ConnectionError, TimeoutError)):
+        return True
+    return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
+
+
+@dataclass
 class Pipeline:
     cfg: RunConfig
     out: Path
     limit: int | None = None
     shard: tuple[int, int] = (0, 1)
     console: Console = field(default_factory=Console)
+    retry_failed: bool = False
+    dry_run: bool = False
 
     def __post_init__(self) -> None:
         i, n = self.shard
         if not 0 <= i < n:
             raise UserError(f"--shard: expected i/N with 0 <= i < N, got {i}/{n}")
-        self.store = RunStore(self.out, self.shard)
+        if self.dry_run and not (self.out / "config.yaml").is_file():
+            self.store = RunStore(self.out, self.shard, create=False)
+        else:
+            self.store = RunStore(self.out, self.shard)
         self.constitution, self.ranking = load_constitutions(self.cfg)
         self._backends: dict[str, object] = {}
         self.stats: list[StageStats] = []
+        self.plan: list[PlanRow] = []
+        self.lock = RunLock(self.out, self.store.suffix)
+        self.change: history.ConfigChange | None = None
 
     def backend(self, role: str):
         bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
@@ -79,17 +109,65 @@ class Pipeline:
         i, n = self.shard
         return n == 1 or derive_seed("shard", query_id) % n == i
 
-    def freeze(self) -> None:
-        self.store.freeze("config.yaml", dump_config(self.cfg))
-        self.store.freeze("constitution.yaml", dump_constitution(self.constitution))
+    def start(self) -> history.ConfigChange:
+        """Take this shard's lock, then keep the config (a new version if it changed)."""
+        if not self.dry_run:
+            self.lock.acquire()
+        has = {s: bool(self.store.stage_paths(s, all_shards=True)) for s in (*STAGES, "teacher")}
+        i, n = self.shard
+        self.change = history.record(
+            self.out, dump_config(self.cfg), dump_constitution(self.constitution), f"{i}/{n}", has, dry=self.dry_run
+        )
+        return self.change
 
     def _execute(self, stage: str, tasks: list[Task], run_batch) -> StageStats:
         """Skip finished tasks, run the rest in batches, append after each batch."""
         t0 = time.perf_counter()
+        version = self.change.version if self.change else 1
+        wanted = {o for t in tasks for o in t.outputs}
+        before = self.store.manifest()["stages"].get(stage, {})
         done = self.store.ids(stage)  # planning needs ids, not records
-        failed = self.store.failed_tasks(stage)  # failures are recorded once, not retried
-        todo = [t for t in tasks if t.id not in failed and not all(o in done for o in t.outputs)]
+        kept, aside = len(done & wanted), 0
+        if before.get("config_version") != version and done:
+            if self.dry_run:
+                aside = len(done - wanted)
+            else:
+                kept, aside = self.store.supersede(stage, wanted, before.get("config_version") or 0)
+                done = self.store.ids(stage)
+        failures = self.store.failures(stage)
+
+        def may_run(t: Task) -> bool:
+            f = failures.get(t.id)
+            return f is None or self.retry_failed or (f["kind"] == "transient" and f["attempts"] <= self.cfg.retries)
+
+        pending = [t for t in tasks if not all(o in done for o in t.outputs)]
+        todo = [t for t in pending if may_run(t)]
         stats = StageStats(stage, records=len(done))
+        if self.dry_run:
+            upstream = any(r.todo for r in self.plan)
+            self.plan.append(PlanRow(stage, len(wanted), kept, aside, len(todo), len(pending) - len(todo), upstream))
+            return stats
+        tokens0, seconds0 = before.get("tokens", 0), before.get("seconds", 0.0)
+
+        def manifest(state: str) -> None:
+            open_failures = {k: f for k, f in self.store.failures(stage).items() if k not in done_tasks}
+            kinds: dict[str, int] = {}
+            for f in open_failures.values():
+                kinds[f["kind"]] = kinds.get(f["kind"], 0) + 1
+            self.store.update_manifest(
+                stage,
+                records=len(done),
+                planned=len(wanted),
+                tokens=tokens0 + stats.tokens,
+                seconds=round(seconds0 + (time.perf_counter() - t0 if todo else 0.0), 3),
+                errors=len(open_failures),
+                errors_by_kind=kinds,
+                config_version=version,
+                state=state,
+            )
+
+        done_tasks = {t.id for t in tasks if all(o in done for o in t.outputs)}
+        manifest("running" if todo else "done")
         with Progress(
             TextColumn(f"[bold]{stage:<12}"),
             BarColumn(),
@@ -105,17 +183,29 @@ class Pipeline:
             bs = self.cfg.batch_size
             for start in range(0, len(todo), bs):
                 batch = todo[start : start + bs]
-                result: StageOutput = run_batch(batch)
-                self.store.append(stage, result.records)
+                try:
+                    result: StageOutput = run_batch(batch)
+                except Exception as e:
+                    if not _transient_exception(e):
+                        raise
+                    result = StageOutput()  # the whole batch failed; a rerun tries it again
+                    for t in batch:
+                        result.fail(t, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "transient")
+                fresh = [r for r in result.records if r.id not in done]  # a task may have had some outputs
+                for e in result.errors:
+                    e["attempt"] = failures.get(e["task_id"], {}).get("attempts", 0) + 1
+                self.store.append(stage, fresh)
                 self.store.append_errors(stage, result.errors)
-                stats.new += len(result.records)
+                done.update(r.id for r in fresh)
+                done_tasks.update(t.id for t in batch if all(o in done for o in t.outputs))
+                stats.new += len(fresh)
                 stats.tokens += result.tokens
                 stats.errors += len(result.errors)
                 progress.update(bar, advance=len(batch), tokens=stats.tokens)
-        stats.records += stats.new
+                manifest("running")
+        stats.records = len(done)
         stats.seconds = time.perf_counter() - t0
-        errors_total = len(self.store.failed_tasks(stage))
-        self.store.update_manifest(stage, stats.records, stats.tokens, stats.seconds if todo else 0.0, errors_total)
+        manifest("done")
         self.stats.append(stats)
         return stats
 
@@ -223,7 +313,8 @@ class Pipeline:
         """Run stages up to `until` (or just `only`, which needs its inputs on disk)."""
         if until not in STAGES or (only and only not in STAGES):
             raise UserError(f"unknown stage; choose one of {', '.join(STAGES)}")
-        self.freeze()
+        if self.change is None:
+            self.start()
         last = STAGES.index(only or until)
         if only and only != "queries" and not self.store.stage_path(STAGES[STAGES.index(only) - 1]).exists():
             raise UserError(f"{only}: no {STAGES[STAGES.index(only) - 1]} in {self.out} yet; run that stage first")
@@ -252,6 +343,8 @@ class Pipeline:
     def close(self) -> None:
         for b in self._backends.values():
             b.close()  # type: ignore[attr-defined]
+        self._backends.clear()
+        self.lock.release()
 
 
 def summary_table(stats: list[StageStats]) -> Table:
@@ -259,4 +352,15 @@ def summary_table(stats: list[StageStats]) -> Table:
     for s in stats:
         rate = f"{s.tokens / s.seconds:.1f}" if s.seconds > 0 and s.tokens else "-"
         t.add_row(s.stage, str(s.records), str(s.new), str(s.tokens), f"{s.seconds:.1f}", rate, str(s.errors))
+    return t
+
+
+def plan_table(rows: list[PlanRow], change: history.ConfigChange | None) -> Table:
+    title = "plan (dry run: nothing was run or written)"
+    if change is not None and change.new and change.version > 1:
+        title += f"\nconfig changed ({', '.join(change.sections)}): would be kept as configs/{change.version:03d}.yaml"
+    t = Table("stage", "planned", "kept", "moved aside", "to do", "failed, left alone", title=title)
+    for r in rows:
+        more = " + after upstream" if r.after_upstream else ""
+        t.add_row(r.stage, str(r.planned) + more, str(r.kept), str(r.aside), str(r.todo) + more, str(r.failed))
     return t

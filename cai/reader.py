@@ -121,6 +121,14 @@ class RunReader:
         """Every shard's error records (`errors.jsonl`, `errors.shard-i-of-n.jsonl`)."""
         return [row for path in self.store.stage_paths("errors", all_shards=True) for _, row in self.store.rows(path)]
 
+    def open_errors(self) -> list[dict]:
+        """The last error of each failed task that has not succeeded since (a rerun may have retried it)."""
+        last: dict[tuple[str, str], dict] = {}
+        for e in self.errors():
+            last[(e.get("stage", ""), e.get("task_id", ""))] = e
+        done = {stage: self.ids(stage) for stage in {k[0] for k in last} if stage in STAGE_RECORDS}
+        return [e for (stage, tid), e in last.items() if tid not in done.get(stage, set())]
+
     def manifests(self) -> dict[str, dict]:
         """Each shard's manifest, keyed by its file name."""
         out = {}

@@ -212,7 +212,7 @@ def build_context(run_dir: str | Path) -> dict:
             "responses": len(responses),
             "revisions": len(revisions),
             "comparisons": len(comparisons),
-            "errors": len(run.errors()),
+            "errors": len(run.open_errors()),
         },
         "comparison_stats": {
             "pairs": len(comparisons),

@@ -145,27 +145,60 @@ class RunStore:
         self._append(self.stage_path(stage), [r.model_dump_json() for r in records])
 
     def append_errors(self, stage: str, errors: list[dict]) -> None:
-        rows = [json.dumps({"stage": stage, **e}, ensure_ascii=False) for e in errors]
+        rows = [
+            json.dumps({"stage": stage, "time": time.strftime("%Y-%m-%dT%H:%M:%S"), **e}, ensure_ascii=False)
+            for e in errors
+        ]
         self._append(self.root / f"errors{self.suffix}.jsonl", rows)
 
-    def failed_tasks(self, stage: str) -> set[str]:
-        return {
-            e["task_id"] for e in self._read_lines(self.root / f"errors{self.suffix}.jsonl") if e.get("stage") == stage
-        }
+    def failures(self, stage: str) -> dict[str, dict]:
+        """Per failed task of this shard: attempts so far, and the last error and its kind."""
+        out: dict[str, dict] = {}
+        for e in self._read_lines(self.root / f"errors{self.suffix}.jsonl"):
+            if e.get("stage") != stage:
+                continue
+            f = out.setdefault(e["task_id"], {"attempts": 0})
+            f["attempts"] = max(f["attempts"] + 1, e.get("attempt", 0))
+            f["error"], f["kind"] = e.get("error", ""), e.get("kind", "permanent")  # older records: not retried
+        return out
 
-    def freeze(self, name: str, text: str) -> None:
-        """Write a frozen copy once; a rerun with different content is refused."""
-        path = self.root / name
-        if path.exists():
-            if path.read_text(encoding="utf-8") != text:
-                raise UserError(
-                    f"{path}: this run was made with a different {name.split('.')[0]}; "
-                    "rerun with the same one or choose a new --out"
-                )
-            return
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(text, encoding="utf-8")
+    def supersede(self, stage: str, wanted: set[str], version: int) -> tuple[int, int]:
+        """Keep in this shard's stage file only the records `wanted` by the current config.
+
+        The others move to `superseded/vNNN/` (NNN: the config they were made under), from where a
+        later config that wants them again takes them back instead of generating them anew.
+        Returns (records kept or restored, records moved aside)."""
+        path = self.stage_path(stage)
+        keep: list[bytes] = []
+        aside: list[bytes] = []
+        seen: set[str] = set()
+        sources = [path] + sorted((self.root / "superseded").glob(f"v*/{path.name}"))
+        for src in sources:
+            for lineno, line in self._iter_lines(src) if src.exists() else ():
+                rid = record_id_of(line, src, lineno)
+                if rid in seen:
+                    continue
+                seen.add(rid)
+                if rid in wanted:
+                    keep.append(line)
+                elif src == path:
+                    aside.append(line)
+        if not aside and len(keep) == len(self.ids_in(path)):
+            return len(keep), 0
+        if aside:
+            target = self.root / "superseded" / f"v{version:03d}" / path.name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            self._append(target, [line.decode().rstrip("\n") for line in aside])
+        tmp = path.with_suffix(".jsonl.tmp")
+        with open(tmp, "wb") as f:
+            f.writelines(keep)
+            f.flush()
+            os.fsync(f.fileno())
         os.replace(tmp, path)
+        return len(keep), len(aside)
+
+    def ids_in(self, path: Path) -> set[str]:
+        return {record_id_of(line, path, n) for n, line in self._iter_lines(path)} if path.exists() else set()
 
     @property
     def manifest_path(self) -> Path:
@@ -176,14 +209,13 @@ class RunStore:
             return json.loads(self.manifest_path.read_text())
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
-    def update_manifest(self, stage: str, records: int, tokens: int, seconds: float, errors: int) -> None:
+    def update_manifest(self, stage: str, **fields) -> None:
+        """Set a stage's figures (records, planned, tokens, seconds, errors, ...): totals, not increments,
+        so a reader on another machine (`cai status`) sees a consistent stage while it runs."""
         m = self.manifest()
-        s = m["stages"].setdefault(stage, {"records": 0, "tokens": 0, "seconds": 0.0, "errors": 0})
-        s["records"] = records
-        s["tokens"] += tokens
-        s["seconds"] = round(s["seconds"] + seconds, 3)
-        s["errors"] = errors
-        m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
+        s = m["stages"].setdefault(stage, {})
+        s.update(fields)
+        s["updated"] = m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         tmp = self.manifest_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(m, indent=2))
         os.replace(tmp, self.manifest_path)

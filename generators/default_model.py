@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 from pathlib import Path
@@ -84,8 +85,36 @@ def prepare_default_model(force: bool = False) -> Path:
     return target
 
 
-def resolve_model(name: str) -> str:
-    """`default` (and its aliases) → the prepared checkpoint; anything else passes through."""
+def resolve_model(name: str, field: str = "model") -> str:
+    """`default` (and its aliases) → the prepared checkpoint; a local folder or hub id is checked
+    here, so a typo ends in one line naming `field` rather than a loader's traceback."""
     if name.strip().lower() in DEFAULT_ALIASES:
         return str(prepare_default_model())
+    check_model(name, field)
     return name
+
+
+_HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(/[\w.-]+)?")
+
+
+def _looks_like_path(name: str) -> bool:
+    return name.startswith(("/", ".", "~")) or not _HUB_ID.fullmatch(name)
+
+
+def check_model(name: str, field: str = "model") -> None:
+    """Fail with one line if `name` is neither a model folder nor a hub id that can be had."""
+    if name.strip().lower() in DEFAULT_ALIASES:
+        return
+    path = Path(name).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise UserError(f"{field}: {name}: not a model folder (no config.json)")
+        return
+    if path.exists():
+        raise UserError(f"{field}: {name}: a file, not a model folder")
+    if _looks_like_path(name):
+        raise UserError(f"{field}: {name}: no such model folder")
+    from huggingface_hub import constants, try_to_load_from_cache
+
+    if constants.HF_HUB_OFFLINE and not isinstance(try_to_load_from_cache(name, "config.json"), str):
+        raise UserError(f"{field}: {name}: not a local folder, and not in the hub cache (offline mode)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
@@ -76,14 +77,31 @@ class Task(Generic[P]):
     ready: BaseModel | None = None
 
 
+ErrorKind = Literal["transient", "permanent"]
+
+# Failures that the same request will meet again, whatever the server's state: retrying wastes time.
+_PERMANENT = re.compile(
+    r"the model's context is|could not render prompt|did not report the log-prob|HTTP 4(?!08|09|29)\d\d|"
+    r"not a valid|validation",
+    re.IGNORECASE,
+)
+
+
+def error_kind(message: str) -> ErrorKind:
+    """Whether a task's error may pass (a server down, a timeout, 429/5xx, out of memory) or will
+    repeat (a prompt longer than the context, a request the server rejects as malformed).
+    Unknown errors count as transient: a rerun tries them again, up to the run's retry limit."""
+    return "permanent" if _PERMANENT.search(message) else "transient"
+
+
 @dataclass
 class StageOutput:
     records: list[BaseModel] = field(default_factory=list)
     errors: list[dict] = field(default_factory=list)
     tokens: int = 0
 
-    def fail(self, task: Task, message: str) -> None:
-        self.errors.append({"task_id": task.id, "error": message})
+    def fail(self, task: Task, message: str, kind: ErrorKind | None = None) -> None:
+        self.errors.append({"task_id": task.id, "error": message, "kind": kind or error_kind(message)})
 
     def extend(self, other: StageOutput) -> StageOutput:
         self.records += other.records

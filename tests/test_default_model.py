@@ -34,5 +34,28 @@ def test_missing_package_names_the_pip_command(monkeypatch):
         default_model.gguf_path()
 
 
-def test_non_default_names_pass_through():
-    assert default_model.resolve_model("HuggingFaceTB/SmolLM2-360M-Instruct") == "HuggingFaceTB/SmolLM2-360M-Instruct"
+def test_model_folders_pass_through_and_missing_models_are_one_line(tmp_path, default_model_dir):
+    assert default_model.resolve_model(str(default_model_dir)) == str(default_model_dir)
+    cases = {
+        str(tmp_path / "nope"): "no such model folder",
+        str(tmp_path): "not a model folder (no config.json)",
+        "HuggingFaceTB/SmolLM2-360M-Instruct": "not a local folder, and not in the hub cache (offline mode)",
+    }
+    for name, why in cases.items():
+        with pytest.raises(UserError) as e:
+            default_model.resolve_model(name, "policy.model")
+        assert str(e.value) == f"policy.model: {name}: {why}"
+
+
+def test_a_config_naming_a_missing_model_folder_is_one_line(tmp_path):
+    from tests.cli import cai
+
+    cfg = tmp_path / "run.yaml"
+    cfg.write_text(f"constitution: harmless\npolicy: {{model: {tmp_path / 'missing-model'}}}\n")
+    r = cai("run", cfg, "--out", tmp_path / "run")
+    assert r.returncode == 2
+    assert r.stderr.strip() == f"{cfg}: policy.model: {tmp_path / 'missing-model'}: no such model folder"
+    train = tmp_path / "train.yaml"
+    train.write_text(f"model: default\ndataset: x\nreward_model: {tmp_path / 'rm'}\ntrl: {{output_dir: o}}\n")
+    r = cai("train", "rl", train)
+    assert r.returncode == 2 and r.stderr.strip() == f"{train}: reward_model: {tmp_path / 'rm'}: no such model folder"

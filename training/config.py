@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.constitution import UserError
 from cai.constitution.loader import read_structured, validate_model
 from cai.generators import BackendConfig
+from cai.generators.default_model import check_model
 
 
 class JudgeConfig(BaseModel):
@@ -75,7 +76,13 @@ def load_train_config(path: str | Path | None, sets: list[str] | None = None, **
     for k, v in flags.items():
         if v is not None:
             data.setdefault("trl", {})[k] = v
-    return validate_model(TrainConfig, data, node, source)
+    cfg = validate_model(TrainConfig, data, node, source)
+    check_model(cfg.model, f"{source}: model")
+    if cfg.reward_model is not None:
+        check_model(cfg.reward_model, f"{source}: reward_model")
+    if cfg.judge is not None and cfg.judge.backend.backend != "openai":
+        check_model(cfg.judge.backend.model, f"{source}: judge.backend.model")
+    return cfg
 
 
 def trl_args(cls, cfg: TrainConfig, defaults: dict[str, Any]):
