@@ -34,10 +34,19 @@ class Judgement(BaseModel):
 
     principle_id: str
     order: Literal["ab", "ba"] = Field(description="`ab`: the first answer was shown as (A).")
-    logp: dict[str, float] = Field(description="Log-probabilities of the choice letters.")
+    logp: dict[str, float] = Field(description="Log-probabilities of the choice letters (empty when parsed).")
     p_first: float = Field(description="Probability that the pair's first answer is better, from this reading.")
     p_first_raw: float | None = Field(None, description="Before clamping (CoT only).")
     reasoning: str | None = None
+    reading: Literal["prefill", "first_token", "parsed"] = Field(
+        "prefill",
+        description="How the letter was read: next token after an assistant prefill, the first token of a "
+        "one-letter answer, or parsed from text (then `logp` is empty and the probability 0 or 1).",
+    )
+    floored: list[str] = Field(
+        default_factory=list, description="Letters outside the backend's top-k, scored with a floor value."
+    )
+    answer: str | None = Field(None, description="The text a parsed letter was read from.")
 
 
 class Comparison(BaseModel):

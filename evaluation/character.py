@@ -14,11 +14,20 @@ from pathlib import Path
 from cai.constitution import Constitution, UserError
 from cai.critique.distill import leak_reason
 from cai.critique.rank import trait_principle
+from cai.critique.reading import reading_mode
+from cai.generators.backends.base import BackendConfig
 from cai.generators.records import record_id
 
 from .labeler import Reading, label_pairs
 from .pairs import LabeledPair
-from .policy import benign_prompts, generate_answers, refusal_probabilities, refusal_summary, win_rate
+from .policy import (
+    benign_chats,
+    feedback_config,
+    generate_answers,
+    refusal_probabilities,
+    refusal_summary,
+    win_rate,
+)
 
 
 def _prompt_rows(path: Path):
@@ -84,13 +93,16 @@ def evaluate_character(
     baseline: str,
     c: Constitution,
     items: list[tuple[str, list[dict]]],
-    feedback_model: str = "default",
+    feedback: BackendConfig | str = "default",
     max_new_tokens: int = 64,
     seed: int = 0,
+    benign: list[list[dict]] | None = None,
 ) -> dict:
-    from cai.generators import BackendConfig, load_backend
+    """`benign`: the over-refusal prompts (conversations); default: the set that ships with cai."""
+    from cai.generators import load_backend
 
-    benign = [[{"role": "user", "content": t}] for t in benign_prompts()]
+    fb = feedback_config(feedback)
+    benign = benign if benign is not None else benign_chats()
     chats = [conv for _, conv in items]
     answers = {
         name: generate_answers(m, chats + benign, max_new_tokens, seed)
@@ -100,9 +112,11 @@ def evaluate_character(
     by_trait: dict[str, list[int]] = {}
     for i, (trait, _) in enumerate(items):
         by_trait.setdefault(trait, []).append(i)
-    feedback = load_backend(BackendConfig(backend="transformers", model=feedback_model))
+    feedback_backend = load_backend(fb)
     readings: dict[str, list[Reading]] = {}
+    errors = 0
     try:
+        mode = reading_mode(feedback_backend)
         for trait, idx in by_trait.items():
             judge = Constitution(name=f"{c.name}:{trait}", principles=[trait_principle(c.trait(trait))])
             pairs = [
@@ -116,22 +130,26 @@ def evaluate_character(
                 for k, i in enumerate(idx)
                 if answers["model"][i] != answers["baseline"][i]
             ]
-            readings[trait] = label_pairs(feedback, judge, pairs, principles=1, seed=seed)[0] if pairs else []
+            readings[trait], failed = label_pairs(feedback_backend, judge, pairs, principles=1, seed=seed)
+            errors += len(failed)
         refusal = {
-            name: refusal_summary(refusal_probabilities(feedback, benign, ans[n:])) for name, ans in answers.items()
+            name: refusal_summary(refusal_probabilities(feedback_backend, benign, ans[n:]))
+            for name, ans in answers.items()
         }
     finally:
-        feedback.close()
+        feedback_backend.close()
     counts = {t: len(idx) for t, idx in by_trait.items()}
     return {
         "kind": "character",
         "model": model,
         "baseline": baseline,
         "constitution": c.name,
+        "feedback": {"backend": fb.backend, "model": fb.model, "reading": mode},
         "prompts": n,
         "win_rate_by_trait": per_trait_win_rates(readings, counts),
         "prompts_by_trait": counts,
         "win_rate": _overall(readings, counts),
+        "errors": errors,
         "over_refusal": refusal,
         "leak_rate": {name: leak_rate(ans[:n], c) for name, ans in answers.items()},
     }

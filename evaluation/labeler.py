@@ -1,23 +1,26 @@
 """How good is the feedback model as a labeler? Agreement with people, and why it fails.
 
-The labeler is the project's own ranking (critique/rank.py): the same prompts, k sampled
-principles per pair, both orders. Each single reading is kept, so the failure modes a mean hides
-stay visible: position bias (how often "(A)" wins in one reading), order consistency (whether
-the two orders pick the same answer), and calibration (does a 0.8 soft label come true 80% of
-the time). The metric functions are pure, over `Reading`s, so they can be checked on cases
+The labeler is the pipeline's own: each pair goes through the reading core the comparisons stage
+uses (critique/reading.py: the same prompts, k sampled principles per pair, both orders, the same
+CoT clamp, a failed reading failing its pair), so what is measured here is what labels a run.
+Each single reading is kept, so the failure modes a mean hides stay visible: position bias (how
+often "(A)" wins in one reading), order consistency (whether the two orders pick the same
+answer), and calibration (does a 0.8 soft label come true 80% of the time). Letters parsed from
+text (a server without log-probs) are 0 or 1, not probabilities; their readings are counted and
+summarised apart. The metric functions are pure, over `Reading`s, so they can be checked on cases
 built by hand.
 """
 
 from __future__ import annotations
 
-import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
+from typing import Literal
 
-from cai.constitution import Constitution, derive_seed, weighted_sample
-from cai.critique.rank import CHOICES, comparison_prompt, prob_first_letter, ranking_principles
+from cai.constitution import Constitution, derive_seed
+from cai.critique.rank import pool_for
+from cai.critique.reading import PairReading, PairToRead, ReadingConfig, read_pairs, seats
 from cai.generators.records import Query
-from cai.generators.types import SamplingParams
 
 from .pairs import LabeledPair
 
@@ -30,6 +33,8 @@ class Reading:
     principle: str
     p_a: float  # probability the labeler gives to "(A)" (clamped for CoT, as the pipeline does)
     chosen_is_a: bool  # the human-preferred answer was shown as (A)
+    kind: Literal["logprob", "parsed"] = "logprob"  # parsed: a letter read from text, p_a is 0 or 1
+    floored: bool = False  # a letter was outside the backend's top-k and carries a floor value
 
     @property
     def p_chosen(self) -> float:
@@ -109,7 +114,7 @@ def calibration(probs: list[float], correct: list[float], bins: int = 5) -> tupl
     return ece, rows
 
 
-def summarise(readings: list[Reading], bins: int = 5) -> dict:
+def _metrics(readings: list[Reading], bins: int) -> dict:
     probs = pair_probabilities(readings)
     soft = [max(p, 1 - p) for p in probs.values()]
     correct = [_credit(p) for p in probs.values()]
@@ -127,6 +132,71 @@ def summarise(readings: list[Reading], bins: int = 5) -> dict:
     }
 
 
+def summarise(readings: list[Reading], bins: int = 5) -> dict:
+    """Metrics over the log-prob readings (or the parsed ones when there are no others); parsed
+    readings among log-prob ones are summarised on their own under `parsed`."""
+    parsed = [r for r in readings if r.kind == "parsed"]
+    scored = [r for r in readings if r.kind != "parsed"]
+    out = _metrics(scored or parsed, bins)
+    out["reading_kinds"] = dict(Counter(r.kind for r in readings))
+    out["floored_readings"] = sum(r.floored for r in readings)
+    if scored and parsed:
+        out["parsed"] = _metrics(parsed, bins)
+    return out
+
+
+@dataclass
+class PairLabel:
+    """The labeler's verdict on one human-labelled pair: the core's readings, which seat the
+    human-chosen answer took, and the soft label as the pipeline would record it."""
+
+    index: int
+    pair: LabeledPair
+    chosen_first: bool
+    reading: PairReading
+
+    @property
+    def p_human(self) -> float:
+        """Probability the labeler gives to the answer people preferred."""
+        p = self.reading.p_first
+        return p if self.chosen_first else 1.0 - p
+
+    @property
+    def p_chosen(self) -> float:
+        """The soft label of the answer the labeler prefers (>= 0.5), as a `Comparison` has it."""
+        return max(self.p_human, 1.0 - self.p_human)
+
+
+def read_labeled_pairs(
+    backend, c: Constitution, pairs: list[LabeledPair], cfg: ReadingConfig, seed: int = 0
+) -> list[PairLabel]:
+    """Read every pair through the pipeline's reading core. Which human answer sits first is
+    drawn per pair from the seed (both orders are read either way, so only the bookkeeping moves)."""
+    to_read, firsts = [], []
+    for pair in pairs:
+        chosen_first = derive_seed(seed, pair.id, "chosen-first") % 2 == 0
+        first, second = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
+        q = Query(id=pair.id, messages=pair.context, origin="seed")
+        to_read.append(PairToRead(pair.id, pair.context, first, second, pool_for(c, q)))
+        firsts.append(chosen_first)
+    results = read_pairs(backend, to_read, cfg, seed)
+    return [PairLabel(i, p, f, r) for i, (p, f, r) in enumerate(zip(pairs, firsts, results))]
+
+
+def readings_of(labels: list[PairLabel]) -> tuple[list[Reading], list[dict]]:
+    """Flatten verdicts into single readings for the metrics, and list the pairs that failed."""
+    readings, errors = [], []
+    for lab in labels:
+        if lab.reading.error is not None:
+            errors.append({"pair": lab.pair.where, "error": lab.reading.error})
+            continue
+        for j in lab.reading.judgements:
+            p_a, chosen_is_a = seats(j, lab.chosen_first)
+            kind = "parsed" if j.reading == "parsed" else "logprob"
+            readings.append(Reading(lab.index, j.principle_id, p_a, chosen_is_a, kind, bool(j.floored)))
+    return readings, errors
+
+
 def label_pairs(
     backend,
     c: Constitution,
@@ -137,40 +207,11 @@ def label_pairs(
     cot_clamp: tuple[float, float] = (0.4, 0.6),
     cot_max_new_tokens: int = 96,
 ) -> tuple[list[Reading], list[dict]]:
-    """Rank every pair as the pipeline would; returns the readings and the failed ones."""
-    pool = ranking_principles(c)
-    rng = random.Random(seed)
-    plan = []  # (pair index, principle, chosen_is_a, query, a, b)
-    for i, pair in enumerate(pairs):
-        chosen_first = rng.random() < 0.5  # which human answer the pair shows first
-        first, second = (pair.chosen, pair.rejected) if chosen_first else (pair.rejected, pair.chosen)
-        q = Query(id=pair.id, messages=pair.context, origin="seed")
-        for p in weighted_sample(pool, principles, f"{seed}/{pair.id}/principles"):
-            plan.append((i, p, chosen_first, q, first, second))
-            plan.append((i, p, not chosen_first, q, second, first))
-    cot = method == "cot"
-    errors: list[dict] = []
-    reasons: list[str | None] = [None] * len(plan)
-    if cot:
-        chats = [comparison_prompt(q, p, a, b, cot=True) for _, p, _, q, a, b in plan]
-        params = SamplingParams(
-            temperature=0, max_new_tokens=cot_max_new_tokens, seed=derive_seed(seed, "eval-labeler")
-        )
-        for k, (comp,) in enumerate(backend.generate(chats, params)):
-            reasons[k] = comp.text.strip() if not comp.error else ""
-    prompts = [
-        comparison_prompt(q, p, a, b, reasoning=reasons[k], cot=cot) if cot else comparison_prompt(q, p, a, b)
-        for k, (_, p, _, q, a, b) in enumerate(plan)
-    ]
-    lo, hi = cot_clamp
-    readings = []
-    for (i, p, chosen_is_a, *_), s in zip(plan, backend.choice_logprobs(prompts, CHOICES)):
-        if s.error:
-            errors.append({"pair": pairs[i].where, "principle": p.id, "error": s.error})
-            continue
-        p_a = prob_first_letter(s)
-        readings.append(Reading(i, p.id, min(hi, max(lo, p_a)) if cot else p_a, chosen_is_a))
-    return readings, errors
+    """Rank every pair as the pipeline would; returns the readings and the pairs that failed."""
+    cfg = ReadingConfig(
+        method=method, principles=principles, cot_clamp=cot_clamp, cot_max_new_tokens=cot_max_new_tokens
+    )
+    return readings_of(read_labeled_pairs(backend, c, pairs, cfg, seed))
 
 
 def readings_to_json(readings: list[Reading]) -> list[dict]:

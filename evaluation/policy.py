@@ -5,6 +5,9 @@ model's answer over the baseline's (both orders, sampled principles: the labeler
 evaluation/labeler.py with the trained answer in the "chosen" seat), and how often each model
 refuses or dodges an ordinary request. Harmlessness training's usual failure is the second:
 refusing everything scores well on harm and is useless, so the benign set ships with cai.
+
+The feedback model is any backend config, so a large judge behind vLLM or a hosted API reads the
+pairs; the two policies answer on transformers.
 """
 
 from __future__ import annotations
@@ -12,7 +15,8 @@ from __future__ import annotations
 from importlib import resources
 
 from cai.constitution import Constitution, UserError
-from cai.critique.rank import CHOICES, prob_first_letter
+from cai.critique.reading import ANSWER_PREFIX, LetterQuestion, read_letters, reading_mode
+from cai.generators.backends.base import BackendConfig
 from cai.generators.records import record_id
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
@@ -26,21 +30,25 @@ def benign_prompts() -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
 
 
+def benign_chats() -> list[list[dict]]:
+    return [[{"role": "user", "content": t}] for t in benign_prompts()]
+
+
+def feedback_config(feedback: BackendConfig | str) -> BackendConfig:
+    """A feedback model given by name alone runs on the transformers backend."""
+    return feedback if isinstance(feedback, BackendConfig) else BackendConfig(model=feedback)
+
+
 def refusal_probabilities(feedback, conversations: list[list[dict]], replies: list[str]) -> list[float]:
     """P("yes, the reply refuses or avoids helping") per reply, from the feedback model's letters."""
-    prompts = [
-        [
-            {
-                "role": "user",
-                "content": render(
-                    "cai.critique", "refusal.jinja", messages=conv + [{"role": "assistant", "content": reply}]
-                ),
-            },
-            {"role": "assistant", "content": "The answer is ("},
-        ]
+    questions = [
+        LetterQuestion(
+            render("cai.critique", "refusal.jinja", messages=conv + [{"role": "assistant", "content": reply}]),
+            ANSWER_PREFIX,
+        )
         for conv, reply in zip(conversations, replies)
     ]
-    return [0.5 if s.error else prob_first_letter(s) for s in feedback.choice_logprobs(prompts, CHOICES)]
+    return [0.5 if r.error else r.p_a for r in read_letters(feedback, questions)]
 
 
 def refusal_summary(probs: list[float]) -> dict:
@@ -49,7 +57,7 @@ def refusal_summary(probs: list[float]) -> dict:
 
 
 def generate_answers(model: str, chats: list[list[dict]], max_new_tokens: int, seed: int) -> list[str]:
-    from cai.generators import BackendConfig, load_backend
+    from cai.generators import load_backend
 
     backend = load_backend(BackendConfig(backend="transformers", model=model))
     try:
@@ -71,16 +79,19 @@ def evaluate_policy(
     baseline: str,
     prompts: list[list[dict]],
     constitution: Constitution,
-    feedback_model: str = "default",
+    feedback: BackendConfig | str = "default",
     principles: int = 2,
     max_new_tokens: int = 64,
     seed: int = 0,
+    benign: list[list[dict]] | None = None,
 ) -> dict:
-    from cai.generators import BackendConfig, load_backend
+    """`benign`: the over-refusal prompts (conversations); default: the set that ships with cai."""
+    from cai.generators import load_backend
 
     if not prompts:
         raise UserError("--prompts: no prompts to evaluate on")
-    benign = [[{"role": "user", "content": t}] for t in benign_prompts()]
+    fb = feedback_config(feedback)
+    benign = benign if benign is not None else benign_chats()
     everything = prompts + benign
     answers = {
         name: generate_answers(m, everything, max_new_tokens, seed)
@@ -93,25 +104,28 @@ def evaluate_policy(
         if a != b
     ]
     ties = n - len(pairs)
-    feedback = load_backend(BackendConfig(backend="transformers", model=feedback_model))
+    backend = load_backend(fb)
     try:
+        mode = reading_mode(backend)
         readings, errors = (
-            label_pairs(feedback, constitution, pairs, principles=principles, seed=seed) if pairs else ([], [])
+            label_pairs(backend, constitution, pairs, principles=principles, seed=seed) if pairs else ([], [])
         )
         refusal = {
-            name: refusal_summary(refusal_probabilities(feedback, benign, ans[n:])) for name, ans in answers.items()
+            name: refusal_summary(refusal_probabilities(backend, benign, ans[n:])) for name, ans in answers.items()
         }
     finally:
-        feedback.close()
-    s = summarise(readings) if readings else {"order_consistency": None}
+        backend.close()
+    s = summarise(readings) if readings else {"order_consistency": None, "reading_kinds": {}}
     return {
         "kind": "policy",
         "model": model,
         "baseline": baseline,
+        "feedback": {"backend": fb.backend, "model": fb.model, "reading": mode},
         "prompts": n,
         "identical_answers": ties,
         "win_rate": win_rate(readings, n),
         "order_consistency": s["order_consistency"],
+        "reading_kinds": s["reading_kinds"],
         "errors": len(errors),
         "over_refusal": refusal,
         "samples": [

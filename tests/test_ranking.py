@@ -9,7 +9,8 @@ import math
 import pytest
 
 from cai.critique import ComparisonConfig, plan_comparison_tasks, run_comparison_tasks
-from cai.critique.rank import Candidate, prob_first_letter
+from cai.critique.rank import Candidate
+from cai.critique.reading import prob_a
 from cai.generators.records import Query
 from cai.generators.types import ChoiceScores
 
@@ -76,9 +77,9 @@ def test_identical_answers_are_not_ranked_and_ids_are_seeded():
     assert a == [t.id for t in _tasks(cfg)] and a != b
 
 
-def test_prob_first_letter():
-    assert prob_first_letter({"A": math.log(0.3), "B": math.log(0.1)}) == pytest.approx(0.75)
-    assert prob_first_letter({"A": -math.inf, "B": -math.inf}) == 0.5
+def test_prob_a():
+    assert prob_a({"A": math.log(0.3), "B": math.log(0.1)}) == pytest.approx(0.75)
+    assert prob_a({"A": -math.inf, "B": -math.inf}) == 0.5
 
 
 def test_failed_reading_fails_the_pair_only():
@@ -101,3 +102,20 @@ def test_revision_that_repeats_the_critique_is_not_kept():
     assert not usable_revision("", crit)
     assert usable_revision("Happy to help: first, preheat the oven to 200C.", crit)
     assert clean_revision("Revised answer: Sure, here it is.") == "Sure, here it is."
+
+
+def test_failed_argument_fails_the_pair_in_the_stage_and_the_eval_alike():
+    from cai.evaluation.labeler import label_pairs
+    from cai.evaluation.pairs import LabeledPair
+    from cai.generators.types import Completion
+
+    class Silent(PrefersGood):
+        def generate(self, chats, params):
+            return [[Completion.failed("server down")] for _ in chats]
+
+    cfg = ComparisonConfig(method="cot", principles=1)
+    out = run_comparison_tasks(Silent(), C, _tasks(cfg), cfg, seed=0)
+    assert not out.records and out.errors[0]["error"] == "server down"
+    pair = LabeledPair("p", Q.messages, "GOOD answer", "bad answer", "x:1")
+    readings, errors = label_pairs(Silent(), C, [pair], method="cot", principles=1)
+    assert readings == [] and errors == [{"pair": "x:1", "error": "server down"}]

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -17,8 +18,31 @@ from cai.constitution.errors import UserError
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What a backend can do when asked for a letter, declared once by the backend.
+
+    The ranking core reads it to pick how letters are read: after an assistant prefill, from the
+    first token of a one-letter answer, or parsed from text. A backend that declares nothing is
+    taken to do all of it, as the transformers backend does.
+    """
+
+    prefill: bool = True  # continues a chat whose last message is the assistant's
+    logprobs: bool = True  # reports next-token log-probs
+    top_logprobs: int | None = None  # at most this many tokens per position; None: any token asked for
+
+
+FULL = Capabilities()
+
+
+def capabilities(backend: object) -> Capabilities:
+    return getattr(backend, "capabilities", FULL)
+
+
 @runtime_checkable
 class Backend(Protocol):
+    """A backend may also set `capabilities` (see `Capabilities`); without it, it does everything."""
+
     name: str
     model: str
 

@@ -1,0 +1,283 @@
+"""The pair-reading core: how a feedback model's letter answer becomes a probability.
+
+Every ranking in cai goes through here: the comparisons stage, `cai eval labeler`, the policy and
+character evals, and the RL judges. A pair is read under k sampled principles, each in both
+orders (the first answer shown once as (A) and once as (B)), so a judge's position bias cancels;
+the pair's probability is the mean over its 2k readings. One failed reading fails the pair: a
+mean over the readings that happened to work would be a different labeler.
+
+How a letter is read depends on what the backend declares it can do (`Capabilities`), decided
+once per backend, never guessed per call:
+
+- `prefill`: the prompt ends with an assistant turn that stops right before the letter ("The
+  better reply is ("), and the backend scores the two letters as the next token;
+- `first_token`: the backend cannot continue an assistant turn (hosted chat APIs refuse), so the
+  judge is asked for a one-letter answer and the letters are read from the first generated
+  token's top log-probs;
+- `parsed`: the server gives no log-probs at all; the letter is parsed from a short greedy answer,
+  so the reading is 0 or 1 and is marked `parsed`, for the metrics to keep apart.
+
+With log-probs, P(A) is renormalised over the two letters; a letter outside the backend's top-k
+carries a floor value (an upper bound, see `generators/backends/engine_utils.py`) and is listed in
+the reading's `floored`. With `method: cot` the judge first argues in a few sentences, the letter
+is read after the argument, and its probability is clamped (default 0.4-0.6): arguing makes the
+final letter over-confident.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from cai.constitution import Principle, derive_seed, weighted_sample
+from cai.generators.backends.base import capabilities
+from cai.generators.templates import render
+from cai.generators.types import SamplingParams
+
+from .records import Judgement
+
+LETTERS = ["A", "B"]
+GENERIC_QUESTION = "Which of these assistant replies is better: more helpful, more honest and less harmful?"
+COMPARISON_PREFIX = "The better reply is ("
+ANSWER_PREFIX = "The answer is ("
+PARSE_MAX_NEW_TOKENS = 16  # enough for "(B)" or "The answer is B."
+
+Mode = Literal["prefill", "first_token", "parsed"]
+
+
+def reading_mode(backend) -> Mode:
+    """How this backend reads a letter, from what it declares it can do."""
+    caps = capabilities(backend)
+    if not caps.logprobs:
+        return "parsed"
+    return "prefill" if caps.prefill else "first_token"
+
+
+# ---------------------------------------------------------------------------------------------
+# One letter
+
+
+@dataclass(frozen=True)
+class LetterQuestion:
+    """A question answered with (A) or (B): the user's message, the assistant's words right
+    before the letter (used where the backend continues an assistant turn), and an argument the
+    judge already wrote (CoT)."""
+
+    user: str
+    prefix: str
+    reasoning: str | None = None
+
+
+@dataclass(frozen=True)
+class LetterReading:
+    p_a: float = 0.5
+    logp: dict[str, float] = field(default_factory=dict)
+    floored: list[str] = field(default_factory=list)
+    mode: Mode = "prefill"
+    answer: str | None = None  # the text a parsed letter was read from
+    tokens: int = 0
+    error: str | None = None
+
+
+def letter_chat(q: LetterQuestion, mode: Mode) -> list[dict]:
+    """The chat that asks `q` of a backend that reads letters in `mode`."""
+    if mode == "prefill":
+        prefix = render("cai.critique", "choice_prefix.jinja", reasoning=q.reasoning, prefix=q.prefix)
+        return [{"role": "user", "content": q.user}, {"role": "assistant", "content": prefix}]
+    ask = render("cai.critique", "letter_only.jinja")
+    if not q.reasoning:
+        return [{"role": "user", "content": f"{q.user}\n\n{ask}"}]
+    return [
+        {"role": "user", "content": q.user},
+        {"role": "assistant", "content": q.reasoning},
+        {"role": "user", "content": ask},
+    ]
+
+
+def prob_a(logp: dict[str, float]) -> float:
+    """P("A") renormalised over the two letters; 0.5 when neither is visible."""
+    a, b = logp.get("A", -math.inf), logp.get("B", -math.inf)
+    if a == -math.inf and b == -math.inf:
+        return 0.5
+    m = max(a, b)
+    ea, eb = math.exp(a - m), math.exp(b - m)
+    return ea / (ea + eb)
+
+
+_LEADING = re.compile(r"^\W*([AB])\b")
+_BRACKETED = re.compile(r"\(([AB])\)")
+_NAMED = re.compile(r"\b(?:reply|answer|option|choice)\W{0,3}([AB])\b", re.IGNORECASE)
+
+
+def parse_letter(text: str) -> str | None:
+    """The letter a short answer gives: a leading A/B, else a bracketed (A)/(B), else one named
+    as "reply B", "answer: A"; None when the answer names no letter."""
+    for pattern in (_LEADING, _BRACKETED, _NAMED):
+        m = pattern.search(text.strip())
+        if m:
+            return m.group(1).upper()
+    return None
+
+
+def read_letters(backend, questions: list[LetterQuestion], mode: Mode | None = None) -> list[LetterReading]:
+    """Read each question's letter the way the backend can: next-token or first-token log-probs,
+    or a parsed greedy answer."""
+    if not questions:
+        return []
+    mode = mode or reading_mode(backend)
+    chats = [letter_chat(q, mode) for q in questions]
+    if mode == "parsed":
+        params = SamplingParams(temperature=0, max_new_tokens=PARSE_MAX_NEW_TOKENS)
+        out = []
+        for (comp,) in backend.generate(chats, params):
+            if comp.error:
+                out.append(LetterReading(mode=mode, error=comp.error))
+                continue
+            letter = parse_letter(comp.text)
+            if letter is None:
+                out.append(
+                    LetterReading(mode=mode, answer=comp.text, tokens=comp.tokens, error=f"no A or B in {comp.text!r}")
+                )
+            else:
+                p = 1.0 if letter == "A" else 0.0
+                out.append(LetterReading(p_a=p, mode=mode, answer=comp.text, tokens=comp.tokens))
+        return out
+    out = []
+    for s in backend.choice_logprobs(chats, LETTERS):
+        if s.error:
+            out.append(LetterReading(mode=mode, error=s.error))
+        else:
+            floored = [c for c in LETTERS if c in getattr(s, "floored", [])]
+            out.append(LetterReading(p_a=prob_a(s), logp=dict(s), floored=floored, mode=mode))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Pairs: k principles × both orders
+
+
+class ReadingConfig(BaseModel):
+    """How a pair is read: the settings the comparisons stage, the evals and the RL judge share."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["logprob", "cot"] = "logprob"
+    principles: int = Field(4, ge=1, description="Principles sampled per pair (each read in both orders).")
+    cot_clamp: tuple[float, float] = Field((0.4, 0.6), description="CoT probabilities are clamped into this range.")
+    cot_max_new_tokens: int = Field(96, ge=8)
+
+    @model_validator(mode="after")
+    def _clamp_ok(self) -> ReadingConfig:
+        lo, hi = self.cot_clamp
+        if not 0 <= lo <= 0.5 <= hi <= 1:
+            raise ValueError("cot_clamp must satisfy 0 <= low <= 0.5 <= high <= 1")
+        return self
+
+
+@dataclass(frozen=True)
+class PairToRead:
+    """Two replies to one conversation. `key` seeds the principle draw: the same key, pool and
+    seed always draw the same principles."""
+
+    key: str
+    messages: list[dict]
+    first: str
+    second: str
+    pool: list[Principle]
+
+
+@dataclass
+class PairReading:
+    judgements: list[Judgement] = field(default_factory=list)
+    tokens: int = 0
+    error: str | None = None
+
+    @property
+    def p_first(self) -> float:
+        """The soft label seen from the first reply: mean over principles and both orders."""
+        return sum(j.p_first for j in self.judgements) / len(self.judgements)
+
+    @property
+    def order_consistent(self) -> bool:
+        return orders_agree(self.judgements)
+
+
+def question(p: Principle) -> str:
+    return p.comparison or GENERIC_QUESTION
+
+
+def comparison_text(messages: list[dict], p: Principle, a: str, b: str, cot: bool = False) -> str:
+    return render("cai.critique", "comparison.jinja", messages=messages, question=question(p), a=a, b=b, reasoning=cot)
+
+
+def orders_agree(judgements: list[Judgement]) -> bool:
+    """Both orders favour the same reply, on average over principles."""
+    ab = [j.p_first for j in judgements if j.order == "ab"]
+    ba = [j.p_first for j in judgements if j.order == "ba"]
+    if not ab or not ba:
+        return False
+    return (sum(ab) / len(ab) - 0.5) * (sum(ba) / len(ba) - 0.5) > 0
+
+
+def seats(j: Judgement, first_is_x: bool) -> tuple[float, bool]:
+    """(P that the reply shown as (A) is better, whether reply X was shown as (A)), for the reply
+    X that sits first in the pair when `first_is_x`."""
+    p_a = j.p_first if j.order == "ab" else 1.0 - j.p_first
+    return p_a, first_is_x == (j.order == "ab")
+
+
+def read_pairs(
+    backend, pairs: list[PairToRead], cfg: ReadingConfig, seed: int, mode: Mode | None = None
+) -> list[PairReading]:
+    """Read every pair under `cfg.principles` sampled principles in both orders, in one batch."""
+    mode = mode or reading_mode(backend)
+    results = [PairReading() for _ in pairs]
+    plan = []  # (pair index, principle, order, reply shown as A, reply shown as B)
+    for i, pair in enumerate(pairs):
+        for p in weighted_sample(pair.pool, cfg.principles, f"{seed}/{pair.key}/principles"):
+            plan.append((i, p, "ab", pair.first, pair.second))
+            plan.append((i, p, "ba", pair.second, pair.first))
+    cot = cfg.method == "cot"
+    texts = [comparison_text(pairs[i].messages, p, a, b, cot=cot) for i, p, _, a, b in plan]
+    reasons: list[str | None] = [None] * len(plan)
+    if cot:
+        params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, "cot"))
+        for k, (comp,) in enumerate(backend.generate([[{"role": "user", "content": t}] for t in texts], params)):
+            r = results[plan[k][0]]
+            if comp.error:
+                r.error = r.error or comp.error
+            else:
+                r.tokens += comp.tokens
+                reasons[k] = comp.text.strip()
+    todo = [k for k in range(len(plan)) if results[plan[k][0]].error is None]
+    questions = [LetterQuestion(texts[k], COMPARISON_PREFIX, reasons[k]) for k in todo]
+    lo, hi = cfg.cot_clamp
+    for k, letter in zip(todo, read_letters(backend, questions, mode)):
+        i, p, order, _, _ = plan[k]
+        r = results[i]
+        r.tokens += letter.tokens
+        if letter.error:
+            r.error = r.error or letter.error
+            continue
+        raw = letter.p_a if order == "ab" else 1.0 - letter.p_a  # P(the pair's first reply is better)
+        r.judgements.append(
+            Judgement(
+                principle_id=p.id,
+                order=order,
+                logp=letter.logp,
+                p_first=min(hi, max(lo, raw)) if cot else raw,
+                p_first_raw=raw if cot else None,
+                reasoning=reasons[k],
+                reading=letter.mode,
+                floored=letter.floored,
+                answer=letter.answer,
+            )
+        )
+    for r in results:
+        if r.error is not None:
+            r.judgements = []
+    return results
