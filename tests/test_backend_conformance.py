@@ -184,10 +184,9 @@ def test_choice_logprobs_are_well_formed(backend):
 
 def test_choice_logprobs_match_the_exact_reference(backend, backend_pool):
     """Scores agree with the transformers backend's full-distribution values; a floored score is
-    never below the true value (the floor is an upper bound), and is counted."""
+    never below the true value (the floor is an upper bound), and is listed."""
     choices = ["A", "B", " zebra", "Yes, definitely"]  # the last is several tokens
     reference = backend_pool.reference_scores(RANKING, choices)
-    before = getattr(backend, "floored_count", 0)
     scores = backend.choice_logprobs(RANKING, choices)
     for got, ref in zip(scores, reference):
         assert got.error is None and set(got) == set(choices)
@@ -200,19 +199,20 @@ def test_choice_logprobs_match_the_exact_reference(backend, backend_pool):
                 assert got[c] == pytest.approx(ref[c], abs=0.05), (c, got[c], ref[c])
         seen = [got[c] for c in ("A", "B", " zebra") if c not in got.floored]
         assert all(got[c] <= min(seen, default=0.0) for c in got.floored if c != "Yes, definitely")
-    assert getattr(backend, "floored_count", 0) - before == sum(len(s.floored) for s in scores)
 
 
 @needs_vllm
 def test_vllm_top_k_scores_bound_the_exact_ones(backend_pool):
     """With `exact_choices` off, vLLM reads choices from the top-K: seen ones keep their exact
-    value, unseen ones get a floor at or above the exact value, listed and counted."""
+    value, unseen ones get a floor at or above the exact value, listed, and the backend declares
+    the top-k it reads from."""
     vllm_backend = backend_pool.get("vllm")
     choices = ["A", "B", " zebra", "Yes, definitely"]
     exact = vllm_backend.choice_logprobs(RANKING, choices)
-    before = vllm_backend.floored_count
+    assert vllm_backend.capabilities.top_logprobs is None
     vllm_backend.options.exact_choices = False
     try:
+        assert vllm_backend.capabilities.top_logprobs == vllm_backend.options.logprobs_k
         top_k = vllm_backend.choice_logprobs(RANKING, choices)
     finally:
         vllm_backend.options.exact_choices = True
@@ -224,7 +224,6 @@ def test_vllm_top_k_scores_bound_the_exact_ones(backend_pool):
                 assert ref[c] <= got[c] <= 0
             else:
                 assert got[c] == pytest.approx(ref[c], abs=1e-4)
-    assert vllm_backend.floored_count - before == sum(len(s.floored) for s in top_k)
 
 
 def test_overlong_prompt_fails_alone(backend):

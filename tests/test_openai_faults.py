@@ -1,20 +1,14 @@
-"""The openai backend against a server that misbehaves on purpose.
-
-A real `vllm serve` cannot be made to answer 429 or 500 on cue, so this small HTTP server on
-loopback speaks just enough of the OpenAI API (/models, /chat/completions, /completions) and
-fails the way hosted APIs and overloaded servers do. Everything else in these tests is real: the
-openai client, tenacity, sockets and timeouts.
+"""The openai backend against a server that misbehaves on purpose (tests/fake_openai.py): it fails
+the way hosted APIs and overloaded servers do. Everything else in these tests is real: the openai
+client, tenacity, sockets and timeouts.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import socket
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -22,107 +16,10 @@ from cai.constitution.errors import UserError
 from cai.generators.backends.openai_backend import OpenAIBackend
 from cai.generators.types import SamplingParams
 
+from .fake_openai import MODEL, FakeServer, error_answer, ok_answer
+
 KEY = "sk-test-SECRET-7f3a9c"
-MODEL = "fake-model"
 CHAT = [{"role": "user", "content": "hello"}]
-
-
-class FakeServer:
-    """`script(path, body, attempt)` returns (status, json, headers, delay) for each request;
-    `attempt` counts requests with the same body, so a script can fail the first few tries."""
-
-    def __init__(self, script=None, models_status: int = 200):
-        self.script = script or (lambda path, body, attempt: ok_answer(path, body))
-        self.models_status = models_status
-        self.requests: list[tuple[str, dict, dict]] = []
-        self.in_flight = self.max_in_flight = 0
-        self._lock = threading.Lock()
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
-        self.httpd.daemon_threads = True
-        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
-
-    @property
-    def base_url(self) -> str:
-        return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
-
-    def _handler(self):
-        fake = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *args):
-                pass
-
-            def _send(self, status, payload, headers=None):
-                data = json.dumps(payload).encode()
-                self.send_response(status)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                for k, v in (headers or {}).items():
-                    self.send_header(k, v)
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    models = {"object": "list", "data": [{"id": MODEL, "object": "model", "max_model_len": 4096}]}
-                    self._send(
-                        fake.models_status, models if fake.models_status == 200 else {"error": {"message": "no"}}
-                    )
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                with fake._lock:
-                    fake.requests.append((self.path, body, {k.lower(): v for k, v in self.headers.items()}))
-                    attempt = sum(1 for p, b, _ in fake.requests if p == self.path and b == body)
-                    fake.in_flight += 1
-                    fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
-                try:
-                    status, payload, headers, delay = fake.script(self.path, body, attempt)
-                    time.sleep(delay)
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
-                        self._send(status, payload, headers)
-                finally:
-                    with fake._lock:
-                        fake.in_flight -= 1
-
-        return Handler
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.httpd.shutdown()
-        self.httpd.server_close()
-
-
-def ok_answer(path: str, body: dict, delay: float = 0.0):
-    n = body.get("n", 1)
-    if path.endswith("/chat/completions"):
-        text = "echo: " + body["messages"][-1]["content"]
-        choices = [
-            {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"} for i in range(n)
-        ]
-        if body.get("logprobs"):
-            top = [{"token": "A", "logprob": -0.5}, {"token": "B", "logprob": -1.5}]
-            for c in choices:
-                c["logprobs"] = {"content": [{"token": "A", "logprob": -0.5, "top_logprobs": top}]}
-        payload = {"id": "x", "object": "chat.completion", "created": 0, "model": MODEL, "choices": choices}
-    else:
-        logprobs = None
-        if body.get("logprobs") is not None:
-            top = [{"A": -0.5, "B": -1.5}]
-            logprobs = {"tokens": ["A"], "token_logprobs": [-0.5], "text_offset": [0], "top_logprobs": top}
-        choices = [{"index": i, "text": " done", "finish_reason": "length", "logprobs": logprobs} for i in range(n)]
-        payload = {"id": "x", "object": "text_completion", "created": 0, "model": MODEL, "choices": choices}
-    payload["usage"] = {"prompt_tokens": 3, "completion_tokens": 2 * n, "total_tokens": 3 + 2 * n}
-    return 200, payload, {}, delay
-
-
-def error_answer(status: int, message: str = "try again", headers=None):
-    return status, {"error": {"message": message, "type": "server_error"}}, headers or {}, 0.0
 
 
 def backend_for(server: FakeServer, **options) -> OpenAIBackend:
@@ -202,7 +99,7 @@ def test_floor_for_a_choice_outside_the_top_k():
         backend.close()
     floor = min(-1.5, math.log(1 - math.exp(-0.5) - math.exp(-1.5)))
     assert scores == {"A": -0.5, "B": -1.5, "C": pytest.approx(floor)}
-    assert scores.floored == ["C"] and backend.floored_count == 1
+    assert scores.floored == ["C"]
 
 
 def test_dead_server_is_one_clear_error_quickly():

@@ -13,11 +13,14 @@ before any request, and choices are scored through the completions endpoint with
 prompts: the server sees the very tokens the transformers and vLLM backends score. Without one
 (a hosted model), chats go to the chat endpoint and each choice is matched by its text against
 the reported top tokens. Either way a choice outside the top-K gets the floor of
-`engine_utils.floor_logprob`, is listed in `ChoiceScores.floored`, and is counted.
+`engine_utils.floor_logprob` and is listed in `ChoiceScores.floored`.
 
 A chat that ends with an assistant message is continued through vLLM's chat extras
 (`continue_final_message`); servers without them (hosted APIs) reject such an item, which then
-fails alone with the server's message.
+fails alone with the server's message. What the server can do is declared once, in
+`capabilities`, from the options (`continue_final_message`, `logprobs`, `logprobs_k`): the ranking
+core then asks a server that cannot continue an assistant turn for a one-letter answer and reads
+its first token's top log-probs, and parses the letter from text where there are no log-probs.
 
 The API key is never printed: the options hold it as a secret, `repr` leaves it out, and error
 messages are scrubbed of it.
@@ -42,12 +45,13 @@ from cai.constitution.errors import UserError
 from ..chat import choice_token_ids, context_error, encode, ends_with_assistant
 from ..default_model import DEFAULT_ALIASES, resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
-from .base import parse_options
+from .base import Capabilities, parse_options
 from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
 _STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")  # the client's own prefix; we say the status once
 CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's chat extras
+NO_LOGPROBS = "the server returned no log-probs (with options.logprobs: false letters are parsed from text)"
 
 
 class OpenAIOptions(BaseModel):
@@ -76,7 +80,15 @@ class OpenAIOptions(BaseModel):
     max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, in seconds.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds the start-up reachability check waits.")
     logprobs_k: int = Field(
-        20, ge=1, le=20, description="Top tokens reported when scoring (hosted completions allow 5)."
+        20, ge=1, le=20, description="Top tokens asked for when scoring; at most what the server allows (often 5)."
+    )
+    logprobs: bool = Field(
+        True, description="False for a server that returns no log-probs: ranking then parses letters from text."
+    )
+    continue_final_message: bool | None = Field(
+        None,
+        description="Whether the server continues a chat that ends with the assistant's message (vLLM does, "
+        "hosted chat APIs refuse). Default: yes for a vLLM server or with a local tokenizer, else no.",
     )
     max_model_len: int | None = Field(None, ge=16, description="Context length; default: what the server reports.")
 
@@ -95,7 +107,6 @@ class OpenAIBackend:
     def __init__(self, model: str = "default", **options):
         self.options = opts = parse_options(OpenAIOptions, options, self.name)
         self.model = model
-        self.floored_count = 0
         self.base_url = (opts.base_url or os.environ.get("OPENAI_BASE_URL") or DEFAULT_BASE_URL).rstrip("/")
         key = opts.api_key.get_secret_value() if opts.api_key else os.environ.get("OPENAI_API_KEY") or "EMPTY"
         self._key = SecretStr(key)
@@ -106,7 +117,12 @@ class OpenAIBackend:
             raise UserError(
                 "backend openai: options.endpoint: `completions` needs a local tokenizer; set options.tokenizer"
             )
-        self.context_length = opts.max_model_len or (served or {}).get(self.served_model, {}).get("max_model_len")
+        card = (served or {}).get(self.served_model, {})
+        self.context_length = opts.max_model_len or card.get("max_model_len")
+        prefill = opts.continue_final_message
+        if prefill is None:
+            prefill = self.tokenizer is not None or card.get("owned_by") == "vllm"
+        self.capabilities = Capabilities(prefill=prefill, logprobs=opts.logprobs, top_logprobs=opts.logprobs_k)
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cai-openai", daemon=True)
         self._thread.start()
@@ -295,6 +311,8 @@ class OpenAIBackend:
         plan = ChoicePlan(choice_token_ids(self.tokenizer, choices)) if self.tokenizer is not None else None
         if plan is None and not choices:
             raise ValueError("choices must not be empty")
+        if not self.options.logprobs:
+            return [ChoiceScores(error="the server gives no log-probs (options.logprobs: false)") for _ in prompts]
 
         async def job(i: int, prompt: Prompt) -> ChoiceScores:
             try:
@@ -304,7 +322,6 @@ class OpenAIBackend:
                     scores = await self._score_by_tokens(prompt, choices, plan)
             except _Failed as e:
                 return ChoiceScores(error=str(e))
-            self.floored_count += len(scores.floored)
             return scores
 
         return self._run_all(job, prompts)
@@ -351,10 +368,10 @@ class OpenAIBackend:
             )
             content = answer.choices[0].logprobs.content if answer.choices and answer.choices[0].logprobs else None
             if not content:
-                raise _Failed("the server returned no log-probs")
+                raise _Failed(NO_LOGPROBS)
             top = {t.token: t.logprob for t in content[0].top_logprobs}
         if not top:
-            raise _Failed("the server returned no log-probs")
+            raise _Failed(NO_LOGPROBS)
         floor = floor_logprob(top.values())
         scores = {c: top.get(c, floor) for c in choices}
         return ChoiceScores(scores, floored=[c for c in choices if c not in top])
@@ -378,5 +395,5 @@ class _Failed(Exception):
 def _top_of_completion(answer) -> dict[str, float]:
     choice = answer.choices[0] if answer.choices else None
     if choice is None or choice.logprobs is None or not choice.logprobs.top_logprobs:
-        raise _Failed("the server returned no log-probs")
+        raise _Failed(NO_LOGPROBS)
     return dict(choice.logprobs.top_logprobs[0])

@@ -10,8 +10,9 @@ Choices are scored with `max_tokens=1` requests that report next-token log-probs
 `prompt_logprobs`, which would bypass the prefix cache: many comparisons share a long prompt.
 By default the engine reports exactly the choice tokens (`logprob_token_ids`), so no score is a
 guess; with `exact_choices: false` it reports the top `logprobs_k` tokens and a choice outside
-them gets the floor of `engine_utils.floor_logprob`, is listed in `ChoiceScores.floored`, and is
-counted in `floored_count`. Multi-token choices are scored as chains (see `engine_utils`).
+them gets the floor of `engine_utils.floor_logprob` and is listed in `ChoiceScores.floored`, which
+the ranking core keeps in each reading. Multi-token choices are scored as chains (see
+`engine_utils`).
 
 vLLM starts worker processes: a script that builds this backend must guard its entry point with
 `if __name__ == "__main__":`.
@@ -30,7 +31,7 @@ from cai.constitution.errors import UserError
 from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
-from .base import parse_options
+from .base import Capabilities, parse_options
 from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
 
 # Without max_model_len, the model's own context is used up to this many tokens: every sequence
@@ -108,7 +109,6 @@ class VLLMBackend:
 
         self.options = opts = parse_options(VLLMOptions, options, self.name)
         self.model = model
-        self.floored_count = 0
         path = resolve_model(model)
         self.tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=opts.trust_remote_code)
         cpu = _on_cpu()
@@ -140,6 +140,11 @@ class VLLMBackend:
         except ValueError as e:  # how vLLM reports bad settings: memory, lengths, parallelism
             raise UserError(f"backend vllm: {_first_line(e)}") from None
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        """Continues assistant turns; reports the choice tokens exactly, or the top `logprobs_k`."""
+        return Capabilities(top_logprobs=None if self.options.exact_choices else self.options.logprobs_k)
 
     def __repr__(self) -> str:
         return f"VLLMBackend(model={self.model!r}, context_length={self.context_length})"
@@ -230,8 +235,7 @@ class VLLMBackend:
             except ValueError as e:
                 out[i] = ChoiceScores(error=f"vLLM: {e}")
                 continue
-            out[i] = scores = plan.combine(choices, steps)
-            self.floored_count += len(scores.floored)
+            out[i] = plan.combine(choices, steps)
         return out  # type: ignore[return-value]
 
     @staticmethod
