@@ -30,6 +30,35 @@ OutJsonOpt = Annotated[
     Path | None,
     typer.Option("--out-json", help="Also write the results here (e.g. RUN_DIR/eval-labeler.json for `cai report`)."),
 ]
+FeedbackOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--feedback",
+        help="The feedback model as a backend config (YAML: backend, model, options) or a run config (its feedback).",
+    ),
+]
+
+
+FeedbackBackendOpt = Annotated[
+    str | None, typer.Option("--feedback-backend", help="Feedback backend: transformers (default), vllm or openai.")
+]
+FeedbackModelOpt = Annotated[
+    str | None, typer.Option("--feedback-model", help="Feedback model (default `default`), over --feedback's.")
+]
+FeedbackOptionOpt = Annotated[
+    list[str] | None, typer.Option("--feedback-option", help="Feedback backend option key=value (repeatable).")
+]
+FEEDBACK_FLAGS = ("--feedback-backend", "--feedback-model", "--feedback-option")
+BenignOpt = Annotated[
+    Path | None,
+    typer.Option(help="Over-refusal prompts (.txt one a line, or .jsonl); default: the benign set shipped with cai."),
+]
+
+
+def _benign(path: Path | None) -> list[list[dict]] | None:
+    from cai.generators.queries import load_seed_queries
+
+    return None if path is None else [q.messages for q in load_seed_queries(path)]
 
 
 def _log_dir(out_json: Path | None) -> Path | None:
@@ -40,6 +69,54 @@ def _logged(out_json: Path | None, fn, *args):
     """Run an eval with library output sent to the log beside --out-json (or the user's cache)."""
     with library_output(_log_dir(out_json)):
         return fn(*args)
+
+
+def _options(items: list[str] | None, flag: str) -> dict:
+    """`key=value` backend options; values read as JSON where they parse (8, true, [1, 2])."""
+    import json
+
+    out: dict = {}
+    for item in items or []:
+        key, eq, value = item.partition("=")
+        if not eq or not key.strip():
+            raise UserError(f"{flag} {item!r}: expected key=value")
+        try:
+            out[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            out[key.strip()] = value
+    return out
+
+
+def _feedback(
+    config: Path | None,
+    backend: str | None,
+    model: str | None,
+    options: list[str] | None,
+    flags: tuple[str, str, str] = ("--backend", "--model", "--option"),
+):
+    """The feedback model's backend config: a YAML file, then the command-line fields over it."""
+    from cai.constitution.loader import read_structured, validate_model
+    from cai.generators import BackendConfig, backend_names
+
+    fb = BackendConfig()
+    if config is not None:
+        if not config.is_file():
+            raise UserError(f"--feedback: {config}: file not found")
+        data, node = read_structured(config)
+        if isinstance(data, dict) and "constitution" in data:  # a run config: rank with its feedback model
+            from cai.config import RunConfig
+
+            fb = validate_model(RunConfig, data, node, str(config)).feedback_backend
+        else:
+            fb = validate_model(BackendConfig, data, node, str(config))
+    update: dict = {k: v for k, v in (("backend", backend), ("model", model)) if v is not None}
+    if options:
+        update["options"] = {**fb.options, **_options(options, flags[2])}
+    fb = fb.model_copy(update=update)
+    if fb.backend not in backend_names():
+        where = flags[0] if backend is not None else f"{config}: backend"
+        raise UserError(f"{where}: unknown backend {fb.backend!r}; choose one of {', '.join(backend_names())}")
+    return fb
 
 
 def _emit(result: dict, as_json: bool, out_json: Path | None, tables) -> None:
@@ -78,8 +155,16 @@ def eval_labeler(
     principles: Annotated[int, typer.Option(min=1, help="Principles sampled per pair (each read in both orders).")] = 4,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
     seed: int = 0,
-    backend: Annotated[str, typer.Option(help="transformers, vllm or openai.")] = "transformers",
-    model: Annotated[str, typer.Option(help="Feedback model: `default`, a hub id or a local path.")] = "default",
+    feedback: FeedbackOpt = None,
+    backend: Annotated[
+        str | None, typer.Option(help="Feedback backend: transformers (default), vllm or openai.")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Feedback model: `default`, a hub id, a local path or a served name.")
+    ] = None,
+    option: Annotated[
+        list[str] | None, typer.Option("--option", help="Feedback backend option key=value (repeatable).")
+    ] = None,
     bins: Annotated[int, typer.Option(min=1, help="Calibration bins over the soft label 0.5-1.")] = 5,
     dump_pairs: Annotated[
         Path | None,
@@ -92,20 +177,23 @@ def eval_labeler(
     import time
 
     from cai.constitution import load_constitution
+    from cai.critique.reading import reading_mode
     from cai.evaluation.labeler import label_pairs, readings_to_json, summarise
-    from cai.generators import BackendConfig, load_backend
+    from cai.generators import load_backend
 
+    fb = _feedback(feedback, backend, model, option)
     c = load_constitution(constitution)
     data, skipped = _read_pairs(pairs, limit, dump_pairs)
     start = time.perf_counter()
     with library_output(_log_dir(out_json)):
-        b = load_backend(BackendConfig(backend=backend, model=model))
+        b = load_backend(fb)
         try:
+            reading = reading_mode(b)
             readings, errors = label_pairs(b, c, data, method=method, principles=principles, seed=seed)
         finally:
             b.close()
     if not readings:
-        raise UserError(f"{pairs}: every reading failed ({errors[0]['error'] if errors else 'no pairs'})")
+        raise UserError(f"{pairs}: every pair failed ({errors[0]['error'] if errors else 'no pairs'})")
     result = {
         "kind": "labeler",
         "pairs_file": str(pairs),
@@ -113,8 +201,9 @@ def eval_labeler(
         "method": method,
         "principles": principles,
         "seed": seed,
-        "model": model,
-        "backend": backend,
+        "model": fb.model,
+        "backend": fb.backend,
+        "reading": reading,
         "skipped": skipped,
         "errors": len(errors),
         "seconds": round(time.perf_counter() - start, 1),
@@ -159,7 +248,11 @@ def eval_policy(
         typer.Option("--prompts", help="Prompts: .txt (one a line) or .jsonl (text/messages/prompt, HH transcripts)."),
     ],
     constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
-    feedback: Annotated[str, typer.Option(help="Feedback model for the win rate and refusal check.")] = "default",
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    benign: BenignOpt = None,
     principles: Annotated[int, typer.Option(min=1)] = 2,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
@@ -172,6 +265,7 @@ def eval_policy(
     from cai.evaluation.policy import evaluate_policy
     from cai.generators.queries import load_seed_queries
 
+    fb = _feedback(feedback, feedback_backend, feedback_model, feedback_option, FEEDBACK_FLAGS)
     c = load_constitution(constitution)
     qs = load_seed_queries(prompts)[:limit]
     result = _logged(
@@ -181,10 +275,11 @@ def eval_policy(
         baseline,
         [q.messages for q in qs],
         c,
-        feedback,
+        fb,
         principles,
         max_new_tokens,
         seed,
+        _benign(benign),
     )
 
     _emit(result, as_json, out_json, policy_tables)
@@ -212,7 +307,11 @@ def eval_character(
             help="Held-out trait prompts: a run's datasets/ folder or a JSONL file; default: each trait's questions."
         ),
     ] = None,
-    feedback: Annotated[str, typer.Option(help="Feedback model for win rates and the refusal check.")] = "default",
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    benign: BenignOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
     seed: int = 0,
@@ -223,7 +322,8 @@ def eval_character(
     from cai.constitution import load_constitution
     from cai.evaluation.character import evaluate_character, trait_queries
 
+    fb = _feedback(feedback, feedback_backend, feedback_model, feedback_option, FEEDBACK_FLAGS)
     c = load_constitution(constitution)
     items = trait_queries(c, prompts, limit)
-    result = _logged(out_json, evaluate_character, model, baseline, c, items, feedback, max_new_tokens, seed)
+    result = _logged(out_json, evaluate_character, model, baseline, c, items, fb, max_new_tokens, seed, _benign(benign))
     _emit(result, as_json, out_json, character_tables)

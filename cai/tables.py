@@ -9,8 +9,14 @@ def fmt(x) -> str:
     return "-" if x is None else f"{x:.3f}" if isinstance(x, float) else str(x)
 
 
+def _kinds(r: dict) -> str:
+    return ", ".join(f"{n} {k}" for k, n in r.get("reading_kinds", {}).items()) or "-"
+
+
 def labeler_tables(r: dict):
     t = Table("metric", "value", title=f"labeler: {r['method']}, {r['principles']} principles, {r['pairs']} pairs")
+    if "reading" in r:
+        t.add_row("letters read by", f"{r['reading']} ({_kinds(r)})")
     for k in (
         "agreement",
         "order_consistency",
@@ -18,12 +24,19 @@ def labeler_tables(r: dict):
         "ece",
         "mean_p_chosen",
         "readings",
+        "floored_readings",
         "skipped",
         "errors",
         "seconds",
     ):
-        t.add_row(k, fmt(r[k]))
+        t.add_row(k, fmt(r.get(k)))
     yield t
+    if "parsed" in r:
+        p = r["parsed"]
+        t = Table("metric", "value", title=f"parsed letters (0 or 1), {p['pairs']} pairs, kept apart")
+        for k in ("agreement", "order_consistency", "position_bias", "mean_p_chosen", "readings"):
+            t.add_row(k, fmt(p[k]))
+        yield t
     t = Table("principle", "pairs", "agreement", "mean p(chosen)", title="per principle")
     for pid, v in r["by_principle"].items():
         t.add_row(pid, str(v["pairs"]), fmt(v["agreement"]), fmt(v["mean_p_chosen"]))
@@ -43,6 +56,9 @@ def reward_model_tables(r: dict):
 
 def policy_tables(r: dict):
     t = Table("metric", "value", title=f"{r['model']} vs {r['baseline']} on {r['prompts']} prompts")
+    if "feedback" in r:
+        fb = r["feedback"]
+        t.add_row("feedback", f"{fb['backend']}:{fb['model']}, letters by {fb['reading']} ({_kinds(r)})")
     for k in ("win_rate", "order_consistency", "identical_answers", "errors"):
         t.add_row(k, fmt(r[k]))
     for who, v in r["over_refusal"].items():

@@ -97,13 +97,18 @@ def load_reward_model(path: str):
     return model, tok
 
 
-def mean_policy_reward(policy: str, reward_model: str, prompts: list[list[dict]], max_new_tokens: int = 48) -> float:
-    """Greedy answers of `policy` to `prompts`, scored by `reward_model`: the number RL should raise."""
+def mean_policy_reward(
+    policy: str, reward_model: str, prompts: list[list[dict]], max_new_tokens: int = 48, backend: str = "transformers"
+) -> float:
+    """Greedy answers of `policy` to `prompts` (on any generation backend), scored by
+    `reward_model` (a classifier, so always on transformers): the number RL should raise."""
     from cai.generators import BackendConfig, SamplingParams, load_backend
 
-    backend = load_backend(BackendConfig(backend="transformers", model=policy))
-    answers = backend.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens))
-    backend.close()
+    generator = load_backend(BackendConfig(backend=backend, model=policy))
+    try:
+        answers = generator.generate(prompts, SamplingParams(temperature=0, max_new_tokens=max_new_tokens))
+    finally:
+        generator.close()
     model, tok = load_reward_model(reward_model)
     convs = [p + [{"role": "assistant", "content": a[0].text}] for p, a in zip(prompts, answers) if not a[0].error]
     scores = score_conversations(model, tok, convs)
