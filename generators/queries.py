@@ -108,33 +108,49 @@ def _normal(text: str) -> str:
 
 
 class Deduplicator:
-    """Exact (normalized) and near-duplicate (word-set Jaccard) filtering.
+    """Exact (normalized) and near-duplicate (word-set Jaccard ≥ threshold) filtering.
 
-    An inverted index from word to earlier queries keeps the near-duplicate test cheap: a new
-    query is only compared with queries that share a word with it.
+    Comparing each query with every earlier one that shares a word is quadratic: common words
+    ("how", "i", "a") link almost every pair, and runs reach hundreds of thousands of queries.
+    MinHash LSH (datasketch) finds the few earlier queries likely to be that similar in near-
+    constant time; each candidate is then checked with the exact Jaccard, so nothing is dropped
+    that is not a near duplicate (a rare pair just above the threshold may be missed).
     """
 
+    NUM_PERM = 64
+
     def __init__(self, threshold: float):
+        from datasketch import MinHashLSH
+
         self.threshold = threshold
         self.exact: dict[str, str] = {}
-        self.sets: dict[str, set[str]] = {}
-        self.index: dict[str, set[str]] = {}
+        self.sets: dict[str, frozenset[str]] = {}
+        # the index looks wider than the threshold, so pairs just above it are found; exact Jaccard decides
+        self.lsh = MinHashLSH(threshold=max(0.3, threshold - 0.3), num_perm=self.NUM_PERM)
+
+    def _minhash(self, words: frozenset[str]):
+        from datasketch import MinHash
+
+        m = MinHash(num_perm=self.NUM_PERM, seed=1)
+        m.update_batch([w.encode() for w in sorted(words)])
+        return m
 
     def check(self, qid: str, text: str) -> str | None:
         """Return the id of an earlier duplicate, or None (and remember this query)."""
         norm = _normal(text)
         if norm in self.exact:
             return self.exact[norm]
-        words = _words(text)
-        candidates = set().union(*(self.index.get(w, set()) for w in words)) if words else set()
-        for other in candidates:
-            o = self.sets[other]
-            if len(words & o) / max(1, len(words | o)) >= self.threshold:
-                return other
+        words = frozenset(_words(text))
+        m = self._minhash(words) if words else None
+        if m is not None:
+            for other in self.lsh.query(m):
+                o = self.sets[other]
+                if len(words & o) / max(1, len(words | o)) >= self.threshold:
+                    return other
         self.exact[norm] = qid
-        self.sets[qid] = words
-        for w in words:
-            self.index.setdefault(w, set()).add(qid)
+        if m is not None and qid not in self.sets:
+            self.sets[qid] = words
+            self.lsh.insert(qid, m)
         return None
 
 
