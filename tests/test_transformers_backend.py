@@ -1,15 +1,20 @@
 """The transformers backend on the real embedded model."""
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
-from cai.constitution import UserError
+from cai.constitution import UserError, load_constitution
+from cai.evaluation.labeler import label_pairs
+from cai.evaluation.pairs import load_pairs
 from cai.generators import SamplingParams, load_backend
 from cai.generators.backends import BackendConfig
 
 pytestmark = pytest.mark.slow
+
+HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -101,3 +106,80 @@ def test_unknown_option_and_backend_are_user_errors(default_model_dir):
         load_backend(BackendConfig(backend="transformers", options={"batchsize": 4}))
     with pytest.raises(UserError, match="unknown backend 'tgi'"):
         load_backend(BackendConfig(backend="tgi"))
+
+
+@pytest.fixture(scope="module")
+def unshared(default_model_dir):
+    """The reference path: every row in full, logits at every position."""
+    backend = load_backend("transformers", prefix_sharing=False)
+    yield backend
+    backend.close()
+
+
+def test_labeler_p_chosen_is_the_same_with_and_without_prefix_sharing(hf_backend, unshared):
+    """Real HH-RLHF pairs through the labeler: 2k readings per pair share the conversation."""
+    pairs, _ = load_pairs(HH, 3)
+    c = load_constitution("harmless")
+    new, new_errors = label_pairs(hf_backend, c, pairs, principles=2)
+    old, old_errors = label_pairs(unshared, c, pairs, principles=2)
+    assert not new_errors and not old_errors and len(new) == len(old) == 3 * 2 * 2
+    for a, b in zip(new, old):
+        assert (a.pair, a.principle, a.chosen_is_a) == (b.pair, b.principle, b.chosen_is_a)
+        assert a.p_chosen == pytest.approx(b.p_chosen, abs=1e-4)
+
+
+SHARED = "You are judging answers. Read the conversation carefully; the user asked about cooking pasta. "
+MIXED = [
+    [{"role": "user", "content": SHARED + "Which is better? (A) boil it (B) fry it. Answer A or B."}],
+    [{"role": "user", "content": SHARED + "Which is better? (A) salt the water (B) sugar the water."}],
+    [
+        {"role": "user", "content": SHARED + "Which is better? (A) boil it (B) fry it. Answer A or B."},
+        {"role": "assistant", "content": "The answer is ("},
+    ],
+    [{"role": "user", "content": SHARED + "Which is better? (A) salt the water (B) sugar the water."}],  # repeated
+    "A raw string sharing nothing with the chats",
+    "A raw string sharing nothing with the chats, but longer than the one before it",
+    [{"role": "user", "content": "Short."}],
+]
+
+
+@pytest.mark.parametrize("choices", [["A", "B"], ["Yes", "No", "Perhaps not"]])
+def test_prefix_sharing_scores_mixed_batches_like_the_reference(hf_backend, unshared, choices):
+    """Shared prefixes, a prompt that starts another one, repeats, raw strings, mixed lengths and
+    many batches (a budget of 64 tokens puts every row in a batch of its own) all score as the
+    reference does."""
+    want = unshared.choice_logprobs(MIXED, choices)
+    default = hf_backend.options.batch_tokens
+    for budget in (default, 64):
+        hf_backend.options.batch_tokens = budget
+        try:
+            got = hf_backend.choice_logprobs(MIXED, choices)
+        finally:
+            hf_backend.options.batch_tokens = default
+        for g, w in zip(got, want):
+            assert list(g) == choices and g.error is None
+            for c in choices:
+                assert g[c] == pytest.approx(w[c], abs=1e-4)
+
+
+FEW_SHOT = [
+    {"role": "user", "content": "Here is an example. USER: How do I boil an egg? Critique the last answer."},
+    {"role": "assistant", "content": "The answer forgot to say how long to boil it."},
+]
+
+
+def test_generation_with_a_shared_prefix_matches_the_reference(hf_backend, unshared):
+    chats = [FEW_SHOT + [{"role": "user", "content": q}] for q in ("Name a fruit.", "Name a colour.", "Say hi.")]
+    chats.append([{"role": "user", "content": "Name a country."}])  # shares only the system prompt
+    params = SamplingParams(temperature=0, max_new_tokens=16)
+    want = [c[0].text for c in unshared.generate(chats, params)]
+    for batch_size in (16, 2):  # 2: the group of three is cut, each piece runs the prefix again
+        hf_backend.options.batch_size = batch_size
+        try:
+            assert [c[0].text for c in hf_backend.generate(chats, params)] == want
+        finally:
+            hf_backend.options.batch_size = 16
+    sampled = SamplingParams(n=2, temperature=1.0, max_new_tokens=8, seed=3)
+    a = hf_backend.generate(chats, sampled)
+    assert a == hf_backend.generate(chats, sampled) and [len(x) for x in a] == [2] * 4
+    assert all(c.error is None and 0 < c.tokens <= 8 for x in a for c in x)

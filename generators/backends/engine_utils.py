@@ -1,4 +1,5 @@
-"""What the vLLM and OpenAI backends share: request seeds and turning top-K log-probs into scores.
+"""What the backends share: request seeds, turning next-token log-probs into choice scores, and
+finding the prompt prefixes a batch shares.
 
 Neither engine hands back a full next-token distribution; both report the log-probs of the top K
 tokens (vLLM can also report exactly the tokens asked for). So both need the same two rules, kept
@@ -10,6 +11,10 @@ here so that the two backends score a prompt the same way:
   `prompt_logprobs` would bypass it); requests with the same prefix are merged, so `"A"` and
   `"AB"` share one;
 * a token the engine did not report gets a *floor*: see `floor_logprob`.
+
+The transformers backend scores choices by the same chains (it sees every token, so it needs no
+floor), and runs a prefix shared by several prompts once (`prefix_groups`), which is what vLLM's
+prefix cache does for the engine backends.
 """
 
 from __future__ import annotations
@@ -100,3 +105,59 @@ class ChoicePlan:
 def finish_reason(reason: str | None) -> str:
     """Engine finish reasons → ours: running out of tokens is `length`, any other end is `stop`."""
     return "length" if reason == "length" else "stop"
+
+
+@dataclass
+class PrefixGroup:
+    """Rows (indices into the caller's list) that start with the same `shared` tokens."""
+
+    shared: int
+    rows: list[int]
+
+
+def common_prefix_length(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    for k in range(n):
+        if a[k] != b[k]:
+            return k
+    return n
+
+
+def prefix_groups(rows: list[list[int]], overhead: int = 16) -> list[PrefixGroup]:
+    """Split token rows into groups whose members share a prefix worth computing once.
+
+    Rows are sorted by their tokens, so rows that start alike become neighbours and a group is a
+    run of neighbours; its shared length is the shortest common prefix of neighbouring rows in the
+    run (capped so that every row keeps at least its last token outside it, since that token's
+    logits are the ones read). A run is kept whole when sharing its prefix saves more tokens than
+    splitting it at its weakest links would, less `overhead` tokens for each extra prefix pass.
+    Nothing about the prompt layout is assumed: a conversation shared by every reading of a pair,
+    a few-shot block shared by every critique, or a system prompt alone is found the same way.
+    Rows sharing nothing worth it come back in groups with `shared == 0`.
+    """
+    if not rows:
+        return []
+    order = sorted(range(len(rows)), key=lambda i: rows[i])
+    lcp = [0] + [common_prefix_length(rows[order[k - 1]], rows[order[k]]) for k in range(1, len(order))]
+    groups: list[PrefixGroup] = []
+
+    def best(lo: int, hi: int, depth: int) -> tuple[int, list[PrefixGroup]]:
+        if lo == hi:
+            return 0, [PrefixGroup(0, [order[lo]])]
+        weakest = min(lcp[lo + 1 : hi + 1])
+        shared = min(weakest, min(len(rows[order[k]]) for k in range(lo, hi + 1)) - 1)
+        whole = (hi - lo) * shared - overhead if shared > 0 else 0
+        members = [order[k] for k in range(lo, hi + 1)]
+        if depth > 200:  # pathological nesting: stop refining
+            return whole, [PrefixGroup(max(shared, 0) if whole > 0 else 0, members)]
+        saved, parts, start = 0, [], lo
+        for k in range(lo + 1, hi + 2):
+            if k > hi or lcp[k] == weakest:
+                s, g = best(start, k - 1, depth + 1)
+                saved, parts, start = saved + s, parts + g, k
+        if whole > saved or (whole == saved and whole > 0 and len(parts) > 1):
+            return whole, [PrefixGroup(shared, members)]
+        return saved, parts
+
+    _, groups = best(0, len(order) - 1, 0)
+    return groups

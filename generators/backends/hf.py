@@ -1,12 +1,23 @@
 """The `transformers` backend: runs anywhere torch runs, CPU included.
 
-Prompts are sorted by length before batching so a batch holds prompts of similar size and little
-compute goes to padding; results are put back in input order. Padding is on the left so every
-row's next token sits in the last column.
+Most of what the pipeline asks a model is prefill: every reading of a pair repeats its
+conversation and answers, every critique repeats the few-shot block. So a batch's prompts are
+grouped by the longest token prefix they share (`engine_utils.prefix_groups`, which assumes no
+prompt layout): a group's prefix is run once and its KV cache is copied to each row, and only the
+rest of each row is run on top of it. Scoring asks the model for the last position's logits only
+and soft-maxes that one row, instead of logits over the whole vocabulary at every position.
+`prefix_sharing: false` runs every row in full with full logits, the reference the fast path is
+tested against.
+
+Rows are padded on the left, so every row's next token sits in the last column; with a shared
+prefix a row is [prefix padding | prefix | suffix padding | suffix], and positions count real
+tokens only, so every row sees the positions it would see alone. Groups are batched by suffix
+length so little compute goes to padding; results are put back in input order.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from contextlib import nullcontext
 
@@ -17,6 +28,7 @@ from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import parse_options
+from .engine_utils import ChoicePlan, PrefixGroup, StepResult, prefix_groups
 
 
 class TransformersOptions(BaseModel):
@@ -25,7 +37,18 @@ class TransformersOptions(BaseModel):
     device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
     dtype: str = Field("auto", description="`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
     batch_size: int = Field(16, ge=1, description="Sequences per forward pass (n samples count each).")
+    batch_tokens: int = Field(
+        16384,
+        ge=64,
+        description="Scoring with prefix sharing: rows per forward pass while rows × context width stays "
+        "under this (the KV cache a pass copies); shared prefixes make rows cheap, so more fit than batch_size.",
+    )
     max_length: int | None = Field(None, ge=8, description="Context length; defaults to the model's.")
+    prefix_sharing: bool = Field(
+        True,
+        description="Run a prefix shared by several prompts of a batch once and reuse its KV cache, and "
+        "score from the last position's logits only. Off: every row in full, with logits at every position.",
+    )
     trust_remote_code: bool = False
 
 
@@ -54,6 +77,9 @@ class TransformersBackend:
         eos = self.lm.generation_config.eos_token_id
         self.eos_ids = set(eos if isinstance(eos, list) else [eos]) | {self.tokenizer.eos_token_id}
         self.eos_ids.discard(None)
+        self._keep_one = (
+            {"logits_to_keep": 1} if "logits_to_keep" in inspect.signature(self.lm.forward).parameters else {}
+        )
 
     def _pad(self, rows: list[list[int]]) -> dict[str, torch.Tensor]:
         width = max(len(r) for r in rows)
@@ -75,22 +101,96 @@ class TransformersBackend:
         out: list[list[Completion] | None] = [None] * len(chats)
         for i, msg in errors.items():
             out[i] = [Completion.failed(msg) for _ in range(params.n)]
-        order = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: -len(encoded[i]))
-        for b, batch in enumerate(self._batches(order, params.n)):
-            rows = [encoded[i] for i in batch]
-            for i, comps in zip(batch, self._generate_batch(rows, params, b)):
+        todo = [i for i, e in enumerate(encoded) if e is not None]
+        if self.options.prefix_sharing:
+            per_batch = max(1, self.options.batch_size // params.n)
+            batches = self._grouped_batches([encoded[i] for i in todo], per_batch)
+        else:
+            order = sorted(range(len(todo)), key=lambda k: -len(encoded[todo[k]]))
+            batches = [[PrefixGroup(0, batch)] for batch in self._batches(order, params.n)]
+        for b, groups in enumerate(batches):
+            members = [todo[k] for g in groups for k in g.rows]
+            split = [
+                (encoded[todo[g.rows[0]]][: g.shared], [encoded[todo[k]][g.shared :] for k in g.rows]) for g in groups
+            ]
+            for i, comps in zip(members, self._generate_batch(split, params, b)):
                 out[i] = comps
         return out  # type: ignore[return-value]
 
+    def _grouped_batches(
+        self, rows: list[list[int]], per_batch: int, tokens: int | None = None
+    ) -> list[list[PrefixGroup]]:
+        """Prefix groups packed into batches of at most `per_batch` rows and, with `tokens`, at
+        most that many rows × (widest prefix + widest suffix); longest suffixes first.
+
+        A group larger than a batch is cut into pieces that each run its prefix again: a prefix
+        pass costs one row, and a batch as wide as the group would cost more memory than it saves.
+        """
+        longest = max(map(len, rows), default=1)
+        per_batch = max(1, min(per_batch, tokens // longest if tokens else per_batch))
+        pieces: list[PrefixGroup] = []
+        for g in prefix_groups(rows):
+            pieces += [PrefixGroup(g.shared, g.rows[k : k + per_batch]) for k in range(0, len(g.rows), per_batch)]
+        suffix = {id(g): max(len(rows[k]) - g.shared for k in g.rows) for g in pieces}
+        pieces.sort(key=lambda g: -suffix[id(g)])
+        batches: list[list[PrefixGroup]] = []
+        count = shared = width = 0
+        for g in pieces:
+            grown = (count + len(g.rows), max(shared, g.shared), max(width, suffix[id(g)]))
+            if not batches or grown[0] > per_batch or (tokens and grown[0] * (grown[1] + grown[2]) > tokens):
+                batches.append([])
+                grown = (len(g.rows), g.shared, suffix[id(g)])
+            batches[-1].append(g)
+            count, shared, width = grown
+        return batches
+
+    def _prefill_prefixes(
+        self, split: list[tuple[list[int], list[list[int]]]], copies: int = 1
+    ) -> dict[str, torch.Tensor]:
+        """Model inputs for the suffixes of `split` ((prefix, suffixes) per group), each prefix
+        already run once and its cache copied to its rows (`copies` times each in the cache, as
+        `generate` repeats the inputs for n samples but not a cache handed to it).
+
+        Returns the suffix columns' `input_ids` and `position_ids`, the `attention_mask` over
+        prefix and suffix columns and `past_key_values`, ready for a forward pass; `generate`
+        wants the prefix columns' ids in front too (it runs only the columns past the cache), so
+        they come as `prefix_ids`. Without any shared prefix: plain padded inputs.
+        """
+        owner = [g for g, (_, sufs) in enumerate(split) for _ in sufs]
+        sfx = self._pad([s for _, sufs in split for s in sufs])
+        if not any(prefix for prefix, _ in split):
+            pos = (sfx["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+            return {**sfx, "position_ids": pos}
+        pre = self._pad([prefix for prefix, _ in split])
+        pre_pos = (pre["attention_mask"].cumsum(-1) - 1).clamp(min=0)
+        cache = self.lm(**pre, position_ids=pre_pos, use_cache=True, **self._keep_one).past_key_values
+        idx = torch.tensor(owner, device=self.device)
+        cache.batch_select_indices(idx.repeat_interleave(copies))
+        width = pre["input_ids"].shape[1]
+        mask = torch.cat([pre["attention_mask"][idx], sfx["attention_mask"]], 1)
+        pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, width:]
+        return {
+            "input_ids": sfx["input_ids"],
+            "attention_mask": mask,
+            "position_ids": pos,
+            "past_key_values": cache,
+            "prefix_ids": pre["input_ids"][idx],
+        }
+
     @torch.inference_mode()
     def _generate_batch(
-        self, rows: list[list[int]], params: SamplingParams, batch_index: int
+        self, split: list[tuple[list[int], list[list[int]]]], params: SamplingParams, batch_index: int
     ) -> list[list[Completion]]:
-        inputs = self._pad(rows)
-        width = inputs["input_ids"].shape[1]
-        max_new = max(1, min(params.max_new_tokens, self.context_length - width))
         sample = params.temperature > 0
         copies = params.n if sample else 1  # greedy samples are identical: decode once, copy
+        inputs = self._prefill_prefixes(split, copies)
+        inputs.pop("position_ids")  # generate derives them from the mask, for the new tokens too
+        if "prefix_ids" in inputs:
+            inputs["input_ids"] = torch.cat([inputs.pop("prefix_ids"), inputs["input_ids"]], 1)
+        rows = [p + s for p, sufs in split for s in sufs]
+        width = inputs["input_ids"].shape[1]
+        longest = max(len(r) for r in rows)
+        max_new = max(1, min(params.max_new_tokens, self.context_length - longest))
         kwargs = dict(
             max_new_tokens=max_new,
             do_sample=sample,
@@ -131,12 +231,52 @@ class TransformersBackend:
         return Completion(text=text, tokens=n, finish_reason=reason)
 
     def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
+        """A choice of several tokens is a chain of next-token reads (`engine_utils.ChoicePlan`):
+        prompt, prompt + its first token, ...; each is one more row sharing the prompt as prefix."""
         choice_ids = choice_token_ids(self.tokenizer, choices)
         longest = max(len(c) for c in choice_ids)
         encoded, errors = self._encode_all(prompts, reserve=longest)
         out: list[ChoiceScores | None] = [None] * len(prompts)
         for i, msg in errors.items():
             out[i] = ChoiceScores(error=msg)
+        if not self.options.prefix_sharing:
+            return self._choice_logprobs_unshared(encoded, choices, choice_ids, out)
+        plan = ChoicePlan(choice_ids)
+        todo = [i for i, e in enumerate(encoded) if e is not None]
+        rows = [encoded[i] + list(prefix) for i in todo for prefix, _ in plan.steps]
+        wanted = [w for _ in todo for _, w in plan.steps]
+        found = self._next_token_logprobs(rows, wanted)
+        per = len(plan.steps)
+        for k, i in enumerate(todo):
+            steps = [StepResult(found[k * per + j], None) for j in range(per)]
+            out[i] = plan.combine(choices, steps)
+        return out  # type: ignore[return-value]
+
+    @torch.inference_mode()
+    def _next_token_logprobs(self, rows: list[list[int]], wanted: list[list[int]]) -> list[dict[int, float]]:
+        """Log-probs of the `wanted` tokens right after each row; identical rows run once."""
+        unique: dict[tuple[int, ...], int] = {}
+        index = [unique.setdefault(tuple(r), len(unique)) for r in rows]
+        urows = [list(t) for t in unique]
+        tokens: list[set[int]] = [set() for _ in urows]
+        for r, u in enumerate(index):
+            tokens[u].update(wanted[r])
+        found: list[dict[int, float]] = [{} for _ in urows]
+        for groups in self._grouped_batches(urows, len(urows), self.options.batch_tokens):
+            split = [(urows[g.rows[0]][: g.shared], [urows[k][g.shared :] for k in g.rows]) for g in groups]
+            inputs = self._prefill_prefixes(split)
+            inputs.pop("prefix_ids", None)
+            logits = self.lm(**inputs, **self._keep_one).logits[:, -1, :]
+            logp = torch.log_softmax(logits.float(), dim=-1)
+            for row, u in enumerate(k for g in groups for k in g.rows):
+                ids = sorted(tokens[u])
+                found[u] = dict(zip(ids, logp[row, ids].tolist()))
+        return [found[u] for u in index]
+
+    def _choice_logprobs_unshared(
+        self, encoded: list[list[int] | None], choices: list[str], choice_ids: list[list[int]], out: list
+    ) -> list[ChoiceScores]:
+        """The reference path: each row in full, log-softmax over the vocabulary everywhere."""
         order = sorted((i for i, e in enumerate(encoded) if e is not None), key=lambda i: -len(encoded[i]))
         single = all(len(c) == 1 for c in choice_ids)
         for batch in self._batches(order, 1 if single else len(choices)):
