@@ -54,7 +54,7 @@ def main() -> None:
     )
     quiet = Console(quiet=True)
     first = Pipeline(cfg, tmp / "warm", console=quiet)
-    backend = first.backend("policy")
+    backend = first.executor.backend(cfg.policy)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
     first.run(until="responses")  # warm-up, and the queries the raw side will use
     kept = first.run_queries()
@@ -68,8 +68,7 @@ def main() -> None:
             tokens += sum(c[0].tokens for c in backend.generate(chats[s : s + args.batch_size], params))
         raw_rates.append(tokens / (time.perf_counter() - t0))
 
-        pipe = Pipeline(cfg, tmp / f"run{r}", console=quiet)
-        pipe._backends = first._backends  # same loaded model
+        pipe = Pipeline(cfg, tmp / f"run{r}", console=quiet, executor=first.executor)  # same loaded model
         pipe.start()
         t0 = time.perf_counter()
         stats = next(s for s in pipe.run(until="responses") if s.stage == "responses")

@@ -22,6 +22,8 @@ from cai.generators.queries import QueryConfig
 from cai.generators.responses import ResponseConfig
 from cai.training.export import ExportConfig
 
+from .executors import ExecutorConfig
+
 
 class RunConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -39,6 +41,9 @@ class RunConfig(BaseModel):
     revisions: RevisionConfig = Field(default_factory=RevisionConfig)
     comparisons: ComparisonConfig = Field(default_factory=ComparisonConfig)
     export: ExportConfig = Field(default_factory=ExportConfig)
+    executor: ExecutorConfig = Field(
+        default_factory=ExecutorConfig, description="Where model calls run: this process, or a Ray cluster."
+    )
 
     @property
     def feedback_backend(self) -> BackendConfig:
@@ -89,4 +94,6 @@ def load_constitutions(cfg: RunConfig) -> tuple[Constitution, Constitution]:
 
 
 def dump_config(cfg: RunConfig) -> str:
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    """The frozen copy a run keeps; the executor only when set, so runs made before it had one read the same."""
+    exclude = {"executor"} if cfg.executor == ExecutorConfig() else None
+    return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False, allow_unicode=True)

@@ -37,6 +37,7 @@ SECTION_STAGE = {
     "export": "export",
     "batch_size": None,
     "retries": None,
+    "executor": None,
 }
 # Backend options that change how fast or where a model runs, never what it writes.
 OPERATIONAL_OPTIONS = {

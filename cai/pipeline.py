@@ -27,15 +27,20 @@ from cai.critique import (
 )
 from cai.critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
 from cai.critique.rank import Candidate
-from cai.generators import load_backend
+from cai.generators import BackendConfig
 from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
 from cai.generators.records import Query, Response, StageOutput, Task
 from cai.generators.responses import plan_response_tasks, run_response_tasks
 
 from . import history
 from .config import RunConfig, dump_config, load_constitutions
+from .executors import Executor, StageCall, make_executor
 from .lock import RunLock
 from .store import STAGES, RunStore
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else ""
 
 
 @dataclass
@@ -68,6 +73,14 @@ def _transient_exception(e: BaseException) -> bool:
     return type(e).__name__ == "OutOfMemoryError" or "out of memory" in str(e).lower()
 
 
+class KeepAll:
+    """The near-duplicate check as a stage function sees it: keeps everything, since the driver
+    alone holds every kept query and drops duplicates from each batch as it comes back."""
+
+    def check(self, qid: str, text: str) -> None:
+        return None
+
+
 @dataclass
 class Pipeline:
     cfg: RunConfig
@@ -77,6 +90,7 @@ class Pipeline:
     console: Console = field(default_factory=Console)
     retry_failed: bool = False
     dry_run: bool = False
+    executor: Executor | None = None  # where batches run; default: the config's `executor`
 
     def __post_init__(self) -> None:
         i, n = self.shard
@@ -87,23 +101,23 @@ class Pipeline:
         else:
             self.store = RunStore(self.out, self.shard)
         self.constitution, self.ranking = load_constitutions(self.cfg)
-        self._backends: dict[str, object] = {}
+        if self.executor is None:
+            self.executor = make_executor(self.cfg.executor, self.console)
         self.stats: list[StageStats] = []
         self.plan: list[PlanRow] = []
         self.lock = RunLock(self.out, self.store.suffix)
         self.change: history.ConfigChange | None = None
 
-    def backend(self, role: str):
-        bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
-        key = bc.model_dump_json()
-        if key not in self._backends:
-            self.console.print(f"loading {bc.backend} backend: {bc.model}")
-            self._backends[key] = load_backend(bc)
-        return self._backends[key]
+    def backend_config(self, role: str) -> BackendConfig:
+        return self.cfg.policy if role == "policy" else self.cfg.feedback_backend
 
     def model_name(self, role: str) -> str:
-        bc = self.cfg.policy if role == "policy" else self.cfg.feedback_backend
+        bc = self.backend_config(role)
         return f"{bc.backend}:{bc.model}"
+
+    def call(self, role: str, fn, *before, after: tuple = ()) -> StageCall:
+        """`fn(backend, *before, tasks, *after)` on the role's backend, wherever the executor runs it."""
+        return StageCall(fn, self.backend_config(role), before, after)
 
     def mine(self, query_id: str) -> bool:
         i, n = self.shard
@@ -120,8 +134,11 @@ class Pipeline:
         )
         return self.change
 
-    def _execute(self, stage: str, tasks: list[Task], run_batch) -> StageStats:
-        """Skip finished tasks, run the rest in batches, append after each batch."""
+    def _execute(self, stage: str, tasks: list[Task], call: StageCall, check=None) -> StageStats:
+        """Skip finished tasks, run the rest in batches, append after each batch.
+
+        Tasks with a `ready` record need no model; the others go to the executor, batch by batch,
+        and come back in order. `check(output)` may amend a batch's records before they are written."""
         t0 = time.perf_counter()
         version = self.change.version if self.change else 1
         wanted = {o for t in tasks for o in t.outputs}
@@ -181,16 +198,19 @@ class Pipeline:
         ) as progress:
             bar = progress.add_task(stage, total=len(todo), tokens=0)
             bs = self.cfg.batch_size
-            for start in range(0, len(todo), bs):
-                batch = todo[start : start + bs]
-                try:
-                    result: StageOutput = run_batch(batch)
-                except Exception as e:
-                    if not _transient_exception(e):
-                        raise
-                    result = StageOutput()  # the whole batch failed; a rerun tries it again
-                    for t in batch:
-                        result.fail(t, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}", "transient")
+            batches = [todo[start : start + bs] for start in range(0, len(todo), bs)]
+            outcomes = self.executor.map(call, [[t for t in b if t.ready is None] for b in batches])
+            for batch, (model_tasks, outcome) in zip(batches, outcomes):
+                result = StageOutput(records=[t.ready for t in batch if t.ready is not None])
+                if isinstance(outcome, Exception):
+                    if not _transient_exception(outcome):
+                        raise outcome
+                    for t in model_tasks:  # the whole call failed; a rerun tries it again
+                        result.fail(t, f"{type(outcome).__name__}: {_first_line(outcome)}", "transient")
+                else:
+                    result.extend(outcome)
+                if check is not None:
+                    check(result)
                 fresh = [r for r in result.records if r.id not in done]  # a task may have had some outputs
                 for e in result.errors:
                     e["attempt"] = failures.get(e["task_id"], {}).get("attempts", 0) + 1
@@ -224,23 +244,21 @@ class Pipeline:
             if q.dropped is None:
                 dedupe.check(q.id, q.text)
 
-        def run_batch(batch: list[Task]) -> StageOutput:
-            out = StageOutput(records=[t.ready for t in batch if t.ready is not None])
+        def drop_duplicates(out: StageOutput) -> None:
+            """Seed queries are only remembered; a generated one like an earlier query is dropped."""
             for q in out.records:
-                dedupe.check(q.id, q.text)
-            gen = [t for t in batch if t.ready is None]
-            if gen:
-                out.extend(run_query_tasks(self.backend("policy"), self.constitution, gen, cfg, self.cfg.seed, dedupe))
-            return out
+                if q.dropped is None and (dup := dedupe.check(q.id, q.text)) is not None and q.origin == "generated":
+                    q.dropped = f"duplicate of {dup}"
 
-        self._execute("queries", tasks, run_batch)
+        call = self.call("policy", run_query_tasks, self.constitution, after=(cfg, self.cfg.seed, KeepAll()))
+        self._execute("queries", tasks, call, drop_duplicates)
         wanted = {t.id for t in tasks}
         return [q for q in self.store.load("queries", Query) if q.id in wanted and q.dropped is None]
 
     def run_responses(self, queries: list[Query]) -> list[Response]:
         cfg = self.cfg.responses
         tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute("responses", tasks, lambda b: run_response_tasks(self.backend("policy"), b, cfg, self.cfg.seed))
+        self._execute("responses", tasks, self.call("policy", run_response_tasks, after=(cfg, self.cfg.seed)))
         wanted = {o for t in tasks for o in t.outputs}
         return [r for r in self.store.load("responses", Response) if r.id in wanted]
 
@@ -248,11 +266,8 @@ class Pipeline:
         """Context distillation's teacher: the policy answering with the constitution as its system prompt."""
         cfg = self.cfg.responses
         tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute(
-            "teacher",
-            tasks,
-            lambda b: run_teacher_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
-        )
+        call = self.call("policy", run_teacher_tasks, self.constitution, after=(cfg, self.cfg.seed))
+        self._execute("teacher", tasks, call)
         wanted = {t.id for t in tasks}
         return [r for r in self.store.load("teacher", Response) if r.id in wanted]
 
@@ -263,11 +278,8 @@ class Pipeline:
         by_id = {q.id: q for q in queries}
         pairs = [(by_id[r.query_id], r) for r in responses if r.query_id in by_id]
         tasks = plan_revision_tasks(pairs, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute(
-            "revisions",
-            tasks,
-            lambda b: run_revision_tasks(self.backend("policy"), self.constitution, b, cfg, self.cfg.seed),
-        )
+        call = self.call("policy", run_revision_tasks, self.constitution, after=(cfg, self.cfg.seed))
+        self._execute("revisions", tasks, call)
         wanted = {t.id for t in tasks}
         return [v for v in self.store.load("revisions", Revision) if v.id in wanted]
 
@@ -297,15 +309,8 @@ class Pipeline:
             teachers = self.run_teacher(queries)
             pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
             tasks += [Task(c.id, None, [c.id], ready=c) for c in pairs]
-
-        def run_batch(batch: list[Task]) -> StageOutput:
-            out = StageOutput(records=[t.ready for t in batch if t.ready is not None])
-            judged = [t for t in batch if t.ready is None]
-            if judged:
-                out.extend(run_comparison_tasks(self.backend("feedback"), self.ranking, judged, cfg, self.cfg.seed))
-            return out
-
-        self._execute("comparisons", tasks, run_batch)
+        call = self.call("feedback", run_comparison_tasks, self.ranking, after=(cfg, self.cfg.seed))
+        self._execute("comparisons", tasks, call)
         wanted = {t.id for t in tasks}
         return [c for c in self.store.load("comparisons", Comparison) if c.id in wanted]
 
@@ -341,10 +346,10 @@ class Pipeline:
         return [r for r in self.store.load(stage, model) if self.mine(r.query_id)]
 
     def close(self) -> None:
-        for b in self._backends.values():
-            b.close()  # type: ignore[attr-defined]
-        self._backends.clear()
-        self.lock.release()
+        try:
+            self.executor.close()
+        finally:
+            self.lock.release()
 
 
 def summary_table(stats: list[StageStats]) -> Table:
