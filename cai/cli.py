@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from cai.cli_constitution import register as register_constitution_commands
 from cai.cli_eval import eval_app, report
 from cai.constitution.errors import UserError
 from cai.constitution.importers import Format as ImportFormat
@@ -437,6 +438,7 @@ def demo(
 
 app.add_typer(eval_app, name="eval")
 app.command("report")(report)
+register_constitution_commands(constitution_app)
 
 
 def main() -> None:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -39,6 +39,9 @@ from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
 from .records import Judgement
+
+if TYPE_CHECKING:
+    from .cache import ReadingCache
 
 LETTERS = ["A", "B"]
 GENERIC_QUESTION = "Which of these assistant replies is better: more helpful, more honest and less harmful?"
@@ -230,10 +233,40 @@ def seats(j: Judgement, first_is_x: bool) -> tuple[float, bool]:
     return p_a, first_is_x == (j.order == "ab")
 
 
+def _reading_key(cache: ReadingCache, q: LetterQuestion, mode: Mode, cfg: ReadingConfig, seed: int) -> str:
+    """A reading's cache key: the exact chat the letter is read from (for CoT, the argument's
+    prompt and the template it is read through), the mode, and CoT's length and seed."""
+    if cfg.method == "cot":
+        return cache.key(
+            mode,
+            "cot",
+            q.user,
+            letter_chat(LetterQuestion("", q.prefix, "-"), mode),
+            cfg.cot_max_new_tokens,
+            derive_seed(seed, "cot"),
+        )
+    return cache.key(mode, "logprob", letter_chat(q, mode))
+
+
+def _cached_letter(v: dict) -> tuple[str | None, LetterReading]:
+    letter = LetterReading(
+        p_a=v["p_a"], logp=v.get("logp", {}), floored=v.get("floored", []), mode=v["mode"], answer=v.get("answer")
+    )
+    return v.get("reasoning"), letter
+
+
 def read_pairs(
-    backend, pairs: list[PairToRead], cfg: ReadingConfig, seed: int, mode: Mode | None = None
+    backend,
+    pairs: list[PairToRead],
+    cfg: ReadingConfig,
+    seed: int,
+    mode: Mode | None = None,
+    cache: ReadingCache | None = None,
 ) -> list[PairReading]:
-    """Read every pair under `cfg.principles` sampled principles in both orders, in one batch."""
+    """Read every pair under `cfg.principles` sampled principles in both orders, in one batch.
+
+    With a `ReadingCache` (critique/cache.py), readings already on disk are taken from it and only
+    the others reach the backend; those that work are stored."""
     mode = mode or reading_mode(backend)
     results = [PairReading() for _ in pairs]
     plan = []  # (pair index, principle, order, reply shown as A, reply shown as B)
@@ -242,27 +275,47 @@ def read_pairs(
             plan.append((i, p, "ab", pair.first, pair.second))
             plan.append((i, p, "ba", pair.second, pair.first))
     cot = cfg.method == "cot"
-    texts = [comparison_text(pairs[i].messages, p, a, b, cot=cot) for i, p, _, a, b in plan]
+    questions = [
+        LetterQuestion(comparison_text(pairs[i].messages, p, a, b, cot=cot), COMPARISON_PREFIX)
+        for i, p, _, a, b in plan
+    ]
     reasons: list[str | None] = [None] * len(plan)
-    if cot:
+    letters: list[LetterReading | None] = [None] * len(plan)
+    keys = [_reading_key(cache, q, mode, cfg, seed) for q in questions] if cache is not None else []
+    found = cache.lookup(keys) if cache is not None else {}
+    for k, key in enumerate(keys):
+        if key in found:
+            reasons[k], letters[k] = _cached_letter(found[key])
+    fresh = [k for k in range(len(plan)) if letters[k] is None]
+    if cot and fresh:
         params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, "cot"))
-        for k, (comp,) in enumerate(backend.generate([[{"role": "user", "content": t}] for t in texts], params)):
+        chats = [[{"role": "user", "content": questions[k].user}] for k in fresh]
+        for k, (comp,) in zip(fresh, backend.generate(chats, params)):
             r = results[plan[k][0]]
             if comp.error:
                 r.error = r.error or comp.error
             else:
                 r.tokens += comp.tokens
                 reasons[k] = comp.text.strip()
-    todo = [k for k in range(len(plan)) if results[plan[k][0]].error is None]
-    questions = [LetterQuestion(texts[k], COMPARISON_PREFIX, reasons[k]) for k in todo]
+    todo = [k for k in fresh if results[plan[k][0]].error is None]
+    asked = [LetterQuestion(questions[k].user, COMPARISON_PREFIX, reasons[k]) for k in todo]
+    for k, letter in zip(todo, read_letters(backend, asked, mode)):
+        letters[k] = letter
     lo, hi = cfg.cot_clamp
-    for k, letter in zip(todo, read_letters(backend, questions, mode)):
+    new: list[tuple[str, dict]] = []
+    fresh_set = set(fresh)
+    for k, letter in enumerate(letters):
         i, p, order, _, _ = plan[k]
         r = results[i]
+        if letter is None:  # its pair failed before the letter was asked for
+            continue
         r.tokens += letter.tokens
         if letter.error:
             r.error = r.error or letter.error
             continue
+        if cache is not None and k in fresh_set:
+            stored = {"p_a": letter.p_a, "logp": letter.logp, "floored": letter.floored, "mode": letter.mode}
+            new.append((keys[k], {**stored, "answer": letter.answer, "reasoning": reasons[k]}))
         raw = letter.p_a if order == "ab" else 1.0 - letter.p_a  # P(the pair's first reply is better)
         r.judgements.append(
             Judgement(
@@ -277,6 +330,8 @@ def read_pairs(
                 answer=letter.answer,
             )
         )
+    if cache is not None:
+        cache.store(new)
     for r in results:
         if r.error is not None:
             r.judgements = []

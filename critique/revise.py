@@ -56,7 +56,7 @@ def round_principles(c: Constitution, task_id: str, rounds: int, seed: int) -> l
     return [order[r % len(order)] for r in range(rounds)]
 
 
-def _examples(c: Constitution, p: Principle, k: int, key: str) -> list[FewShot]:
+def examples_for(c: Constitution, p: Principle, k: int, key: str) -> list[FewShot]:
     """Prefer examples written for this principle, then fill from the rest (seeded)."""
     own = [e for e in c.few_shot if e.principle_id == p.id]
     rest = weighted_sample([e for e in c.few_shot if e.principle_id != p.id], k, key, weight=lambda _: 1.0)
@@ -134,7 +134,7 @@ def run_revision_tasks(
             q = t.data.query
             p = plans[t.id][r]
             conversation = list(q.messages) + [{"role": "assistant", "content": current[t.id]}]
-            prompts.append(critique_chat(c, p, conversation, _examples(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
+            prompts.append(critique_chat(c, p, conversation, examples_for(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
         crit_params = SamplingParams(
             temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens, seed=key
         )

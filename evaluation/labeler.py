@@ -168,10 +168,11 @@ class PairLabel:
 
 
 def read_labeled_pairs(
-    backend, c: Constitution, pairs: list[LabeledPair], cfg: ReadingConfig, seed: int = 0
+    backend, c: Constitution, pairs: list[LabeledPair], cfg: ReadingConfig, seed: int = 0, cache=None
 ) -> list[PairLabel]:
     """Read every pair through the pipeline's reading core. Which human answer sits first is
-    drawn per pair from the seed (both orders are read either way, so only the bookkeeping moves)."""
+    drawn per pair from the seed (both orders are read either way, so only the bookkeeping moves).
+    `cache`: a `ReadingCache`, so readings already made are not made again."""
     to_read, firsts = [], []
     for pair in pairs:
         chosen_first = derive_seed(seed, pair.id, "chosen-first") % 2 == 0
@@ -179,7 +180,7 @@ def read_labeled_pairs(
         q = Query(id=pair.id, messages=pair.context, origin="seed")
         to_read.append(PairToRead(pair.id, pair.context, first, second, pool_for(c, q)))
         firsts.append(chosen_first)
-    results = read_pairs(backend, to_read, cfg, seed)
+    results = read_pairs(backend, to_read, cfg, seed, cache=cache)
     return [PairLabel(i, p, f, r) for i, (p, f, r) in enumerate(zip(pairs, firsts, results))]
 
 

@@ -52,3 +52,68 @@ class PrefersGood:
             good_is_a = "GOOD" in re.search(r"\(A\) (.*)", p[0]["content"]).group(1)
             out.append(ChoiceScores({"A": self.hi if good_is_a else self.lo, "B": self.lo if good_is_a else self.hi}))
         return out
+
+
+_BRIEF = re.compile(r"\b(short|shorter|shortest|brief|briefer|concise)\b", re.I)
+_LONG = re.compile(r"\b(long|longer|longest|detailed|thorough)\b", re.I)
+_PAIR = re.compile(r"\n\n(?P<question>[^\n]*)\n\n\(A\) (?P<a>[^\n]*)\n\n\(B\) (?P<b>[^\n]*)\n\n")
+_PROPOSAL = re.compile(r"PREFERRED REPLY:\n(?P<chosen>[^\n]*)\n\nOTHER REPLY:\n(?P<other>[^\n]*)\n")
+SHORT_RULES = (
+    "Which reply is shorter and more to the point?",
+    "Which reply is shorter and more concise?",
+    "Which reply is more concise and shorter?",
+)
+LONG_RULE = "Which reply is longer and more detailed?"
+NEUTRAL_RULE = "Which reply is more polite?"
+
+
+class FollowsWording:
+    """Does what the principle's wording says about length, and nothing else.
+
+    Under a comparison question that asks for brevity (short, brief, concise) it prefers the
+    shorter reply with `confidence`; under one that asks for length or detail, the longer one;
+    under any other question it cannot tell (1/2 each way), so an edit's effect on the labels is
+    known exactly. Asked to propose principles for a preferred reply, it names the length rule
+    that separates the pair (in one of three wordings), a neutral rule, and, for every fourth
+    pair, the wrong rule. It counts the letters it reads and the texts it writes.
+    """
+
+    name, model = "follows-wording", "follows-wording"
+
+    def __init__(self, confidence: float = 0.9):
+        self.hi, self.lo = math.log(confidence), math.log(1 - confidence)
+        self.readings = self.generated = 0
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params):
+        out = []
+        for chat in chats:
+            self.generated += 1
+            m = _PROPOSAL.search(chat[-1]["content"])
+            if m is None:
+                out.append([Completion(text="The shorter one is better.", tokens=6)])
+                continue
+            chosen, other = m.group("chosen"), m.group("other")
+            short = SHORT_RULES[len(chosen) % 3]
+            right, wrong = (short, LONG_RULE) if len(chosen) < len(other) else (LONG_RULE, short)
+            lines = [f"1. {right}", f"2. {NEUTRAL_RULE}"] + ([f"3. {wrong}"] if len(other) % 4 == 0 else [])
+            out.append([Completion(text="\n".join(lines), tokens=20)])
+        return out
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            self.readings += 1
+            m = _PAIR.search(p[0]["content"])
+            q, a, b = m.group("question"), m.group("a"), m.group("b")
+            if _BRIEF.search(q) and len(a) != len(b):
+                a_wins = len(a) < len(b)
+            elif _LONG.search(q) and len(a) != len(b):
+                a_wins = len(a) > len(b)
+            else:
+                out.append(ChoiceScores({"A": math.log(0.5), "B": math.log(0.5)}))
+                continue
+            out.append(ChoiceScores({"A": self.hi if a_wins else self.lo, "B": self.lo if a_wins else self.hi}))
+        return out
