@@ -4,7 +4,9 @@ Two `cai run` on the same directory and shard (a job submitted twice) would both
 every record would be written twice. The lock is a file created with O_EXCL holding the pid,
 host and start time, so it also works where `flock` does not (many network filesystems), and
 its holder can be named in the refusal. A lock left by a process that died on this host (a
-`kill -9`, an OOM kill) is taken over; one held from another host is never guessed about.
+`kill -9`, an OOM kill) is taken over; one held from another host is never guessed about, unless
+it names the same owner: a scheduler's task that runs once at a time and may come back on another
+node (a requeued Slurm job, a retried pod of a Kubernetes Indexed Job), which is its own successor.
 """
 
 from __future__ import annotations
@@ -18,6 +20,15 @@ from pathlib import Path
 from cai.constitution import UserError
 
 
+def owner() -> str | None:
+    """Who holds a lock across hosts: CAI_LOCK_OWNER if set, else the Slurm job (an array task has its
+    own job id, kept when it is requeued)."""
+    if os.environ.get("CAI_LOCK_OWNER"):
+        return os.environ["CAI_LOCK_OWNER"]
+    job = os.environ.get("SLURM_JOB_ID")
+    return f"slurm:{job}" if job else None
+
+
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -28,6 +39,13 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _pid(holder: dict) -> int:
+    try:
+        return int(holder.get("pid", -1))
+    except (TypeError, ValueError):
+        return -1
+
+
 class RunLock:
     def __init__(self, root: Path, suffix: str = ""):
         self.path = Path(root) / f".lock{suffix}"
@@ -36,13 +54,17 @@ class RunLock:
     def acquire(self, wait: float = 0.0) -> None:
         """Take the lock, or fail naming its holder (after waiting up to `wait` seconds for it)."""
         me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        if owner():
+            me["owner"] = owner()
         deadline = time.monotonic() + wait
         for _ in range(1000):
             try:
                 fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
             except FileExistsError:
                 holder = self._holder()
-                if holder is None or (holder.get("host") == me["host"] and not _alive(int(holder.get("pid", -1)))):
+                dead_here = holder is not None and holder.get("host") == me["host"] and not _alive(_pid(holder))
+                earlier_me = holder is not None and me.get("owner") and holder.get("owner") == me["owner"]
+                if holder is None or dead_here or earlier_me:
                     self.path.unlink(missing_ok=True)  # stale: its writer is gone
                     continue
                 if time.monotonic() < deadline:
