@@ -1,6 +1,6 @@
 """Training on TRL: soft-label reward model, RLOO, DPO, SFT, and bad data.
 
-The learning tests use a tiny Llama made here (the embedded model's tokenizer, two small layers)
+The learning tests use a tiny Llama (tests/conftest.py: the embedded model's tokenizer, two small layers)
 so that they measure whether the trainers learn, in seconds; the smoke tests run the embedded
 model itself on exported data.
 """
@@ -15,32 +15,6 @@ from cai.training.config import load_train_config
 from tests.cli import cai
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory, default_model_dir):
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    tok = AutoTokenizer.from_pretrained(default_model_dir)
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=True,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    path = tmp_path_factory.mktemp("tiny") / "model"
-    LlamaForCausalLM(cfg).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
 
 
 def write_jsonl(path, rows):
@@ -349,3 +323,38 @@ def test_constitution_judge_scores_each_completion(hf_backend):
     assert judge.__name__ == "constitution_judge"
     # the same completion under the same principles gets the same reward
     assert judge(prompts=prompts[:1], completions=completions[:1]) == rewards[:1]
+
+
+def test_reward_model_on_a_mixture_config(tmp_path, tiny_model):
+    """AI-labelled pairs from a run's export and human pairs as HH-RLHF transcripts, 3:1."""
+    from cai.training.export import write_export
+    from cai.training.run import train_reward
+
+    write_export({"train_prefs": separable_pairs(24, 7), "test_prefs": separable_pairs(4, 8)}, tmp_path / "run", {})
+    human = tmp_path / "human.jsonl"
+    transcript = "\n\nHuman: Can you help with {t}?\n\nAssistant: {a}"
+    human.write_text(
+        "".join(
+            json.dumps(
+                {
+                    "chosen": transcript.format(t=i, a="Gladly, here is how."),
+                    "rejected": transcript.format(t=i, a="No."),
+                }
+            )
+            + "\n"
+            for i in range(40)
+        )
+    )
+    cfg_file = tmp_path / "mixture.yaml"
+    cfg_file.write_text(
+        f"model: {tiny_model}\n"
+        f"datasets:\n  - {{path: {tmp_path / 'run'}, weight: 3}}\n  - {{path: {human}, weight: 1, name: human}}\n"
+        f"trl: {{output_dir: {tmp_path / 'rm'}, max_steps: 2, per_device_train_batch_size: 8, save_strategy: 'no'}}\n"
+    )
+    summary = train_reward(load_train_config(cfg_file))
+    written = json.loads((tmp_path / "rm" / "summary.json").read_text())
+    mixture = written["mixture"]
+    assert [(s["source"], s["rows"]) for s in mixture["sources"]] == [(str(tmp_path / "run"), 24), ("human", 8)]
+    assert mixture["rows"] == 32 and mixture["sources"][1]["share"] == 0.25
+    assert mixture["held_out"]["rows"] == 4  # the run's test split; the file has none
+    assert summary["soft_labels"] is True and summary["steps"] == 2 and summary["heldout"]["pairs"] == 4

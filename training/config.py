@@ -12,12 +12,14 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.constitution import UserError
 from cai.constitution.loader import read_structured, validate_model
 from cai.generators import BackendConfig
 from cai.generators.default_model import check_model
+
+from .mixture import DataSource
 
 
 class JudgeConfig(BaseModel):
@@ -25,14 +27,37 @@ class JudgeConfig(BaseModel):
 
     constitution: str = Field(description="Principle file whose principles the judge applies.")
     backend: BackendConfig = Field(default_factory=BackendConfig, description="The feedback model.")
-    principles: int = Field(2, ge=1, description="Principles per completion; the reward is their mean P(yes).")
+    kind: Literal["pointwise", "pairwise"] = Field(
+        "pointwise",
+        description="pointwise: each completion's mean P(yes, it meets the principle); pairwise: its mean P(win) "
+        "against the other completions of its group (or the reference answer), both orders.",
+    )
+    principles: int = Field(2, ge=1, description="Principles per completion (pointwise) or per pair (pairwise).")
+    method: Literal["logprob", "cot"] = Field(
+        "logprob", description="Pairwise only: read letters directly, or argue first."
+    )
+    reference: str | None = Field(
+        None, description="Pairwise only: a dataset column holding a reference answer to rank each completion against."
+    )
+    seed: int = Field(0, description="Seeds the principles each completion or pair is read under.")
+
+    @model_validator(mode="after")
+    def _pairwise_only(self) -> JudgeConfig:
+        if self.kind == "pointwise" and (self.reference is not None or self.method != "logprob"):
+            raise ValueError("reference and method: only for kind: pairwise")
+        return self
 
 
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field("default", description="Policy or base model: `default`, a hub id or a local path.")
-    dataset: str = Field(description="A run folder, its datasets/ folder, or a JSONL/Parquet file.")
+    dataset: str | None = Field(
+        None, description="One source, every row of it: a run folder, its datasets/ folder, a file or a hub id."
+    )
+    datasets: list[DataSource] | None = Field(
+        None, min_length=1, description="A mixture of sources, each with a path and a weight or a sample count."
+    )
     eval: bool = Field(True, description="Evaluate on the test split when there is one.")
     soft_labels: bool = Field(True, description="Reward/DPO: use p_chosen when present.")
     algorithm: Literal["rloo", "grpo"] = Field("rloo", description="RL only.")
@@ -41,6 +66,16 @@ class TrainConfig(BaseModel):
     lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = Field(16, ge=1)
     trl: dict[str, Any] = Field(default_factory=dict, description="Fields of the trainer's TRL config.")
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> TrainConfig:
+        if (self.dataset is None) == (self.datasets is None):
+            raise ValueError("give dataset (one source) or datasets (a mixture), not both or neither")
+        return self
+
+    @property
+    def sources(self) -> list[DataSource]:
+        return self.datasets if self.datasets is not None else [DataSource(path=self.dataset)]  # type: ignore[arg-type]
 
 
 def _coerce(text: str) -> Any:

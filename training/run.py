@@ -15,7 +15,7 @@ from cai.constitution import UserError, load_constitution
 from cai.generators import load_backend, resolve_model
 
 from .config import COMMON_DEFAULTS, TrainConfig, trl_args
-from .data import load_split
+from .mixture import Kind, load_mixture
 from .progress import use_rich_progress
 
 
@@ -36,13 +36,21 @@ def _peft(cfg: TrainConfig, task_type: str):
     return LoraConfig(r=cfg.lora_r, lora_alpha=2 * cfg.lora_r, target_modules="all-linear", task_type=task_type)
 
 
-def _eval_split(cfg: TrainConfig, kind: str):
-    if not cfg.eval:
-        return None
-    try:
-        return load_split(cfg.dataset, kind, "test")
-    except UserError:
-        return None  # no held-out split: train only
+def _data(cfg: TrainConfig, kind: Kind, keep: list[str] | None = None, held_out: bool = True):
+    """(train, held-out or None, make-up for summary.json) of the config's source or mixture."""
+    seed = int(cfg.trl.get("seed", 42))
+    soft = cfg.soft_labels
+    train, makeup = load_mixture(cfg.sources, kind, seed, soft, keep)
+    test = None
+    if cfg.eval and held_out:
+        test, held = load_mixture(cfg.sources, kind, seed, soft, keep, held_out=True)
+        if test is not None:
+            if soft and "p_chosen" in train.column_names and "p_chosen" not in test.column_names:
+                test = test.add_column("p_chosen", [1.0] * len(test))
+            elif "p_chosen" in test.column_names and "p_chosen" not in train.column_names:
+                test = test.remove_columns(["p_chosen"])
+            makeup["held_out"] = held
+    return train, test, {"mixture": makeup}
 
 
 def _finish(trainer, args, resume: bool, extra: dict[str, Any], after=None) -> dict[str, Any]:
@@ -68,15 +76,16 @@ def train_sft(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     path = resolve_model(cfg.model)
     args = trl_args(SFTConfig, cfg, {**COMMON_DEFAULTS, "max_length": 512})
+    train, test, makeup = _data(cfg, "sft")
     trainer = SFTTrainer(
         model=path,
         args=args,
-        train_dataset=load_split(cfg.dataset, "sft"),
-        eval_dataset=_eval_split(cfg, "sft"),
+        train_dataset=train,
+        eval_dataset=test,
         processing_class=_tokenizer(path),
         peft_config=_peft(cfg, "CAUSAL_LM"),
     )
-    return _finish(trainer, args, resume, {"kind": "sft"})
+    return _finish(trainer, args, resume, {"kind": "sft", **makeup})
 
 
 def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -90,12 +99,9 @@ def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
     model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=1)
     model.config.pad_token_id = tok.pad_token_id
     args = trl_args(RewardConfig, cfg, {**COMMON_DEFAULTS, "max_length": 1024})
-    train = load_split(cfg.dataset, "prefs")
-    test = _eval_split(cfg, "prefs")
+    train, test, makeup = _data(cfg, "prefs")
     soft = cfg.soft_labels and "p_chosen" in train.column_names
     cls = SoftLabelRewardTrainer if soft else RewardTrainer
-    if not soft:
-        train = train.remove_columns([c for c in ("p_chosen",) if c in train.column_names])
     trainer = cls(
         model=model,
         args=args,
@@ -105,7 +111,7 @@ def train_reward(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
         peft_config=_peft(cfg, "SEQ_CLS"),
     )
     heldout = (lambda t: {"heldout": pairwise_accuracy(t.model, tok, list(test))}) if test is not None else None
-    return _finish(trainer, args, resume, {"kind": "reward", "soft_labels": soft}, heldout)
+    return _finish(trainer, args, resume, {"kind": "reward", "soft_labels": soft, **makeup}, heldout)
 
 
 def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
@@ -115,17 +121,17 @@ def train_dpo(cfg: TrainConfig, resume: bool = False) -> dict[str, Any]:
 
     path = resolve_model(cfg.model)
     args = trl_args(DPOConfig, cfg, {**COMMON_DEFAULTS, "max_length": 1024})
-    train = load_split(cfg.dataset, "prefs")
+    train, test, makeup = _data(cfg, "prefs")
     soft = cfg.soft_labels and "p_chosen" in train.column_names  # else TRL ignores the column
     trainer = (SoftLabelDPOTrainer if soft else DPOTrainer)(
         model=path,
         args=args,
         train_dataset=train,
-        eval_dataset=_eval_split(cfg, "prefs"),
+        eval_dataset=test,
         processing_class=_tokenizer(path),
         peft_config=_peft(cfg, "CAUSAL_LM"),
     )
-    return _finish(trainer, args, resume, {"kind": "dpo", "soft_labels": soft})
+    return _finish(trainer, args, resume, {"kind": "dpo", "soft_labels": soft, **makeup})
 
 
 def make_reward(cfg: TrainConfig):
@@ -137,10 +143,11 @@ def make_reward(cfg: TrainConfig):
             raise UserError(f"reward_model: {cfg.reward_model}: not a model folder (no config.json)")
         return cfg.reward_model
     if cfg.judge:
-        from cai.critique.judge import ConstitutionJudge
+        from cai.critique.judge import make_judge
 
-        constitution = load_constitution(cfg.judge.constitution)
-        return ConstitutionJudge(load_backend(cfg.judge.backend), constitution, cfg.judge.principles)
+        j = cfg.judge
+        constitution = load_constitution(j.constitution)
+        return make_judge(load_backend(j.backend), constitution, j.kind, j.principles, j.seed, j.method, j.reference)
     raise UserError("rl needs a reward: set reward_model (a trained reward model) or judge (a constitution)")
 
 
@@ -153,11 +160,13 @@ def train_rl(cfg: TrainConfig, resume: bool = False, reward=None) -> dict[str, A
     reward = reward if reward is not None else make_reward(cfg)
     defaults = {**COMMON_DEFAULTS, "num_generations": 4, "max_completion_length": 64, "per_device_train_batch_size": 4}
     args = trl_args(config_cls, cfg, defaults)
+    keep = [cfg.judge.reference] if cfg.judge is not None and cfg.judge.reference else []
+    train, _, makeup = _data(cfg, "prompts", keep, held_out=False)
     trainer = trainer_cls(
         model=path,
         reward_funcs=reward,
         args=args,
-        train_dataset=load_split(cfg.dataset, "prompts"),
+        train_dataset=train,
         processing_class=_tokenizer(path),
         peft_config=_peft(cfg, "CAUSAL_LM"),
     )
@@ -167,4 +176,4 @@ def train_rl(cfg: TrainConfig, resume: bool = False, reward=None) -> dict[str, A
             "reward_curve": [h["reward"] for h in t.state.log_history if "reward" in h and math.isfinite(h["reward"])]
         }
 
-    return _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm}, curve)
+    return _finish(trainer, args, resume, {"kind": "rl", "algorithm": cfg.algorithm, **makeup}, curve)
