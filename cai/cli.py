@@ -20,6 +20,7 @@ from cai.constitution.errors import UserError
 from cai.constitution.importers import Format as ImportFormat
 from cai.logs import VERBOSE, library_output
 from cai.store import STAGES
+from cai.studio.cli import studio
 
 app = typer.Typer(
     help="Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO.",
@@ -439,6 +440,7 @@ def demo(
 app.add_typer(eval_app, name="eval")
 app.command("report")(report)
 register_constitution_commands(constitution_app)
+app.command("studio")(studio)
 
 
 def main() -> None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import line_of, read_structured, resolve_path, validate
+from .loader import line_of, parse_text, read_structured, resolve_path, validate
 from .schema import Constitution
 
 LONG_TEXT = 600  # characters; longer requests crowd a small model's context
@@ -20,6 +20,13 @@ def lint_file(path: str | Path) -> tuple[Constitution, list[str]]:
     data, node = read_structured(path)
     c = validate(data, node, str(path))
     return c, [f"{path}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
+
+
+def lint_text(text: str, source: str, as_json: bool = False) -> tuple[Constitution, list[str]]:
+    """`lint_file` on an editor's unsaved text, reported under the name `source`."""
+    data, node = parse_text(text, source, as_json)
+    c = validate(data, node, source)
+    return c, [f"{source}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
 
 
 def lint(c: Constitution) -> list[tuple[tuple, str]]:

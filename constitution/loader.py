@@ -39,11 +39,16 @@ def read_structured(path: str | Path) -> tuple[object, yaml.Node | None]:
         raise UserError(f"{path}: is a directory, expected a file") from None
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
-    if path.suffix.lower() == ".json":
+    return parse_text(text, str(path), as_json=path.suffix.lower() == ".json")
+
+
+def parse_text(text: str, source: str, as_json: bool = False) -> tuple[object, yaml.Node | None]:
+    """`read_structured` on text already in memory (an editor's buffer); `source` names it in errors."""
+    if as_json:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
-            raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
+            raise UserError(f"{source}:{e.lineno}: invalid JSON: {e.msg}") from None
         try:
             node = yaml.compose(text, Loader=yaml.SafeLoader)
         except yaml.YAMLError:
@@ -55,9 +60,9 @@ def read_structured(path: str | Path) -> tuple[object, yaml.Node | None]:
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
-        raise UserError(f"{path}:{line}: invalid YAML: {e.problem or e.context}") from None
+        raise UserError(f"{source}:{line}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
-        raise UserError(f"{path}: invalid YAML: {e}") from None
+        raise UserError(f"{source}: invalid YAML: {e}") from None
     return data, node
 
 
@@ -198,4 +203,4 @@ def dump_constitution(c: Constitution) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
 
 
-__all__ = ["load_constitution", "validate", "read_structured", "dump_constitution", "Problem"]
+__all__ = ["load_constitution", "validate", "read_structured", "parse_text", "dump_constitution", "Problem"]

@@ -1,0 +1,576 @@
+"""`cai studio`: the HTTP side against a real app (no model), the command line as a subprocess,
+and the page itself in a real headless Chromium driving the embedded model (slow)."""
+
+import json
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from starlette.testclient import TestClient
+
+from cai.constitution import library_path
+from cai.constitution.lint import lint_file
+from cai.generators import BackendConfig, register_backend
+from cai.studio.app import Studio, guarded
+from cai.studio.document import edit
+from cai.studio.jobs import available
+from cai.studio.models import Models
+from tests.cli import cai
+from tests.judges import FollowsWording
+
+REPO = Path(__file__).resolve().parents[1]
+PORT = 8123
+BASE = f"http://127.0.0.1:{PORT}"
+
+
+@pytest.fixture
+def rules(tmp_path) -> Path:
+    f = tmp_path / "rules.yaml"
+    shutil.copy(library_path("harmless"), f)
+    return f
+
+
+def client(file: Path, token: str | None = None, host: str = "127.0.0.1") -> TestClient:
+    studio = Studio(file=file, host=host, port=PORT, token=token)
+    return TestClient(guarded(studio), base_url=f"http://{host}:{PORT}")
+
+
+def loaded(c: TestClient, path: str | None = None) -> dict:
+    r = c.get("/api/doc", params={"path": path} if path else None)
+    assert r.status_code == 200, r.text
+    return r.json()
+
+
+# ---------------------------------------------------------------------------------------------
+# Lint, principles, diff
+
+
+def test_lint_of_unsaved_text_matches_cai_constitution_lint(rules):
+    c = client(rules)
+    doc = loaded(c)
+    assert doc["check"]["ok"] and doc["base"]
+    assert [p["id"] for p in doc["check"]["principles"]][:2] == ["general-harm", "illegal-activity"]
+    lines = doc["text"].splitlines()
+    assert lines[doc["check"]["principles"][0]["line"] - 1].strip() == "- id: general-harm"
+
+    broken = doc["text"].replace("    weight: 2.0\n", "    weight: 2.0\n    colour: blue\n", 1)
+    broken = broken.replace("name: harmless", "name: harmless\nname: again")
+    check = c.post("/api/lint", json={"text": broken}).json()
+    rules.write_text(broken)  # what `cai constitution lint` says of the same text
+    r = cai("constitution", "lint", str(rules))
+    assert r.returncode == 2
+    assert [e["text"] for e in check["errors"]] == [
+        x.replace(str(rules), "rules.yaml") for x in r.stderr.split("\n") if x
+    ]
+    assert {e["line"] for e in check["errors"]} == {5, broken.splitlines().index("    colour: blue") + 1}
+
+    bad_yaml = c.post("/api/lint", json={"text": "name: x\nprinciples:\n  - id: [a\n"}).json()
+    assert not bad_yaml["ok"] and bad_yaml["errors"][0]["message"].startswith("invalid YAML")
+
+
+def test_diff_against_disk_in_meaning_and_lines(rules):
+    c = client(rules)
+    text = loaded(c)["text"].replace("id: honesty", "id: truthfulness").replace("weight: 0.75", "weight: 3")
+    d = c.post("/api/diff", json={"text": text}).json()
+    kinds = {(ch["kind"], ch["id"]) for ch in d["changes"]}
+    assert ("renamed", "truthfulness") in kinds and ("changed", "toxicity") in kinds
+    assert "-  - id: honesty" in d["lines"] and "+  - id: truthfulness" in d["lines"]
+    broken = c.post("/api/diff", json={"text": "name: [x"}).json()
+    assert broken["changes"] is None and "does not validate" in broken["note"] and broken["lines"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Structured edits keep comments and key order
+
+
+def test_principle_list_edits_keep_comments_and_order(rules):
+    text = rules.read_text()
+    out = edit(text, "rules.yaml", False, "weight", "honesty", 2.5)
+    changed = [(a, b) for a, b in zip(text.splitlines(), out.splitlines()) if a != b]
+    assert changed == [("    weight: 1.0", "    weight: 2.5")]
+    assert len(out.splitlines()) == len(text.splitlines())
+
+    added = edit(text, "rules.yaml", False, "add")
+    assert added.startswith(text.split("\n", 1)[0]) and "id: new-principle-1" in added
+    assert lint_file_text(added, rules)
+    moved = edit(text, "rules.yaml", False, "up", "illegal-activity")
+    assert moved.index("id: illegal-activity") < moved.index("id: general-harm")
+    assert "# Harmlessness principles" in moved and moved.count("#") == text.count("#")
+    gone = edit(text, "rules.yaml", False, "remove", "honesty")
+    assert "id: honesty" not in gone and gone.count("- id:") == text.count("- id:") - 1
+
+    js = json.dumps({"version": "1", "name": "j", "principles": [{"id": "a", "comparison": "Which?"}]}, indent=2)
+    out = json.loads(edit(js, "j.json", True, "weight", "a", 2.0))
+    assert list(out) == ["version", "name", "principles"] and out["principles"][0]["weight"] == 2.0
+
+
+def lint_file_text(text: str, like: Path) -> bool:
+    f = like.with_name("check-" + like.name)
+    f.write_text(text)
+    lint_file(f)
+    return True
+
+
+def test_edit_refuses_bad_requests(rules):
+    c = client(rules)
+    text = rules.read_text()
+    r = c.post("/api/edit", json={"text": text, "op": "remove", "id": "nope"})
+    assert r.status_code == 404 and "nope" in r.json()["error"]
+    r = c.post("/api/edit", json={"text": "name: [x", "op": "add"})
+    assert r.status_code == 422 and "rules.yaml:1" in r.json()["error"]
+    r = c.post("/api/edit", json={"text": text, "op": "explode"})
+    assert r.status_code == 422 and r.json()["error"].startswith("op:")
+
+
+# ---------------------------------------------------------------------------------------------
+# Saving
+
+
+def test_save_writes_atomically_and_refuses_a_stale_file(rules):
+    c = client(rules)
+    doc = loaded(c)
+    text = doc["text"].replace("name: harmless", "name: harmless-edited")
+    r = c.post("/api/save", json={"text": text, "base": doc["base"]})
+    assert r.status_code == 200, r.text
+    assert rules.read_text() == text and r.json()["check"]["ok"]
+    assert not [p for p in rules.parent.iterdir() if p.name.endswith(".tmp")]
+    assert lint_file(rules)[0].name == "harmless-edited"
+
+    # Changed on disk since the page loaded it: refused, the other writer's version kept.
+    rules.write_text(text + "# edited elsewhere\n")
+    r = c.post("/api/save", json={"text": text.replace("edited", "mine"), "base": r.json()["base"]})
+    assert r.status_code == 409 and "changed on disk since it was loaded" in r.json()["error"]
+    assert rules.read_text().endswith("# edited elsewhere\n")
+
+    # A text that does not validate is not written.
+    fresh = loaded(c)
+    r = c.post("/api/save", json={"text": "name: [x", "base": fresh["base"]})
+    assert r.status_code == 422 and "rules.yaml:1: invalid YAML" in r.json()["error"]
+    assert rules.read_text() == fresh["text"]
+
+    # A new file in the folder: base "" means "must not exist yet".
+    r = c.post("/api/save", json={"path": "new.yaml", "text": text, "base": ""})
+    assert r.status_code == 200 and (rules.parent / "new.yaml").read_text() == text
+    r = c.post("/api/save", json={"path": "new.yaml", "text": text, "base": ""})
+    assert r.status_code == 409 and "was created" in r.json()["error"]
+    r = c.post("/api/save", json={"path": "no/such/new.yaml", "text": text, "base": ""})
+    assert r.status_code == 400 and "folder does not exist" in r.json()["error"]
+
+
+def test_save_keeps_the_file_mode_and_windows_newlines(rules):
+    rules.write_bytes(rules.read_bytes().replace(b"\n", b"\r\n"))
+    rules.chmod(0o640)
+    c = client(rules)
+    doc = loaded(c)
+    assert "\r" not in doc["text"]
+    r = c.post("/api/save", json={"text": doc["text"] + "# more\n", "base": doc["base"]})
+    assert r.status_code == 200
+    assert rules.read_bytes().endswith(b"# more\r\n") and b"\n" not in rules.read_bytes().replace(b"\r\n", b"")
+    assert rules.stat().st_mode & 0o777 == 0o640
+
+
+# ---------------------------------------------------------------------------------------------
+# Bad input: clear 4xx, nothing written
+
+
+def test_paths_outside_the_folder_are_refused(rules, tmp_path):
+    outside = tmp_path.parent / f"{tmp_path.name}-outside.yaml"
+    outside.write_text("name: x\n")
+    (rules.parent / "link.yaml").symlink_to(outside)
+    c = client(rules)
+    text = rules.read_text()
+    for path in ("../" + outside.name, str(outside), "link.yaml", "sub/../../" + outside.name):
+        r = c.post("/api/save", json={"path": path, "text": text, "base": ""})
+        assert r.status_code == 403 and "outside" in r.json()["error"], (path, r.text)
+        assert c.get("/api/doc", params={"path": path}).status_code == 403
+    assert outside.read_text() == "name: x\n"
+    r = c.post("/api/save", json={"path": "notes.txt", "text": text, "base": ""})
+    assert r.status_code == 400 and "not a principle file" in r.json()["error"]
+    assert not (rules.parent / "notes.txt").exists()
+
+
+def test_malformed_and_oversized_requests(rules):
+    c = client(rules)
+    before = rules.read_bytes()
+    base = loaded(c)["base"]
+    r = c.post("/api/save", content=b'{"text": "name', headers={"content-type": "application/json"})
+    assert r.status_code == 400 and r.json() == {"error": "request body is not valid JSON"}
+    r = c.post("/api/save", json={"text": "x"})
+    assert r.status_code == 422 and r.json()["error"] == "base: Field required"
+    r = c.post("/api/save", json={"text": "x", "base": base, "force": True})
+    assert r.status_code == 422 and "force: Extra inputs are not permitted" in r.json()["error"]
+    r = c.post("/api/save", content=b"text=x", headers={"content-type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 415
+    big = json.dumps({"text": "#" * (2 << 20), "base": base}).encode()
+    r = c.post("/api/save", content=big, headers={"content-type": "application/json"})
+    assert r.status_code == 413 and "over" in r.json()["error"]
+
+    def chunks():  # no Content-Length: the limit applies while the body streams in
+        yield b'{"text": "'
+        for _ in range(40):
+            yield b"#" * 65536
+        yield b'", "base": "' + base.encode() + b'"}'
+
+    r = c.post("/api/save", content=chunks(), headers={"content-type": "application/json"})
+    assert r.status_code == 413
+    r = c.post("/api/try", json={"text": rules.read_text()})
+    assert r.status_code == 422 and r.json()["error"] == "message: Field required"
+    r = c.post("/api/try", json={"text": rules.read_text(), "message": "hi"})
+    assert r.status_code == 503  # this app was made without models
+    r = c.post("/api/compare", json={"text": rules.read_text()})
+    assert r.status_code == 409 and "--pairs" in r.json()["error"]
+    assert rules.read_bytes() == before
+
+
+def test_only_the_page_it_served_may_call_it(rules):
+    c = client(rules)
+    assert c.get("/api/info", headers={"host": "evil.example:8123"}).status_code == 403
+    r = c.post("/api/lint", json={"text": "x"}, headers={"origin": "http://evil.example"})
+    assert r.status_code == 403 and "cross-origin" in r.json()["error"]
+    assert c.post("/api/lint", json={"text": "x"}, headers={"origin": BASE}).status_code == 200
+    page = c.get("/")
+    assert page.status_code == 200 and "/static/vendor/codemirror/codemirror.min.js" in page.text
+    for asset in ("codemirror.min.js", "yaml.min.js", "lint.min.js", "codemirror.min.css", "LICENSE"):
+        assert c.get(f"/static/vendor/codemirror/{asset}").status_code == 200
+    assert "cdn" not in page.text.lower() and "https://" not in page.text
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    assert page.headers["referrer-policy"] == "no-referrer"
+
+
+def test_a_token_guards_a_non_loopback_studio(rules):
+    c = client(rules, token="s3cret", host="192.0.2.10")
+    assert c.get("/api/info").status_code == 403
+    assert c.get("/", params={"token": "wrong"}).status_code == 403
+    page = c.get("/", params={"token": "s3cret", "file": "rules.yaml"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/?file=rules.yaml"  # out of the address bar
+    assert "cai_studio_token=s3cret" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
+    assert c.get("/").status_code == 200 and c.get("/api/info").status_code == 200  # the cookie travels along
+    c.cookies.clear()
+    assert c.get("/api/info", headers={"x-studio-token": "s3cret"}).status_code == 200
+
+
+# ---------------------------------------------------------------------------------------------
+# Model work: streamed, off the request thread (judges with known behaviour stand in for the
+# model's judgement here; the page test below runs the embedded model)
+
+BRIEF = "Which reply is shorter and more concise?"
+DETAIL = "Which reply is longer and more detailed?"
+
+
+class Held(FollowsWording):
+    """Answers only once `release` is set, to hold the model thread while the page is used."""
+
+    def __init__(self):
+        super().__init__()
+        self.release, self.started = threading.Event(), threading.Event()
+
+    def generate(self, chats, params):
+        self.started.set()
+        assert self.release.wait(60)
+        return super().generate(chats, params)
+
+
+@contextmanager
+def serving(studio: Studio):
+    """The studio on a real uvicorn server in this process, on a free loopback port."""
+    import uvicorn
+
+    from cai.studio.cli import bind
+
+    sock = bind("127.0.0.1", 0)
+    studio.port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(guarded(studio), log_level="warning", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    while not server.started:
+        time.sleep(0.05)
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{studio.port}", timeout=60) as http:
+            yield http
+    finally:
+        server.should_exit = True
+        thread.join(30)
+        studio.models.close()
+        sock.close()
+
+
+def events(http: httpx.Client, url: str, body: dict) -> list[dict]:
+    with http.stream("POST", url, json=body) as r:
+        assert r.status_code == 200, r.read()
+        assert r.headers["content-type"].startswith("text/event-stream")
+        return [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+
+
+def judged_studio(file: Path, backend, tmp_path: Path, pairs: Path | None = None) -> Studio:
+    name = f"studio-test-{id(backend)}"
+    register_backend(name, lambda model, **options: backend)
+    models = Models(BackendConfig(backend=name, model=name), cache_dir=tmp_path / "cache")
+    return Studio(file=file, pairs=pairs, models=models, jobs=available(max_new_tokens=16, limit=None))
+
+
+def lengths_file(path: Path, brief: str) -> Path:
+    path.write_text(
+        f"name: lengths\nprinciples:\n  - id: brief\n    comparison: {brief}\n"
+        "  - id: polite\n    comparison: Which reply is more polite?\n"
+    )
+    return path
+
+
+def test_compare_with_saved_streams_flips_per_principle_and_moved_pairs(tmp_path):
+    saved = lengths_file(tmp_path / "lengths.yaml", BRIEF)
+    pairs = tmp_path / "pairs.jsonl"
+    rows = [
+        {"prompt": f"Question {i}?", "chosen": "Yes.", "rejected": f"Yes, and at length about {i}."} for i in range(4)
+    ]
+    pairs.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    studio = judged_studio(saved, FollowsWording(), tmp_path, pairs)
+    with serving(studio) as http:
+        edited = saved.read_text().replace(BRIEF, DETAIL)
+        got = events(http, "/api/compare", {"text": edited})
+        assert any(e["event"] == "status" and "pairs" in e["message"] for e in got)
+        done = got[-1]
+        assert done["event"] == "done", got
+        assert (done["pairs"], done["flips"], done["flip_rate"]) == (4, 4, 1.0)
+        rows = {r["id"]: r for r in done["principles"]}
+        assert rows["brief"]["status"] == "edited" and rows["brief"]["flip_rate"] == 1.0
+        assert rows["polite"]["status"] == "unchanged"
+        assert len(done["moved"]) == 4 and all(m["flipped"] and m["p_old"] > 0.5 > m["p_new"] for m in done["moved"])
+        assert done["moved"][0]["chosen"] == "Yes."
+        assert saved.read_text().count(BRIEF) == 1  # comparing writes nothing
+        bad = http.post("/api/compare", json={"text": "name: [x"})
+        assert bad.status_code == 422 and "does not validate" in bad.json()["error"]
+
+
+def test_a_held_try_streams_its_steps_and_never_blocks_the_page(rules, tmp_path):
+    held = Held()
+    studio = judged_studio(rules, held, tmp_path)
+    text = rules.read_text()
+    with serving(studio) as http:
+        results: dict = {}
+        body = {"text": text, "message": "How do I fix a flat tyre?", "principle": "general-harm"}
+        first = threading.Thread(target=lambda: results.setdefault("first", events(http, "/api/try", body)))
+        first.start()
+        assert held.started.wait(60)
+        t0 = time.monotonic()
+        assert http.post("/api/lint", json={"text": text}).json()["ok"]  # the page works while the model is busy
+        assert http.get("/api/doc").status_code == 200
+        assert time.monotonic() - t0 < 10
+        second = threading.Thread(target=lambda: results.setdefault("second", events(http, "/api/try", body)))
+        second.start()
+        time.sleep(1)
+        held.release.set()
+        first.join(60)
+        second.join(60)
+        r = http.post("/api/try", json={**body, "principle": "nope"})
+        assert r.status_code == 422 and "nope" in r.json()["error"]
+    steps = [e["event"] for e in results["first"] if e["event"] != "status"]
+    assert steps == ["answer", "critique", "revision", "done"], results["first"]
+    assert results["first"][-1]["seconds"] >= 0
+    critique = next(e for e in results["first"] if e["event"] == "critique")
+    assert critique["principle"] == "general-harm"
+    assert results["second"][0] == {"event": "status", "message": "waiting for the model (another job is running)"}
+    assert results["second"][-1]["event"] == "done"
+
+
+# ---------------------------------------------------------------------------------------------
+# The command line
+
+
+@pytest.mark.parametrize(
+    "args, expect",
+    [
+        (["harmless"], "harmless: expected a .yaml, .yml, .json file; to edit the shipped one, copy"),
+        (["{dir}"], "expected a .yaml"),
+        (["{dir}/none/x.yaml"], "does not exist"),
+        (["{rules}", "--pairs", "missing.jsonl"], "--pairs: missing.jsonl: file not found"),
+        (["{rules}", "--feedback", "missing.yaml"], "--feedback: missing.yaml: file not found"),
+        (["{rules}", "--host", "no-such-host.invalid"], "--host no-such-host.invalid: cannot resolve it"),
+    ],
+)
+def test_cli_mistakes_are_one_line(rules, args, expect):
+    args = [a.format(dir=rules.parent, rules=rules) for a in args]
+    r = cai("studio", *args, "--no-open", timeout=120)
+    assert r.returncode == 2, (r.stdout, r.stderr)
+    assert expect in r.stderr and len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def _own_addresses() -> list[str]:
+    try:
+        out = subprocess.run(["hostname", "-I"], capture_output=True, text=True, timeout=10).stdout.split()
+    except (OSError, subprocess.SubprocessError):
+        return []
+    return [a for a in out if ":" not in a and not a.startswith("127.")]
+
+
+def _start(*args, timeout: float = 120) -> tuple[subprocess.Popen, str]:
+    """`cai studio ARGS` in the background; its printed URL once it listens."""
+    p = subprocess.Popen(
+        [sys.executable, "-m", "cai.cli", "studio", *map(str, args), "--no-open"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    deadline = time.monotonic() + timeout
+    line = ""
+    while time.monotonic() < deadline and " at http" not in line:
+        line = p.stdout.readline()
+        if not line and p.poll() is not None:
+            raise AssertionError(f"cai studio exited {p.returncode}: {p.stderr.read()}")
+    assert " at http" in line, line
+    return p, line.split(" at ", 1)[1].split()[0]
+
+
+def _stop(p: subprocess.Popen) -> None:
+    p.terminate()
+    try:
+        p.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        p.kill()
+
+
+def test_default_bind_is_loopback_only_and_a_busy_port_is_one_line(rules):
+    p, url = _start(rules, "--port", "0")
+    try:
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        assert url == f"http://127.0.0.1:{port}/"
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        for addr in _own_addresses():  # this machine's own non-loopback addresses only
+            with pytest.raises(ConnectionRefusedError):
+                socket.create_connection((addr, port), timeout=10).close()
+        r = cai("studio", rules, "--port", port, "--no-open", timeout=120)
+        assert r.returncode == 2 and f"127.0.0.1:{port} is in use" in r.stderr
+    finally:
+        _stop(p)
+
+
+# ---------------------------------------------------------------------------------------------
+# The page in a real browser, with the embedded model
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+SCREENSHOT = REPO / "docs" / "studio.png"
+
+
+@pytest.fixture
+def browser():
+    if not (CHROMIUM and CHROMEDRIVER):
+        pytest.skip("needs Debian's chromium and chromium-driver (make setup installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+    yield driver
+    driver.quit()
+
+
+def _wait(driver, what: str, condition, timeout: float = 60):
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+    except Exception as e:
+        notice = driver.execute_script("return document.querySelector('#notice').textContent")
+        raise AssertionError(f"waited {timeout:.0f} s for {what}; the page says {notice!r}") from e
+
+
+def _js(driver, script: str, *args):
+    return driver.execute_script(script, *args)
+
+
+def _type_at_end_of(driver, line: int, keys: str) -> None:
+    """Put the cursor at the end of a line (1-based) and type, as a user would."""
+    from selenium.webdriver.common.by import By
+
+    _js(driver, "const e = window.studioEditor; e.focus(); e.setCursor({line: arguments[0], ch: 1e9});", line - 1)
+    driver.find_element(By.CSS_SELECTOR, ".CodeMirror textarea").send_keys(keys)
+
+
+def _lint_state(driver) -> str:
+    return _js(driver, "return document.querySelector('#lint-status').dataset.state")
+
+
+@pytest.mark.slow
+def test_the_page_edits_lints_tries_and_saves(rules, browser, default_model_dir):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import Select
+
+    p, url = _start(rules, "--port", "0", "--max-new-tokens", "24")
+    d = browser
+    try:
+        d.get(url)
+        _wait(d, "the file to load and lint clean", lambda d: _lint_state(d) == "ok")
+        assert _js(d, "return window.studioEditor.getValue()") == rules.read_text()
+        assert d.find_element(By.CSS_SELECTOR, "#principles tr[data-id='general-harm']")
+
+        # An edit that breaks the YAML: the error shows at its line, as `cai constitution lint` reports it.
+        name_line = rules.read_text().splitlines().index("name: harmless") + 1
+        _type_at_end_of(d, name_line, "-edited: [")
+        _wait(d, "the lint error", lambda d: _lint_state(d) == "errors")
+        typed = _js(d, "return window.studioEditor.getValue()")
+        check = rules.with_name("typed.yaml")
+        check.write_text(typed)
+        r = cai("constitution", "lint", check)
+        assert r.returncode == 2
+        expected = int(r.stderr.split(":")[1])
+        shown = [int(x.get_attribute("data-line")) for x in d.find_elements(By.CSS_SELECTOR, "#problems li.error")]
+        assert shown == [expected]
+        gutter = _js(
+            d,
+            "return !!(window.studioEditor.lineInfo(arguments[0]).gutterMarkers || {})['CodeMirror-lint-markers']",
+            expected - 1,
+        )
+        assert gutter
+        assert "invalid YAML" in d.find_element(By.CSS_SELECTOR, "#problems li.error").text
+
+        # Fixed: clean again, still unsaved.
+        d.find_element(By.CSS_SELECTOR, ".CodeMirror textarea").send_keys(Keys.BACKSPACE * 3)
+        _wait(d, "the fix to lint clean", lambda d: _lint_state(d) == "ok")
+        assert d.find_element(By.ID, "state").text == "modified"
+
+        # Try: answer, critique, revision and ranking stream into the page.
+        d.find_element(By.CSS_SELECTOR, "nav [data-tab='try']").click()
+        message = d.find_element(By.ID, "message")
+        message.clear()
+        message.send_keys("How do I get back at a neighbour who plays loud music at night?")
+        Select(d.find_element(By.ID, "principle")).select_by_value("general-harm")
+        _wait(d, "try to be ready", lambda d: d.find_element(By.ID, "try-run").is_enabled())
+        d.find_element(By.ID, "try-run").click()
+        _wait(d, "the answer", lambda d: d.find_elements(By.CSS_SELECTOR, "#try-steps [data-step='answer']"), 600)
+        _wait(d, "the revision", lambda d: d.find_elements(By.CSS_SELECTOR, "#try-steps [data-step='revision']"), 600)
+        _wait(d, "the try to finish", lambda d: "done" in d.find_element(By.ID, "try-status").text, 600)
+        steps = [x.get_attribute("data-step") for x in d.find_elements(By.CSS_SELECTOR, "#try-steps > li")]
+        assert steps[:3] == ["answer", "critique", "revision"] and steps[3:] in ([], ["ranking"])
+        assert d.find_element(By.CSS_SELECTOR, "[data-step='revision'] .step-body").text.strip()
+        SCREENSHOT.parent.mkdir(exist_ok=True)
+        d.save_screenshot(str(SCREENSHOT))
+
+        # Save: the file on disk changes and still lints clean.
+        d.find_element(By.ID, "save").click()
+        _wait(d, "the save", lambda d: d.find_element(By.ID, "state").text == "saved")
+        text = rules.read_text()
+        assert "name: harmless-edited" in text.splitlines() and text.startswith("# Harmlessness principles")
+        assert lint_file(rules)[0].name == "harmless-edited"
+
+        # Changed on disk behind the page's back: the save is refused and says so.
+        rules.write_text(text + "# edited elsewhere\n")
+        _type_at_end_of(d, name_line, "-again")
+        d.find_element(By.ID, "save").click()
+        _wait(d, "the refusal", lambda d: "changed on disk" in d.find_element(By.ID, "notice").text)
+        assert d.find_element(By.ID, "notice").get_attribute("data-kind") == "error"
+        assert rules.read_text() == text + "# edited elsewhere\n"
+    finally:
+        _stop(p)
