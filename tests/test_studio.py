@@ -17,7 +17,7 @@ from starlette.testclient import TestClient
 
 from cai.constitution import library_path
 from cai.constitution.lint import lint_file
-from cai.generators import BackendConfig, register_backend
+from cai.generators import BackendConfig, Completion, register_backend
 from cai.studio.app import Studio, guarded
 from cai.studio.document import edit
 from cai.studio.jobs import available
@@ -265,16 +265,28 @@ DETAIL = "Which reply is longer and more detailed?"
 
 
 class Held(FollowsWording):
-    """Answers only once `release` is set, to hold the model thread while the page is used."""
+    """Writes only once `release` is set, to hold the model thread while the page is used; its
+    answer, critique and revision differ, so the revision is kept and ranked."""
+
+    TEXTS = (
+        "Just do it.",
+        "The answer gives no reason.",
+        "Do it carefully, because a rushed fix can fail on the road.",
+    )
 
     def __init__(self):
         super().__init__()
         self.release, self.started = threading.Event(), threading.Event()
+        self.calls = 0
 
     def generate(self, chats, params):
         self.started.set()
         assert self.release.wait(60)
-        return super().generate(chats, params)
+        out = []
+        for _ in chats:
+            out.append([Completion(text=self.TEXTS[self.calls % 3], tokens=5)])
+            self.calls += 1
+        return out
 
 
 @contextmanager
@@ -370,11 +382,14 @@ def test_a_held_try_streams_its_steps_and_never_blocks_the_page(rules, tmp_path)
         second.join(60)
         r = http.post("/api/try", json={**body, "principle": "nope"})
         assert r.status_code == 422 and "nope" in r.json()["error"]
-    steps = [e["event"] for e in results["first"] if e["event"] != "status"]
-    assert steps == ["answer", "critique", "revision", "done"], results["first"]
-    assert results["first"][-1]["seconds"] >= 0
-    critique = next(e for e in results["first"] if e["event"] == "critique")
-    assert critique["principle"] == "general-harm"
+    steps = {e["event"]: e for e in results["first"] if e["event"] != "status"}
+    assert list(steps) == ["answer", "critique", "revision", "ranking", "done"], results["first"]
+    assert steps["answer"]["text"] == Held.TEXTS[0] and steps["critique"]["principle"] == "general-harm"
+    assert steps["revision"]["kept"] and steps["done"]["seconds"] >= 0
+    ranking = steps["ranking"]  # a question about harm, not length: this judge cannot tell
+    assert ranking["p_revision"] == pytest.approx(0.5) and ranking["error"] is None
+    assert sorted(r["revision_as"] for r in ranking["readings"]) == ["A", "B"]
+    assert {r["principle"] for r in ranking["readings"]} == {"general-harm"}
     assert results["second"][0] == {"event": "status", "message": "waiting for the model (another job is running)"}
     assert results["second"][-1]["event"] == "done"
 
