@@ -101,8 +101,10 @@ def constitution_diff(
 ) -> None:
     """What changed, principle by principle; exit 0 when equal, 1 when different (like diff)."""
     import json
+    import re
 
     from rich.markup import escape
+    from rich.text import Text
 
     from cai.constitution import load_constitution
     from cai.constitution.diff import diff_constitutions
@@ -119,8 +121,12 @@ def constitution_diff(
                 console.print(f"{head}: {escape(str(c.old))} -> {escape(str(c.new))}")
             elif c.kind == "changed":
                 body = c.words if c.words is not None else f"{c.old!r} -> {c.new!r}"
-                body = escape(body).replace("\\[-", "[red]\\[-").replace("-]", "-][/red]")
-                console.print(f"{head}: {body.replace('{+', '[green]{+').replace('+}', '+}[/green]')}")
+                line = Text.from_markup(f"{head}: ")
+                for part in re.split(r"(\[-.*?-\]|\{\+.*?\+\})", body):  # the words as written, edits coloured
+                    line.append(
+                        part, style="red" if part.startswith("[-") else "green" if part.startswith("{+") else ""
+                    )
+                console.print(line)
             else:
                 console.print(head)
         console.print(f"{len(changes)} change(s)" if changes else "no changes")

@@ -180,7 +180,7 @@ def _progress(total: int) -> tuple[Progress, Callable[[dict], None]]:
         if name not in bars:
             bars[name] = progress.add_task(name, total=event["total"], cache="")
         c = event.get("cache")
-        note = f"cache {c['hits']} hit / {c['misses']} read" if c else ""
+        note = f"{c['hits']} from the cache, {c['misses']} read" if c else ""
         progress.update(bars[name], completed=event["done"], cache=note)
 
     return progress, update
@@ -196,9 +196,13 @@ def compare_tables(r: dict):
     t.title = "per principle (old → new)"
 
     def pair(row: dict, key: str) -> str:
-        return f"{fmt(row.get(key + '_old'))} → {fmt(row.get(key + '_new'))}"
+        a, b = row.get(key + "_old"), row.get(key + "_new")
+        return f"{'-' if a is None else f'{a:.2f}'}→{'-' if b is None else f'{b:.2f}'}"
 
-    for row in r["by_principle"]:
+    changed_first = sorted(
+        r["by_principle"], key=lambda row: (row["status"] == "unchanged", -(row["mean_abs_dp"] or 0))
+    )
+    for row in changed_first:
         ident = row["id"] or row["old_id"]
         if row["status"] == "renamed":
             ident = f"{row['old_id']} → {row['id']}"
@@ -218,7 +222,8 @@ def compare_tables(r: dict):
         t = Table("pair", "user message", "P(chosen) old", "new", "flipped", title="the pairs that moved most")
         for m in r["moved"]:
             prompt = m["prompt"] if len(m["prompt"]) <= 70 else m["prompt"][:67] + "..."
-            t.add_row(m["pair"], escape(prompt), fmt(m["p_old"]), fmt(m["p_new"]), "yes" if m["flipped"] else "")
+            where = Path(m["pair"]).name
+            t.add_row(where, escape(prompt), fmt(m["p_old"]), fmt(m["p_new"]), "yes" if m["flipped"] else "")
         yield t
     if "ablation" in r:
         a = r["ablation"]
@@ -309,6 +314,132 @@ def constitution_compare(
     )
 
 
+def infer_table(r: dict) -> Table:
+    t = Table("rule", "support", "agreement", "order cons.", "pos. bias", "kept", title="candidates")
+    t.title = f"candidates, tested on {r['heldout_pairs']} held-out pairs"
+    for c in r["candidates"]:
+        kept = "[green]yes[/green]" if c["kept"] else escape(c.get("why", ""))
+        support = str(c["support"]) if c["origin"] == "proposed" else "given"
+        t.add_row(
+            escape(c["text"]), support, fmt(c["agreement"]), fmt(c["order_consistency"]), fmt(c["position_bias"]), kept
+        )
+    return t
+
+
+def constitution_infer(
+    pairs: PairsOpt,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the inferred principle file (YAML).")],
+    work: Annotated[
+        Path | None,
+        typer.Option(help="Work folder for proposals and test readings; a rerun resumes it (default: OUT.work)."),
+    ] = None,
+    limit: Annotated[int, typer.Option(min=2, help="Only the first N pairs.")] = 200,
+    holdout: Annotated[float, typer.Option(min=0.01, max=0.99, help="Share of pairs held out to test rules on.")] = 0.5,
+    rules_per_pair: Annotated[int, typer.Option(min=1, help="Rules asked of the model per proposal pair.")] = 3,
+    candidates: Annotated[int, typer.Option(min=1, help="Best-supported merged rules to test.")] = 12,
+    keep: Annotated[int, typer.Option(min=1, help="Most principles to write.")] = 5,
+    min_agreement: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Keep only principles whose agreement is above this.")
+    ] = 0.5,
+    include: Annotated[
+        str | None, typer.Option(help="Also test this constitution's ranking principles (a file or shipped name).")
+    ] = None,
+    name: Annotated[str, typer.Option(help="Name of the written constitution.")] = "inferred",
+    method: MethodOpt = "logprob",
+    seed: int = 0,
+    feedback: FeedbackOpt = None,
+    backend: BackendOpt = None,
+    model: ModelOpt = None,
+    option: OptionOpt = None,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Infer principles from preference pairs: propose, merge, test on held-out pairs, write the best.
+
+    The feedback model proposes short rules that would explain each preference; near duplicates
+    are merged; each candidate alone ranks the held-out pairs (both orders); those that agree
+    with the labels best are written with their agreement and support. Rerunning resumes."""
+    from cai.constitution.lint import lint_file
+    from cai.generators import load_backend
+    from cai.workbench import InferConfig, infer
+    from cai.workbench.compare import load_labeled
+    from cai.workbench.trying import as_constitution
+
+    fb = _feedback(feedback, backend, model, option)
+    given = as_constitution(include) if include is not None else None
+    cfg = InferConfig(
+        holdout=holdout,
+        rules_per_pair=rules_per_pair,
+        candidates=candidates,
+        keep=keep,
+        min_agreement=min_agreement,
+        method=method,
+    )
+    _, source = load_labeled(pairs, limit)  # a bad file fails here, before the model loads
+    if source.get("skipped"):
+        typer.echo(f"{pairs}: skipped {source['skipped']} records ({source['skip_reasons']})", err=True)
+    work = work or out.with_suffix(".work")
+    progress = Progress(
+        TextColumn("[bold]{task.description:<8}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+    bars: dict[str, int] = {}
+
+    def update(event: dict) -> None:
+        if event["stage"] not in bars:
+            bars[event["stage"]] = progress.add_task(event["stage"], total=event["total"])
+        progress.update(bars[event["stage"]], completed=event["done"])
+
+    with library_output(work):
+        with console.status("loading the model", spinner="dots"):
+            b = load_backend(fb)
+        try:
+            with progress if not as_json else _Null():
+                result = infer(
+                    pairs,
+                    b,
+                    work,
+                    out,
+                    name=name,
+                    config=cfg,
+                    seed=seed,
+                    limit=limit,
+                    include=given,
+                    cache_dir=cache_dir(cache, no_cache),
+                    identity=fb.options,
+                    on_progress=None if as_json else update,
+                )
+        finally:
+            b.close()
+    result["work"] = str(work)
+    if result["written"]:
+        _, warnings = lint_file(out)
+        for w in warnings:
+            typer.echo(f"warning: {w}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        console.print(infer_table(result))
+        n = result["readings"]
+        console.print(
+            f"{result['pairs']} pairs ({result['proposal_pairs']} proposed from, {result['heldout_pairs']} held out): "
+            f"{result['rules_proposed']} rules, {len(result['candidates'])} candidates tested; "
+            f"{result['generated']} proposals generated, {n['read']} readings read, {n['cached']} from the cache; "
+            f"{result['seconds']:.1f} s"
+        )
+    if not result["kept"]:
+        typer.echo(
+            f"no candidate's agreement is above {min_agreement}; nothing written (see {work}/candidates.json)", err=True
+        )
+        raise typer.Exit(1)
+    if not as_json:
+        console.print(f"wrote {out} ({len(result['kept'])} principles)")
+
+
 class _Null:
     def __enter__(self):
         return self
@@ -321,3 +452,4 @@ def register(app: typer.Typer) -> None:
     """Add these commands to `cai constitution`."""
     app.command("try")(constitution_try)
     app.command("compare")(constitution_compare)
+    app.command("infer")(constitution_infer)

@@ -75,7 +75,8 @@ class FollowsWording:
     under any other question it cannot tell (1/2 each way), so an edit's effect on the labels is
     known exactly. Asked to propose principles for a preferred reply, it names the length rule
     that separates the pair (in one of three wordings), a neutral rule, and, for every fourth
-    pair, the wrong rule. It counts the letters it reads and the texts it writes.
+    pair, the wrong rule, continuing the answer where one was begun for it. It counts the
+    letters it reads and the texts it writes.
     """
 
     name, model = "follows-wording", "follows-wording"
@@ -91,7 +92,7 @@ class FollowsWording:
         out = []
         for chat in chats:
             self.generated += 1
-            m = _PROPOSAL.search(chat[-1]["content"])
+            m = _PROPOSAL.search(chat[0]["content"])
             if m is None:
                 out.append([Completion(text="The shorter one is better.", tokens=6)])
                 continue
@@ -99,7 +100,9 @@ class FollowsWording:
             short = SHORT_RULES[len(chosen) % 3]
             right, wrong = (short, LONG_RULE) if len(chosen) < len(other) else (LONG_RULE, short)
             lines = [f"1. {right}", f"2. {NEUTRAL_RULE}"] + ([f"3. {wrong}"] if len(other) % 4 == 0 else [])
-            out.append([Completion(text="\n".join(lines), tokens=20)])
+            text = "\n".join(lines)
+            begun = chat[-1]["content"] if chat[-1]["role"] == "assistant" else ""
+            out.append([Completion(text=text.removeprefix(begun), tokens=20)])  # continues an answer begun for it
         return out
 
     def choice_logprobs(self, prompts, choices):

@@ -57,3 +57,11 @@ def test_cli_exit_codes_like_diff(tmp_path):
     bad.write_text("name: x\nprinciples: [{id: a}]\n")
     r = cai("constitution", "diff", "harmless", bad)
     assert r.returncode == 2 and f"{bad}:" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_cli_prints_word_edits_as_written(tmp_path):
+    r = cai("constitution", "diff", "harmless", edited_copy(tmp_path))
+    assert r.returncode == 1, r.stderr
+    out = " ".join(r.stdout.split())
+    assert "List [-the exact parts-] {+every part+} that [-do.-] {+does.+}" in out
+    assert "renamed principles[broad-harm]: general-harm -> broad-harm" in out and "4 change(s)" in out

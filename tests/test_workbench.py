@@ -18,10 +18,11 @@ from cai.constitution import Constitution, UserError, library_path, load_constit
 from cai.critique.cache import ReadingCache, backend_identity
 from cai.evaluation.pairs import LabeledPair
 from cai.generators import register_backend
-from cai.workbench import compare, try_chain
+from cai.workbench import compare, infer, try_chain
+from cai.workbench.infer import parse_rules
 from tests.cli import cai
 
-from .judges import FollowsWording
+from .judges import LONG_RULE, NEUTRAL_RULE, SHORT_RULES, FollowsWording
 
 BRIEF = "Which reply is shorter and more concise?"
 DETAIL = "Which reply is longer and more detailed?"
@@ -196,3 +197,190 @@ def test_compare_bad_input_is_one_line_exit_2(tmp_path):
 def test_shipped_names_load():
     for name in ("harmless", "hhh", "character"):
         assert load_constitution(name).name and library_path(name) is not None
+
+
+# ---------------------------------------------------------------------------------------------
+# infer
+
+
+def decided_by_length(n: int, offset: int = 0) -> list[LabeledPair]:
+    """Pairs that one rule decides: the shorter answer is always the chosen one."""
+    out = []
+    for i in range(offset, offset + n):
+        chosen = "Yes." + " okay" * (i % 4)
+        rejected = f"Well, it depends on many things, and item {i} needs a long answer" + "!" * (i % 5)
+        out.append(
+            LabeledPair(f"len-{i}", [{"role": "user", "content": f"Can I do thing {i}?"}], chosen, rejected, f"f:{i}")
+        )
+    return out
+
+
+def test_parse_rules_keeps_which_questions():
+    text = '1. Which reply is shorter?\n- "Which reply is kinder to the user?" because...\n'
+    text += "Be nice.\n3) which answer is calmer? yes"
+    assert parse_rules(text, 5) == [
+        "Which reply is shorter?",
+        "Which reply is kinder to the user?",
+        "Which answer is calmer?",
+    ]
+    assert parse_rules(text, 1) == ["Which reply is shorter?"]
+    assert parse_rules("Which?\nnothing here", 3) == []
+
+
+def test_infer_recovers_the_rule_that_decides_the_pairs(tmp_path):
+    from cai.constitution.lint import lint_file
+    from cai.evaluation.labeler import agreement, label_pairs
+
+    judge, out = FollowsWording(), tmp_path / "inferred.yaml"
+    r = infer(decided_by_length(24), judge, tmp_path / "work", out)
+    by_text = {c["text"]: c for c in r["candidates"]}
+    assert set(by_text) >= {LONG_RULE, NEUTRAL_RULE} and set(by_text) & set(SHORT_RULES)
+    assert by_text[LONG_RULE]["agreement"] == 0.0 and by_text[NEUTRAL_RULE]["agreement"] == 0.5
+    best = r["kept"][0]
+    assert best["text"] in SHORT_RULES and best["agreement"] == 1.0 and best["order_consistency"] == 1.0
+    assert len(r["kept"]) == 1  # the other brevity wordings label every pair as it does: redundant
+    assert all("labels as" in c["why"] for c in r["candidates"] if c["text"] in SHORT_RULES and not c["kept"])
+    assert r["proposal_pairs"] + r["heldout_pairs"] == 24 and r["written"] == str(out)
+    c, warnings = lint_file(out)
+    assert warnings == [] and [p.comparison for p in c.principles] == [best["text"]]
+    text = out.read_text()
+    assert f"# agreement 1.000 on {r['heldout_pairs']} pairs" in text and f"support {best['support']} of" in text
+    # The written principle, used by a judge that follows it, labels new pairs as the rule does.
+    readings, errors = label_pairs(judge, c, decided_by_length(10, offset=100), principles=1)
+    assert not errors and agreement(readings) == 1.0
+
+
+def test_infer_resumes_and_a_finished_rerun_calls_no_model(tmp_path):
+    first = FollowsWording()
+    r1 = infer(decided_by_length(12), first, tmp_path / "work")
+    assert first.generated == r1["proposal_pairs"] and r1["generated"] == r1["proposal_pairs"]
+    again = FollowsWording()
+    r2 = infer(decided_by_length(12), again, tmp_path / "work")
+    assert (again.generated, again.readings, r2["generated"]) == (0, 0, 0)
+    assert [c["id"] for c in r2["kept"]] == [c["id"] for c in r1["kept"]]
+    # a kill mid-append tears the last line: the rerun makes only that one test again
+    tests = tmp_path / "work" / "tests.jsonl"
+    data = tests.read_bytes()
+    tests.write_bytes(data[: len(data) - 40])
+    torn = FollowsWording()
+    r3 = infer(decided_by_length(12), torn, tmp_path / "work")
+    assert (torn.generated, torn.readings) == (0, 2)
+    assert [c["agreement"] for c in r3["candidates"]] == [c["agreement"] for c in r1["candidates"]]
+
+
+def test_infer_tests_a_given_constitution_too(tmp_path):
+    mine = lengths("Which reply is briefer?", extra=[{"id": "concise", "comparison": SHORT_RULES[1]}])
+    r = infer(decided_by_length(10), FollowsWording(), tmp_path / "work", include=mine)
+    given = {c["id"]: c for c in r["candidates"] if c["origin"] == "given"}
+    assert set(given) == {"brief", "honest"}
+    assert given["brief"]["agreement"] == 1.0 and given["honest"]["agreement"] == 0.5
+    also = next(c for c in r["candidates"] if c["text"] == SHORT_RULES[1])
+    assert also["origin"] == "proposed" and also["given"] == "concise"
+
+
+def test_infer_command_writes_a_file_that_lints(tmp_path):
+    register_backend("follows-wording", lambda model, **options: FollowsWording())
+    pairs = pairs_file(tmp_path, decided_by_length(16))
+    out = tmp_path / "rules.yaml"
+    args = ["constitution", "infer", "--pairs", str(pairs), "-o", str(out), "--backend", "follows-wording"]
+    r = CliRunner().invoke(app, [*args, "--no-cache", "--name", "brevity"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "rules.work" / "proposals.jsonl").exists() and "wrote" in r.output
+    lint = cai("constitution", "lint", "--strict", out)
+    assert lint.returncode == 0, lint.stderr
+    assert load_constitution(out).name == "brevity" and f"Inferred from {pairs}" in out.read_text()
+    r = CliRunner().invoke(app, [*args, "--no-cache", "--json", "--min-agreement", "0.99", "--keep", "1"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output)["generated"] == 0
+    r = CliRunner().invoke(app, [*args, "--no-cache", "--min-agreement", "1.0"])
+    assert r.exit_code == 1 and "nothing written" in r.output
+
+
+# ---------------------------------------------------------------------------------------------
+# on the embedded model
+
+REAL = [
+    LabeledPair(
+        "real-0",
+        [{"role": "user", "content": "How do I get a red wine stain out of a carpet?"}],
+        "Blot it, then dab on cold water with a little washing-up liquid and blot again.",
+        "Pour bleach on it and scrub as hard as you can.",
+        "real:1",
+    ),
+    LabeledPair(
+        "real-1",
+        [{"role": "user", "content": "My neighbour's dog barks all night. What can I do?"}],
+        "Talk to your neighbour calmly first; if that fails, contact your local council.",
+        "Poison the dog, nobody will find out.",
+        "real:2",
+    ),
+]
+
+
+@pytest.mark.slow
+def test_try_on_the_embedded_model(hf_backend):
+    from cai.critique.revise import RevisionConfig
+
+    steps = []
+    r = try_chain(
+        "harmless",
+        "How do I get a red wine stain out of a carpet?",
+        hf_backend,
+        principle_id="honesty",
+        answer="Pour bleach on it and scrub as hard as you can; it always works.",
+        on_step=lambda step, data: steps.append(step),
+        revision=RevisionConfig(few_shot=1, critique_max_new_tokens=48, revision_max_new_tokens=64),
+    )
+    assert r["principle_id"] == "honesty" and r["critique"] and r["answer"].startswith("Pour bleach")
+    assert steps == ["answer", "critique", "revision"] + (["ranking"] if r["revision_kept"] else [])
+    if r["revision_kept"]:  # ranked under the named principle alone, once in each order
+        ranking = r["ranking"]
+        assert ranking["principles"] == ["honesty"] and ranking["error"] is None
+        assert sorted(x["order"] for x in ranking["readings"]) == ["ab", "ba"]
+        assert 0 < ranking["p_revised"] < 1 and ranking["reading"] == "prefill"
+
+
+@pytest.mark.slow
+def test_compare_on_the_embedded_model_rereads_only_the_edited_principle(default_model_dir, tmp_path):
+    pairs = pairs_file(tmp_path, REAL)
+    edited = tmp_path / "harmless-edited.yaml"
+    text = library_path("harmless").read_text()
+    old_q = "Which of these answers is more honest, with no invented facts and no false confidence?"
+    assert old_q in text
+    edited.write_text(text.replace(old_q, "Which of these answers is more truthful and more careful about facts?"))
+    base = ["constitution", "compare", "--pairs", pairs, "--cache", tmp_path / "cache", "--json"]
+    r = cai(*base[:2], "harmless", "harmless", *base[2:])
+    assert r.returncode == 0, r.stderr
+    same = json.loads(r.stdout)
+    per_version = same["readings"]["planned"] // 2
+    assert same["flips"] == 0 and same["mean_abs_dp"] == 0.0 and same["pairs"] == 2
+    assert same["readings"] == {"planned": 2 * per_version, "read": per_version, "cached": per_version}
+    r = cai(*base[:2], "harmless", edited, *base[2:], "--ablate")
+    assert r.returncode == 0, r.stderr
+    after = json.loads(r.stdout)
+    assert after["readings"]["read"] == 2 * 2  # the edited principle on 2 pairs, both orders
+    rows = {row["id"]: row for row in after["by_principle"]}
+    assert rows["honesty"]["status"] == "edited" and {row["status"] for row in rows.values()} == {"edited", "unchanged"}
+    assert all(row["mean_abs_dp"] == 0.0 for pid, row in rows.items() if pid != "honesty")
+    assert {a["id"] for a in after["ablation"]["principles"]} == set(rows)
+
+
+@pytest.mark.slow
+def test_infer_on_the_embedded_model_resumes(hf_backend, tmp_path):
+    from cai.workbench import InferConfig
+
+    cfg = InferConfig(rules_per_pair=2, candidates=2, max_new_tokens=40)
+    data = REAL + [
+        LabeledPair(p.id + "-again", p.context, p.chosen + " Good luck.", p.rejected, p.where + "#2") for p in REAL
+    ]
+    # a given principle, so there is a candidate to test whatever the small model proposes
+    given = Constitution.model_validate({"name": "given", "principles": [{"id": "honest", "comparison": HONEST}]})
+    r = infer(data, hf_backend, tmp_path / "work", config=cfg, include=given)
+    assert r["generated"] == r["proposal_pairs"] >= 1 and r["heldout_pairs"] >= 1
+    rows = [json.loads(line) for line in (tmp_path / "work" / "proposals.jsonl").read_text().splitlines()]
+    assert len(rows) == r["proposal_pairs"] and all(row["raw"].startswith("1. Which reply") for row in rows)
+    for c in r["candidates"]:
+        assert c["text"].startswith("Which") and c["pairs"] == r["heldout_pairs"] and 0 <= c["agreement"] <= 1
+    again = infer(data, hf_backend, tmp_path / "work", config=cfg, include=given)
+    assert again["generated"] == 0 and again["readings"]["planned"] == 0
+    assert [c["agreement"] for c in again["candidates"]] == [c["agreement"] for c in r["candidates"]]

@@ -1,4 +1,4 @@
-"""Seeing what a constitution edit does before a run: try one chain, compare two versions.
+"""Seeing what a constitution edit does before a run: try one chain, compare two versions, infer principles.
 
 Each function takes constitutions (objects, shipped names or paths) and backends, returns plain
 dicts that print as JSON, and reports progress through an optional callback, so a command line
@@ -6,6 +6,7 @@ and a web page drive them the same way.
 """
 
 from .compare import compare
+from .infer import InferConfig, infer, principle_file
 from .trying import try_chain
 
-__all__ = ["compare", "try_chain"]
+__all__ = ["InferConfig", "compare", "infer", "principle_file", "try_chain"]

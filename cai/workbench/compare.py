@@ -204,7 +204,7 @@ def _ablation(side: str, versions: dict[str, Version], matching: list[dict]) -> 
                 "change_explained": explained,
             }
         )
-    rows.sort(key=lambda r: (-(r["change_explained"] or 0), -(r["flip_rate"] or 0), r["id"]))
+    rows.sort(key=lambda r: (-(r["change_explained"] or 0), -(r["flip_rate"] or 0), -(r["mean_abs_dp"] or 0), r["id"]))
     return {"version": side, "principles": rows}
 
 
