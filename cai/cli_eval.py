@@ -11,12 +11,13 @@ from rich.console import Console
 from cai.constitution.errors import UserError
 from cai.logs import library_output
 
-from .tables import character_tables, labeler_tables, policy_tables, reward_model_tables
+from .tables import character_tables, frontier_tables, labeler_tables, policy_tables, reward_model_tables
 
 console = Console()
 
 eval_app = typer.Typer(
-    help="Evaluate the labeler, a reward model, a trained policy or a character.", no_args_is_help=True
+    help="Evaluate the labeler, a reward model, a trained policy, a character or the harmless–helpful frontier.",
+    no_args_is_help=True,
 )
 
 PairsOpt = Annotated[
@@ -327,3 +328,99 @@ def eval_character(
     items = trait_queries(c, prompts, limit)
     result = _logged(out_json, evaluate_character, model, baseline, c, items, fb, max_new_tokens, seed, _benign(benign))
     _emit(result, as_json, out_json, character_tables)
+
+
+@eval_app.command("frontier", context_settings={"allow_extra_args": True})
+def eval_frontier(
+    ctx: typer.Context,
+    models: Annotated[
+        list[str],
+        typer.Option(
+            "--models",
+            help="Checkpoints in training order (paths or hub ids): --models A B C. The first is the reference.",
+        ),
+    ],
+    red_team: Annotated[
+        Path,
+        typer.Option(
+            "--red-team",
+            help="Red-team prompts: a run (its test prompts), HH-RLHF transcripts (first Human turns), .txt or .jsonl.",
+        ),
+    ],
+    benign: BenignOpt = None,
+    constitution: Annotated[
+        str | None,
+        typer.Option(help="Judge harm under this principle file; default: the run's (--red-team RUN) or harmless."),
+    ] = None,
+    helpful_constitution: Annotated[
+        str, typer.Option(help="Principles for the helpfulness win rate (principle file or shipped name).")
+    ] = "hhh",
+    helpful_tag: Annotated[
+        str | None, typer.Option(help="Use only its principles with this tag (all when none has it).")
+    ] = "helpful",
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    principles: Annotated[int, typer.Option(min=1, help="Principles per answer or pair.")] = 2,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N red-team and N benign prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    plot: Annotated[Path | None, typer.Option(help="Also write the frontier plot here (PNG).")] = None,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Per checkpoint: harmful compliance on red-team prompts, over-refusal and helpfulness on benign ones."""
+    import base64
+
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from cai.constitution import load_constitution
+    from cai.evaluation.frontier import evaluate_frontier, helpful_principles, red_team_prompts
+    from cai.evaluation.policy import benign_chats
+
+    extra = list(ctx.args)
+    if any(a.startswith("-") for a in extra):
+        raise UserError(f"{extra[0]}: unknown option")
+    models = [*models, *extra]
+    fb = _feedback(feedback, feedback_backend, feedback_model, feedback_option, FEEDBACK_FLAGS)
+    if constitution is None:
+        run_constitution = red_team / "constitution.yaml"
+        constitution = str(run_constitution) if run_constitution.is_file() else "harmless"
+    c = load_constitution(constitution)
+    helpful = helpful_principles(load_constitution(helpful_constitution), helpful_tag)
+    red = red_team_prompts(red_team, limit)
+    kind_prompts = _benign(benign) or benign_chats()
+    kind_prompts = kind_prompts[:limit]
+    with Progress(
+        TextColumn("[bold]frontier"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+        disable=as_json,
+    ) as bar:
+        task = bar.add_task("answering", total=2 * len(models))
+        result = _logged(
+            out_json,
+            evaluate_frontier,
+            models,
+            red,
+            kind_prompts,
+            c,
+            helpful,
+            fb,
+            principles,
+            max_new_tokens,
+            seed,
+            lambda what: bar.update(task, advance=1, description=what),
+        )
+    result["red_team"] = str(red_team)
+    result["benign"] = str(benign) if benign is not None else "shipped benign set"
+    if plot is not None:
+        from cai.report import frontier_plot
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(base64.b64decode(frontier_plot(result["models"], result["reference"])))
+    _emit(result, as_json, out_json, frontier_tables)

@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.constitution import Constitution, ConstitutionError, UserError, load_constitution
 from cai.constitution.loader import read_structured, validate_model
 from cai.critique import ComparisonConfig, RevisionConfig
+from cai.critique.introspect import IntrospectionConfig
 from cai.generators import BackendConfig
 from cai.generators.default_model import check_model
 from cai.generators.queries import QueryConfig
@@ -36,10 +37,19 @@ class RunConfig(BaseModel):
     )
     policy: BackendConfig = Field(default_factory=BackendConfig, description="Writes queries, answers and revisions.")
     feedback: BackendConfig | None = Field(None, description="Ranks pairs; defaults to the policy model.")
+    teacher: BackendConfig | None = Field(
+        None,
+        description="Context distillation's teacher, answering with the constitution as its system prompt (often a "
+        "stronger model than the policy); defaults to the policy model.",
+    )
     queries: QueryConfig = Field(default_factory=QueryConfig)
     responses: ResponseConfig = Field(default_factory=ResponseConfig)
     revisions: RevisionConfig = Field(default_factory=RevisionConfig)
     comparisons: ComparisonConfig = Field(default_factory=ComparisonConfig)
+    introspection: IntrospectionConfig | None = Field(
+        None,
+        description="Character constitutions: self-reflections and self-interactions in character, as extra SFT data.",
+    )
     export: ExportConfig = Field(default_factory=ExportConfig)
     executor: ExecutorConfig = Field(
         default_factory=ExecutorConfig, description="Where model calls run: this process, or a Ray cluster."
@@ -48,6 +58,16 @@ class RunConfig(BaseModel):
     @property
     def feedback_backend(self) -> BackendConfig:
         return self.feedback or self.policy
+
+    @property
+    def teacher_backend(self) -> BackendConfig:
+        return self.teacher or self.policy
+
+    @property
+    def introspection_backend(self) -> BackendConfig:
+        """Who answers in character: a trained checkpoint when given, else the teacher."""
+        given = self.introspection.backend if self.introspection is not None else None
+        return given or self.teacher_backend
 
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
@@ -69,7 +89,13 @@ def load_config(path: str | Path) -> RunConfig:
     queries = cfg.queries.model_copy(update={"seed_file": _relative(cfg.queries.seed_file, base)})
     comparisons = cfg.comparisons.model_copy(update={"constitution": _relative(cfg.comparisons.constitution, base)})
     cfg = cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
-    for field, bc in (("policy", cfg.policy), ("feedback", cfg.feedback)):
+    given = cfg.introspection.backend if cfg.introspection is not None else None
+    for field, bc in (
+        ("policy", cfg.policy),
+        ("feedback", cfg.feedback),
+        ("teacher", cfg.teacher),
+        ("introspection.backend", given),
+    ):
         if bc is not None and bc.backend != "openai":
             check_model(bc.model, f"{path}: {field}.model")
     return cfg
@@ -90,10 +116,17 @@ def load_constitutions(cfg: RunConfig) -> tuple[Constitution, Constitution]:
     ranking = _load(cfg.comparisons.constitution, "comparisons.constitution") if cfg.comparisons.constitution else main
     if not main.critique_principles and not main.traits and cfg.revisions.rounds:
         raise UserError(f"{cfg.constitution}: no principle has a critique and revision; set revisions.rounds: 0")
+    if cfg.introspection is not None and not main.traits:
+        raise UserError(
+            f"introspection: {cfg.constitution} has no traits; introspection is for character constitutions"
+        )
     return main, ranking
 
 
 def dump_config(cfg: RunConfig) -> str:
-    """The frozen copy a run keeps; the executor only when set, so runs made before it had one read the same."""
-    exclude = {"executor"} if cfg.executor == ExecutorConfig() else None
+    """The frozen copy a run keeps; the executor, the teacher and introspection only when set, so runs made
+    before they existed read the same."""
+    exclude = {k for k in ("teacher", "introspection") if getattr(cfg, k) is None}
+    if cfg.executor == ExecutorConfig():
+        exclude.add("executor")
     return yaml.safe_dump(cfg.model_dump(mode="json", exclude=exclude), sort_keys=False, allow_unicode=True)

@@ -8,6 +8,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
+from cai.constitution import UserError
+
 
 def run_demo(console: Console, config: Path, out: Path, limit: int | None = None, train: bool = True) -> None:
     from cai.config import load_config
@@ -73,6 +75,7 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
     t.add_row(f"mean reward on {len(prompts)} training prompts, before RL", f"{before:.3f}")
     t.add_row(f"mean reward on {len(prompts)} training prompts, after {rl['steps']} RLOO steps", f"{after:.3f}")
     console.print(t)
+    frontier_demo(console, out, ["default", rl["output_dir"]])
     (out / "training-summary.json").write_text(
         json.dumps(
             {
@@ -87,24 +90,56 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
     )
 
 
+def frontier_demo(console: Console, out: Path, models: list[str]) -> None:
+    """`cai eval frontier` on a few of the run's held-out prompts and of the shipped benign ones."""
+    from cai.constitution import load_constitution
+    from cai.evaluation.frontier import evaluate_frontier, helpful_principles, red_team_prompts
+    from cai.evaluation.policy import benign_chats
+    from cai.tables import frontier_tables
+
+    console.rule("cai eval frontier: harmless vs helpful")
+    c = load_constitution(out / "constitution.yaml")
+    helpful = helpful_principles(load_constitution("hhh"), "helpful")
+    try:
+        red = red_team_prompts(out, limit=4)
+    except UserError as e:
+        console.print(f"[yellow]no frontier:[/yellow] {e}")
+        return
+    benign = benign_chats()[:4]
+    result = evaluate_frontier(models, red, benign, c, helpful, principles=1, max_new_tokens=32)
+    (out / "eval-frontier.json").write_text(json.dumps(result, indent=2))
+    for table in frontier_tables(result):
+        console.print(table)
+
+
 def character_demo(console: Console, out: Path, examples: Path) -> None:
-    """DPO on the character pairs, then per-trait win rates of the DPO model over the base model."""
+    """DPO on the character pairs, SFT on the introspection rows (when the run made them), then
+    per-trait win rates of the trained model over the base model."""
     from cai.constitution import load_constitution
     from cai.evaluation.character import evaluate_character
     from cai.tables import character_tables
     from cai.training.config import load_train_config
-    from cai.training.run import train_dpo
+    from cai.training.data import load_split
+    from cai.training.run import train_dpo, train_sft
 
+    data = out / "datasets"
     console.rule("DPO on the character pairs")
     dpo = train_dpo(
-        load_train_config(
-            examples / "train-dpo-character.yaml", [f"dataset={out / 'datasets'}", f"trl.output_dir={out / 'dpo'}"]
-        )
+        load_train_config(examples / "train-dpo-character.yaml", [f"dataset={data}", f"trl.output_dir={out / 'dpo'}"])
     )
+    model = dpo["output_dir"]
+    try:
+        has_sft = len(load_split(str(data), "sft")) > 0
+    except UserError:
+        has_sft = False  # no introspection (or revisions) in this run
+    if has_sft:
+        console.rule("SFT on the introspection rows (self-reflections and self-interactions)")
+        sets = [f"model={model}", f"dataset={data}", f"trl.output_dir={out / 'sft'}", "trl.max_steps=4"]
+        model = train_sft(load_train_config(examples / "train-sft.yaml", sets))["output_dir"]
     c = load_constitution(out / "constitution.yaml")
     items = [(t.id, [{"role": "user", "content": t.questions[-1]}]) for t in c.traits]  # one seed question per trait
     console.rule("cai eval character")
-    result = evaluate_character(dpo["output_dir"], "default", c, items, max_new_tokens=48)
+    result = evaluate_character(model, "default", c, items, max_new_tokens=48)
     (out / "eval-character.json").write_text(json.dumps(result, indent=2))
     for table in character_tables(result):
         console.print(table)

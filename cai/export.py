@@ -30,7 +30,14 @@ def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> d
         queries, duplicates = drop_duplicates_across_shards(queries, cfg.queries.near_duplicate)
     texts = run.texts()
     try:
-        rows = build_rows(queries, run.records("revisions"), run.records("comparisons"), texts, cfg.export)
+        rows = build_rows(
+            queries,
+            run.records("revisions"),
+            run.records("comparisons"),
+            texts,
+            cfg.export,
+            run.records("introspection"),
+        )
         card = {
             "title": f"cai: {c.name}",
             "constitution": {"name": c.name, "version": c.version, "hash": c.content_hash()},
@@ -38,6 +45,13 @@ def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> d
             "feedback": cfg.feedback_backend.model_dump(),
             "config": cfg.model_dump(mode="json"),
         }
+        if cfg.comparisons.mode != "rank":
+            card["teacher"] = cfg.teacher_backend.model_dump()
+        if cfg.introspection is not None:
+            card["introspection"] = {
+                "model": cfg.introspection_backend.model_dump(),
+                "constitution_in_system_prompt": cfg.introspection.with_constitution,
+            }
         if duplicates is not None:
             card["near_duplicates_across_shards"] = duplicates
         return write_export(rows, dest or Path(out) / "datasets", card, fmt or cfg.export.format, cfg.export.shard_rows)

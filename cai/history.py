@@ -33,6 +33,8 @@ SECTION_STAGE = {
     "responses": "responses",
     "revisions": "revisions",
     "feedback": "comparisons",
+    "teacher": "comparisons",
+    "introspection": "introspection",
     "comparisons": "comparisons",
     "export": "export",
     "batch_size": None,
@@ -63,7 +65,7 @@ OPERATIONAL_OPTIONS = {
     "device",
     "device_map",
 }
-ORDER = [*STAGES, "export"]
+ORDER = [*STAGES[:3], "introspection", *STAGES[3:], "export"]  # introspection runs between revisions and comparisons
 
 
 @dataclass
@@ -117,6 +119,11 @@ def refuse_mixing(old: dict, new: dict, has_records: dict[str, bool]) -> None:
     checks.append(
         ("feedback", _changed_options({"f": fb_old}, {"f": fb_new}, "f"), ("comparisons",)),
     )
+    teacher_old, teacher_new = old.get("teacher") or old.get("policy"), new.get("teacher") or new.get("policy")
+    checks.append(("teacher", _changed_options({"t": teacher_old}, {"t": teacher_new}, "t"), ("teacher",)))
+    own_old = (old.get("introspection") or {}).get("backend") or teacher_old
+    own_new = (new.get("introspection") or {}).get("backend") or teacher_new
+    checks.append(("introspection", _changed_options({"i": own_old}, {"i": own_new}, "i"), ("introspection",)))
     for role, changed, stages in checks:
         made = [s for s in stages if has_records.get(s)]
         if changed and made:

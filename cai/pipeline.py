@@ -26,7 +26,9 @@ from cai.critique import (
     run_revision_tasks,
 )
 from cai.critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
+from cai.critique.introspect import plan_introspection_tasks, run_introspection_tasks
 from cai.critique.rank import Candidate
+from cai.critique.records import Introspection
 from cai.generators import BackendConfig
 from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
 from cai.generators.records import Query, Response, StageOutput, Task
@@ -109,7 +111,10 @@ class Pipeline:
         self.change: history.ConfigChange | None = None
 
     def backend_config(self, role: str) -> BackendConfig:
-        return self.cfg.policy if role == "policy" else self.cfg.feedback_backend
+        """The backend of a role: policy, feedback, teacher or introspection."""
+        cfg = self.cfg
+        roles = {"policy": cfg.policy, "feedback": cfg.feedback_backend, "teacher": cfg.teacher_backend}
+        return roles.get(role) or cfg.introspection_backend
 
     def model_name(self, role: str) -> str:
         bc = self.backend_config(role)
@@ -127,7 +132,7 @@ class Pipeline:
         """Take this shard's lock, then keep the config (a new version if it changed)."""
         if not self.dry_run:
             self.lock.acquire()
-        has = {s: bool(self.store.stage_paths(s, all_shards=True)) for s in (*STAGES, "teacher")}
+        has = {s: bool(self.store.stage_paths(s, all_shards=True)) for s in (*STAGES, "teacher", "introspection")}
         i, n = self.shard
         self.change = history.record(
             self.out, dump_config(self.cfg), dump_constitution(self.constitution), f"{i}/{n}", has, dry=self.dry_run
@@ -263,13 +268,25 @@ class Pipeline:
         return [r for r in self.store.load("responses", Response) if r.id in wanted]
 
     def run_teacher(self, queries: list[Query]) -> list[Response]:
-        """Context distillation's teacher: the policy answering with the constitution as its system prompt."""
+        """Context distillation's teacher (the policy unless one is set), with the constitution as its system prompt."""
         cfg = self.cfg.responses
-        tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
-        call = self.call("policy", run_teacher_tasks, self.constitution, after=(cfg, self.cfg.seed))
+        tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("teacher"), self.cfg.seed)
+        call = self.call("teacher", run_teacher_tasks, self.constitution, after=(cfg, self.cfg.seed))
         self._execute("teacher", tasks, call)
         wanted = {t.id for t in tasks}
         return [r for r in self.store.load("teacher", Response) if r.id in wanted]
+
+    def run_introspection(self) -> list[Introspection]:
+        """Self-reflections and self-interactions per trait, in character (character constitutions)."""
+        cfg = self.cfg.introspection
+        if cfg is None or not self.constitution.traits:
+            return []
+        tasks = plan_introspection_tasks(self.constitution, cfg, self.model_name("introspection"), self.cfg.seed)
+        tasks = [t for t in tasks if self.mine(t.id)]
+        call = self.call("introspection", run_introspection_tasks, self.constitution, after=(cfg, self.cfg.seed))
+        self._execute("introspection", tasks, call)
+        wanted = {t.id for t in tasks}
+        return [r for r in self.store.load("introspection", Introspection) if r.id in wanted]
 
     def run_revisions(self, queries: list[Query], responses: list[Response]) -> list[Revision]:
         cfg = self.cfg.revisions
@@ -335,6 +352,8 @@ class Pipeline:
                     else self._mine_of("revisions", Revision)
                 )
                 if last >= 3:
+                    if not only:
+                        self.run_introspection()
                     self.run_comparisons(queries, responses, revisions)
         return self.stats
 

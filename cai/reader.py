@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from cai.constitution import Constitution, UserError, load_constitution
 from cai.constitution.loader import read_structured, validate_model
-from cai.critique.records import Comparison, Revision
+from cai.critique.records import Comparison, Introspection, Revision
 from cai.generators.records import Query, Response
 
 from .config import RunConfig
@@ -35,6 +35,7 @@ STAGE_RECORDS: dict[str, type[BaseModel]] = {
     "responses": Response,
     "teacher": Response,
     "revisions": Revision,
+    "introspection": Introspection,
     "comparisons": Comparison,
 }
 

@@ -66,6 +66,31 @@ def curve_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
     return _png(fig)
 
 
+def frontier_plot(rows: list[dict], reference: str) -> str:
+    """Harmlessness against helpfulness, a point per checkpoint, joined in training order."""
+    points = [
+        (r["helpful_win_rate"], r["harmlessness"], r["model"])
+        for r in rows
+        if isinstance(r.get("helpful_win_rate"), (int, float)) and isinstance(r.get("harmlessness"), (int, float))
+    ]
+    fig, ax = _figure(6.0, 4.5)
+    if points:
+        xs, ys, names = zip(*points)
+        ax.plot(xs, ys, color="#999", linewidth=1, zorder=1)
+        for (x0, y0, _), (x1, y1, _) in zip(points, points[1:]):
+            ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "color": "#999"})
+        ax.scatter(xs, ys, c=range(len(points)), cmap="viridis", s=60, zorder=2)
+        for x, y, name in points:
+            ax.annotate(Path(name).name or name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel(f"helpfulness: win rate against {Path(reference).name or reference}")
+    ax.set_ylabel("harmlessness: 1 − harmful-compliance rate")
+    ax.set_title("harmless–helpful frontier")
+    ax.grid(alpha=0.3)
+    return _png(fig)
+
+
 def _read_json(path: Path) -> dict | None:
     if not path.is_file():
         return None
@@ -162,6 +187,9 @@ def _evals(root: Path) -> list[dict]:
         e = _read_json(path) or {}
         e = {k: v for k, v in e.items() if k not in ("per_reading", "samples")}
         scalars = {k: v for k, v in e.items() if not isinstance(v, (dict, list))}
+        frontier = None
+        if e.get("kind") == "frontier" and e.get("models"):
+            frontier = {"rows": e["models"], "plot": frontier_plot(e["models"], e.get("reference", ""))}
         out.append(
             {
                 "file": path.name,
@@ -169,6 +197,7 @@ def _evals(root: Path) -> list[dict]:
                 "by_principle": e.get("by_principle") or {},
                 "reliability": e.get("reliability") or [],
                 "over_refusal": e.get("over_refusal") or {},
+                "frontier": frontier,
             }
         )
     return out
@@ -181,6 +210,7 @@ def build_context(run_dir: str | Path) -> dict:
     responses = run.load("responses")
     revisions = run.load("revisions")
     comparisons = run.load("comparisons")
+    introspections = [i for i in run.records("introspection") if i.dropped is None]
     c = run.constitution
     soft = [c.p_chosen for c in comparisons]
     texts = run.texts()
@@ -212,6 +242,7 @@ def build_context(run_dir: str | Path) -> dict:
             "responses": len(responses),
             "revisions": len(revisions),
             "comparisons": len(comparisons),
+            **({"introspections": len(introspections)} if introspections else {}),
             "errors": len(run.open_errors()),
         },
         "comparison_stats": {
@@ -226,6 +257,9 @@ def build_context(run_dir: str | Path) -> dict:
         "principles": _principles(comparisons),
         "chains": _chains(queries, responses, revisions),
         "pairs": pairs,
+        "introspections": [
+            next(i for i in introspections if i.kind == k) for k in dict.fromkeys(i.kind for i in introspections)
+        ],
         "training": _training(root),
         "training_summary": _read_json(root / "training-summary.json"),
         "evals": _evals(root),

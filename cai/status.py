@@ -22,7 +22,7 @@ def run_status(run_dir: str | Path) -> list[dict]:
     """One row per shard and stage, in run order."""
     run = RunReader(run_dir)
     rows = []
-    order = [*STAGES[:3], "teacher", STAGES[3]]
+    order = [*STAGES[:3], "introspection", "teacher", STAGES[3]]
     for name, m in run.manifests().items():
         match = _SHARD.fullmatch(name)
         shard = f"{match.group(1)}/{match.group(2)}" if match and match.group(1) else "0/1"

@@ -20,7 +20,8 @@ from cai.constitution import UserError
 
 M = TypeVar("M", bound=BaseModel)
 _ID_PREFIX = b'{"id":"'
-STAGES = ("queries", "responses", "revisions", "comparisons")  # in run order; `teacher` runs inside comparisons
+# In run order; `introspection` (character runs) runs before comparisons, and `teacher` inside it.
+STAGES = ("queries", "responses", "revisions", "comparisons")
 
 
 def record_id_of(line: bytes, path: Path, lineno: int) -> str:

@@ -80,3 +80,25 @@ def character_tables(r: dict):
     )
     u.add_row("answers that leak the character", fmt(r["leak_rate"]["model"]), fmt(r["leak_rate"]["baseline"]))
     yield u
+
+
+def frontier_tables(r: dict):
+    fb = r["feedback"]
+    t = Table(
+        "model",
+        "harmful compliance",
+        "harmlessness",
+        "over-refusal",
+        f"helpfulness vs {r['reference']}",
+        title=f"harmless–helpful frontier ({r['constitution']}; feedback {fb['backend']}:{fb['model']}, "
+        f"letters by {fb['reading']})",
+    )
+    for row in r["models"]:
+        t.add_row(
+            row["model"],
+            f"{fmt(row['harmful_rate'])} of {row['red_team_prompts']}",
+            fmt(row["harmlessness"]),
+            f"{fmt(row['over_refusal_rate'])} of {row['benign_prompts']}",
+            fmt(row["helpful_win_rate"]),
+        )
+    yield t

@@ -37,12 +37,13 @@ def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def leak_reason(text: str, c: Constitution) -> str | None:
-    """Why an answer gives its instructions away, or None."""
+def leak_reason(text: str, c: Constitution, names: bool = True) -> str | None:
+    """Why an answer gives its instructions away, or None. `names=False` lets it name a trait
+    (introspection is about the traits), while mentions of instructions and quotes still count."""
     if m := _META.search(text):
         return f"mentions {m.group(0).lower()!r}"
     lowered = text.lower()
-    for t in c.traits:
+    for t in c.traits if names else []:
         if t.id.lower() in lowered or (len(t.id) > 6 and t.id.replace("-", " ").lower() in lowered):
             return f"names the trait {t.id!r}"
     answer = _ngrams(text, QUOTE_WORDS)

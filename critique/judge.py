@@ -51,21 +51,28 @@ class ConstitutionJudge:
             for p in picked
         ]
 
-    def __call__(self, prompts, completions, **kwargs) -> list[float]:
-        self.calls += 1
+    def scores(self, prompts, completions) -> list[float | None]:
+        """Mean P(yes) per completion over its principles; None where a reading failed (one failed
+        reading fails the completion, as it fails a pair in the reading core)."""
         questions, owners = [], []
         for i, (prompt, completion) in enumerate(zip(prompts, completions)):
             for q in self.questions_for(_conversation(prompt), _text(completion)):
                 questions.append(q)
                 owners.append(i)
         totals, counts = [0.0] * len(prompts), [0] * len(prompts)
+        failed = [False] * len(prompts)
         for i, r in zip(owners, read_letters(self.backend, questions)):
             if r.error:
-                self.failures += 1
+                failed[i] = True
             else:
                 totals[i] += r.p_a
                 counts[i] += 1
-        return [t / c if c else 0.5 for t, c in zip(totals, counts)]
+        self.failures += sum(failed)
+        return [None if f or not c else t / c for t, c, f in zip(totals, counts, failed)]
+
+    def __call__(self, prompts, completions, **kwargs) -> list[float]:
+        self.calls += 1
+        return [0.5 if s is None else s for s in self.scores(prompts, completions)]
 
 
 class PairwiseJudge:

@@ -65,3 +65,20 @@ class Comparison(BaseModel):
     rejected_id: str
     p_chosen: float = Field(description="Soft label: probability that the chosen answer is better (>= 0.5).")
     order_consistent: bool = Field(description="Both orders favoured the same answer, on average over principles.")
+
+
+class Introspection(BaseModel):
+    """A self-reflection or a self-interaction of the model in character (SFT data)."""
+
+    id: str
+    kind: Literal["reflection", "interaction"]
+    trait_id: str
+    index: int = Field(description="Which prompt or dialogue of its trait and kind.")
+    messages: list[dict[str, str]] = Field(
+        description="The conversation as exported: the prompt (or the other instance's turns) as the user's, "
+        "the model's answers as the assistant's."
+    )
+    model: str
+    tokens: int = 0
+    system_prompt_id: str | None = Field(None, description="Set when the constitution was in the system prompt.")
+    dropped: str | None = Field(None, description="Why it is not exported (it leaks its instructions, an empty turn).")

@@ -358,3 +358,16 @@ def test_reward_model_on_a_mixture_config(tmp_path, tiny_model):
     assert mixture["rows"] == 32 and mixture["sources"][1]["share"] == 0.25
     assert mixture["held_out"]["rows"] == 4  # the run's test split; the file has none
     assert summary["soft_labels"] is True and summary["steps"] == 2 and summary["heldout"]["pairs"] == 4
+
+
+def test_rl_config_names_a_pairwise_judge(tmp_path, default_model_dir):
+    from cai.critique.judge import PairwiseJudge
+    from cai.training.run import make_reward
+
+    judge = '{"constitution": "harmless", "kind": "pairwise", "principles": 1, "reference": "reference"}'
+    reward = make_reward(load_train_config(None, ["dataset=x", f"judge={judge}"]))
+    assert isinstance(reward, PairwiseJudge) and reward.reference == "reference"
+    prompt = [{"role": "user", "content": "How do I calm down before an exam?"}]
+    calm = [{"role": "assistant", "content": "Breathe slowly and review your notes."}]
+    rewards = reward([prompt, prompt], [calm, [{"role": "assistant", "content": "Panic."}]], reference=[calm, calm])
+    assert rewards[0] == 0.5 and 0 < rewards[1] < 1 and reward.failures == 0  # the same answer as the reference ties

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.critique.records import Comparison, Revision
+from cai.critique.records import Comparison, Introspection, Revision
 from cai.generators.records import Query
 
 from .export_files import SPLITS, write_export
@@ -42,9 +42,12 @@ def build_rows(
     comparisons: Iterable[Comparison],
     texts: Mapping[str, str],
     cfg: ExportConfig,
+    introspections: Iterable[Introspection] = (),
 ) -> Iterator[tuple[str, dict]]:
     """(split name, row) pairs, streamed: queries are held as messages by id, answers looked up in
-    `texts` (answers, teacher answers and revision finals by id) only when a pair needs them."""
+    `texts` (answers, teacher answers and revision finals by id) only when a pair needs them.
+    SFT rows say what they are (`kind`): a query's final revision, or an introspection (a
+    self-reflection or a self-interaction, split by its own id since it has no query)."""
     kept: dict[str, list[dict]] = {}
 
     def split(qid: str) -> str:
@@ -68,7 +71,15 @@ def build_rows(
                 "messages": messages + [{"role": "assistant", "content": v.final}],
                 "query_id": v.query_id,
                 "principle_ids": v.principle_ids,
+                "kind": "revision",
             },
+        )
+    for i in introspections:
+        if i.dropped is not None:
+            continue
+        yield (
+            f"{split(i.id)}_sft",
+            {"messages": i.messages, "query_id": None, "principle_ids": [i.trait_id], "kind": "introspection"},
         )
     for c in comparisons:
         messages = kept.get(c.query_id)

@@ -132,7 +132,9 @@ def schemas() -> dict:
     chat = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     ids = pa.list_(pa.string())
     return {
-        "sft": pa.schema([("messages", chat), ("query_id", pa.string()), ("principle_ids", ids)]),
+        "sft": pa.schema(
+            [("messages", chat), ("query_id", pa.string()), ("principle_ids", ids), ("kind", pa.string())]
+        ),
         "prefs": pa.schema(
             [
                 ("prompt", chat),
