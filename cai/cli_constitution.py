@@ -16,7 +16,6 @@ import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from cai.cli_eval import _feedback
 from cai.constitution.errors import UserError
@@ -91,13 +90,6 @@ def _print_step(step: str, data: dict) -> None:
         console.print(f"[bold]revision[/bold]{note}: {escape(data['text'])}")
 
 
-def ranking_table(ranking: dict) -> Table:
-    t = Table("principle", "order", "shown as (A)", "P(A)", "P(revised)", title=f"readings ({ranking['reading']})")
-    for r in ranking["readings"]:
-        t.add_row(r["principle_id"], r["order"], r["shown_as_a"], fmt(r["p_a"]), fmt(r["p_revised"]))
-    return t
-
-
 def constitution_try(
     constitution: ConstitutionArg,
     message: Annotated[str, typer.Argument(help="A user message to answer, critique, revise and rank.")],
@@ -124,6 +116,7 @@ def constitution_try(
     The ranking reads both answers under the ranking principles (or the named one), in both orders."""
     from cai.generators import load_backend
     from cai.workbench import try_chain
+    from cai.workbench.tables import ranking_table
     from cai.workbench.trying import as_constitution
 
     fb = _feedback(feedback, backend, model, option)
@@ -186,61 +179,6 @@ def _progress(total: int) -> tuple[Progress, Callable[[dict], None]]:
     return progress, update
 
 
-def compare_tables(r: dict):
-    title = f"{r['old']['name']} ({r['old']['hash']}) vs {r['new']['name']} ({r['new']['hash']}), {r['pairs']} pairs"
-    t = Table("", "old", "new", title=title)
-    for k in ("agreement", "order_consistency", "position_bias", "mean_p_chosen", "pairs_read", "readings", "errors"):
-        t.add_row(k if k != "agreement" else "agreement with the file's labels", fmt(r["old"][k]), fmt(r["new"][k]))
-    yield t
-    t = Table("principle", "status", "pairs", "flips", "mean |Δp|", "agreement", "order cons.", "pos. bias")
-    t.title = "per principle (old → new)"
-
-    def pair(row: dict, key: str) -> str:
-        a, b = row.get(key + "_old"), row.get(key + "_new")
-        return f"{'-' if a is None else f'{a:.2f}'}→{'-' if b is None else f'{b:.2f}'}"
-
-    changed_first = sorted(
-        r["by_principle"], key=lambda row: (row["status"] == "unchanged", -(row["mean_abs_dp"] or 0))
-    )
-    for row in changed_first:
-        ident = row["id"] or row["old_id"]
-        if row["status"] == "renamed":
-            ident = f"{row['old_id']} → {row['id']}"
-        flips = "-" if row["flip_rate"] is None else f"{row['flips']} ({row['flip_rate']:.0%})"
-        t.add_row(
-            ident,
-            row["status"],
-            str(row["pairs"]),
-            flips,
-            fmt(row["mean_abs_dp"]),
-            pair(row, "agreement"),
-            pair(row, "order_consistency"),
-            pair(row, "position_bias"),
-        )
-    yield t
-    if r["moved"]:
-        t = Table("pair", "user message", "P(chosen) old", "new", "flipped", title="the pairs that moved most")
-        for m in r["moved"]:
-            prompt = m["prompt"] if len(m["prompt"]) <= 70 else m["prompt"][:67] + "..."
-            where = Path(m["pair"]).name
-            t.add_row(where, escape(prompt), fmt(m["p_old"]), fmt(m["p_new"]), "yes" if m["flipped"] else "")
-        yield t
-    if "ablation" in r:
-        a = r["ablation"]
-        t = Table("left out", "status", "flips", "mean |Δp|", "old→new change left", "explained")
-        t.title = f"leave one principle out of the {a['version']} version"
-        for row in a["principles"]:
-            t.add_row(
-                row["id"],
-                row["status"],
-                fmt(row["flip_rate"]),
-                fmt(row["mean_abs_dp"]),
-                fmt(row["change_left"]),
-                fmt(row["change_explained"]),
-            )
-        yield t
-
-
 def constitution_compare(
     old: ConstitutionArg,
     new: ConstitutionArg,
@@ -271,6 +209,7 @@ def constitution_compare(
     from cai.generators import load_backend
     from cai.workbench import compare
     from cai.workbench.compare import load_labeled
+    from cai.workbench.tables import compare_tables
     from cai.workbench.trying import as_constitution
 
     fb = _feedback(feedback, backend, model, option)
@@ -314,18 +253,6 @@ def constitution_compare(
     )
 
 
-def infer_table(r: dict) -> Table:
-    t = Table("rule", "support", "agreement", "order cons.", "pos. bias", "kept", title="candidates")
-    t.title = f"candidates, tested on {r['heldout_pairs']} held-out pairs"
-    for c in r["candidates"]:
-        kept = "[green]yes[/green]" if c["kept"] else escape(c.get("why", ""))
-        support = str(c["support"]) if c["origin"] == "proposed" else "given"
-        t.add_row(
-            escape(c["text"]), support, fmt(c["agreement"]), fmt(c["order_consistency"]), fmt(c["position_bias"]), kept
-        )
-    return t
-
-
 def constitution_infer(
     pairs: PairsOpt,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the inferred principle file (YAML).")],
@@ -364,6 +291,7 @@ def constitution_infer(
     from cai.generators import load_backend
     from cai.workbench import InferConfig, infer
     from cai.workbench.compare import load_labeled
+    from cai.workbench.tables import infer_table
     from cai.workbench.trying import as_constitution
 
     fb = _feedback(feedback, backend, model, option)

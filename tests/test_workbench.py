@@ -153,6 +153,19 @@ def test_compare_reports_progress_per_version():
     ]
 
 
+def test_try_ranks_initial_against_revised_in_both_seats():
+    from cai.workbench.trying import rank_revision
+
+    msgs = [{"role": "user", "content": "Can I come in?"}]
+    pool = lengths().principles[:1]  # brief: the judge prefers the shorter answer with 0.9
+    r = rank_revision(FollowsWording(), msgs, "Yes, you may come in whenever you like.", "Yes.", pool, 0, "k")
+    assert r["p_revised"] == pytest.approx(0.9) and r["order_consistent"] and r["principles"] == ["brief"]
+    seats = {x["shown_as_a"]: x for x in r["readings"]}
+    assert seats["initial"]["order"] == "ab" and seats["initial"]["p_a"] == pytest.approx(0.1)
+    assert seats["revised"]["order"] == "ba" and seats["revised"]["p_a"] == pytest.approx(0.9)
+    assert all(x["p_revised"] == pytest.approx(0.9) for x in r["readings"])
+
+
 def test_try_names_an_unknown_principle():
     with pytest.raises(UserError, match="has no principle 'nope'"):
         try_chain("harmless", "How do I pick a lock?", FollowsWording(), principle_id="nope")

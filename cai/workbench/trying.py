@@ -17,7 +17,7 @@ from pathlib import Path
 from cai.constitution import Constitution, Principle, UserError, derive_seed, load_constitution, weighted_sample
 from cai.critique.cache import ReadingCache
 from cai.critique.rank import ranking_principles, trait_principle
-from cai.critique.reading import PairToRead, ReadingConfig, read_pairs, reading_mode
+from cai.critique.reading import PairToRead, ReadingConfig, read_pairs, reading_mode, seats
 from cai.critique.revise import (
     RevisionConfig,
     clean_revision,
@@ -190,15 +190,17 @@ def rank_revision(
     }
     if r.error is not None:
         return {**out, "p_revised": None, "order_consistent": None, "readings": []}
-    readings = [
-        {
-            "principle_id": j.principle_id,
-            "order": j.order,
-            "shown_as_a": "initial" if j.order == "ab" else "revised",
-            "p_a": j.p_first if j.order == "ab" else 1.0 - j.p_first,
-            "p_revised": 1.0 - j.p_first,
-            "reading": j.reading,
-        }
-        for j in r.judgements
-    ]
+    readings = []
+    for j in r.judgements:
+        p_a, initial_as_a = seats(j, first_is_x=True)  # the initial answer is the pair's first
+        readings.append(
+            {
+                "principle_id": j.principle_id,
+                "order": j.order,
+                "shown_as_a": "initial" if initial_as_a else "revised",
+                "p_a": p_a,
+                "p_revised": 1.0 - j.p_first,
+                "reading": j.reading,
+            }
+        )
     return {**out, "p_revised": 1.0 - r.p_first, "order_consistent": r.order_consistent, "readings": readings}
