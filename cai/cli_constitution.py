@@ -122,6 +122,9 @@ def constitution_try(
     fb = _feedback(feedback, backend, model, option)
     pol = _policy_config(policy, feedback, fb)
     c = as_constitution(constitution)
+    ids = [p.id for p in c.principles] + [t.id for t in c.traits]
+    if principle is not None and principle not in ids:  # before the model loads
+        raise UserError(f"--principle: {c.name} has no principle {principle!r} (it has {', '.join(ids)})")
     with library_output(None):
         with console.status("loading the model", spinner="dots"):
             b_policy = load_backend(pol)

@@ -397,3 +397,9 @@ def test_infer_on_the_embedded_model_resumes(hf_backend, tmp_path):
     again = infer(data, hf_backend, tmp_path / "work", config=cfg, include=given)
     assert again["generated"] == 0 and again["readings"]["planned"] == 0
     assert [c["agreement"] for c in again["candidates"]] == [c["agreement"] for c in r["candidates"]]
+
+
+def test_try_command_names_an_unknown_principle_before_loading_a_model():
+    r = cai("constitution", "try", "harmless", "Hello?", "--principle", "nope")
+    assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    assert r.stderr.startswith("--principle: harmless has no principle 'nope'")
