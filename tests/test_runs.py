@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 
 import pytest
@@ -81,8 +82,15 @@ def test_transient_failures_are_retried_on_rerun_and_permanent_ones_are_not(tmp_
 
 
 def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path):
+    release, answered = threading.Event(), []
+
     def slow(path, body, attempt):
-        return (*ok_answer(path, body)[:3], 1.5)
+        """The first answer comes at once; the rest wait until the test lets them go."""
+        if path.endswith("/chat/completions"):
+            answered.append(1)
+            if len(answered) > 1:
+                release.wait(120)
+        return ok_answer(path, body)
 
     with FakeServer(slow) as server:
         cfg, run = config(tmp_path, server.base_url, "revisions: {rounds: 0}\n"), tmp_path / "run"
@@ -102,6 +110,7 @@ def test_a_second_writer_is_refused_and_a_dead_ones_lock_is_taken_over(tmp_path)
 
         os.killpg(first.pid, signal.SIGKILL)
         first.wait()
+        release.set()
         third = cai("generate", "responses", cfg, "--out", run)
         assert third.returncode == 0, third.stderr
         ids = [x["id"] for x in lines(run / "responses.jsonl")]
