@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields
 import pytest
 
 from cai.executors import ExecutorConfig, StageCall
+from tests.approx import approx_floats
 from tests.cli import cai
 from tests.test_pipeline import CONSTITUTION, SEEDS
 
@@ -114,7 +115,8 @@ def test_a_run_on_ray_writes_what_a_local_run_writes(reference, tmp_path):
     r = cai("run", make_files(tmp_path), "--out", run, "--ray")
     assert r.returncode == 0, r.stderr
     for stage in STAGES:
-        assert records(run, stage) == records(reference, stage), stage  # same ids, texts and order
+        # same ids, texts and order; log-probs to float32 noise (the batches differ)
+        assert records(run, stage) == approx_floats(records(reference, stage)), stage
     assert (run / "datasets" / "README.md").is_file()
     # cai's own lines on the terminal; Ray's notices and its workers' output in cai.log
     assert "ray: a new local Ray cluster" in r.stdout and "2 replica(s) of transformers:default" in r.stdout
