@@ -9,7 +9,8 @@ whole chain (answers, revisions, pairs) stays in one shard's files.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from rich.console import Console
@@ -18,8 +19,6 @@ from rich.table import Table
 
 from cai.constitution import UserError, derive_seed, dump_constitution
 from cai.critique import (
-    Comparison,
-    Revision,
     plan_comparison_tasks,
     plan_revision_tasks,
     run_comparison_tasks,
@@ -28,16 +27,16 @@ from cai.critique import (
 from cai.critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
 from cai.critique.introspect import plan_introspection_tasks, run_introspection_tasks
 from cai.critique.rank import Candidate
-from cai.critique.records import Introspection
 from cai.generators import BackendConfig
 from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
-from cai.generators.records import Query, Response, StageOutput, Task
+from cai.generators.records import Query, StageOutput, Task
 from cai.generators.responses import plan_response_tasks, run_response_tasks
 
 from . import history
 from .config import RunConfig, dump_config, load_constitutions
 from .executors import Executor, StageCall, make_executor
 from .lock import RunLock
+from .refs import AnswerRef, Refs, RevisionRef
 from .store import STAGES, RunStore
 
 
@@ -109,6 +108,7 @@ class Pipeline:
         self.plan: list[PlanRow] = []
         self.lock = RunLock(self.out, self.store.suffix)
         self.change: history.ConfigChange | None = None
+        self.refs = Refs(self.store)
 
     def backend_config(self, role: str) -> BackendConfig:
         """The backend of a role: policy, feedback, teacher or introspection."""
@@ -139,11 +139,20 @@ class Pipeline:
         )
         return self.change
 
-    def _execute(self, stage: str, tasks: list[Task], call: StageCall, check=None) -> StageStats:
+    def _execute(
+        self,
+        stage: str,
+        tasks: list[Task],
+        call: StageCall,
+        check=None,
+        hydrate: Callable[[Task], Task] | None = None,
+    ) -> StageStats:
         """Skip finished tasks, run the rest in batches, append after each batch.
 
         Tasks with a `ready` record need no model; the others go to the executor, batch by batch,
-        and come back in order. `check(output)` may amend a batch's records before they are written."""
+        and come back in order. `hydrate(task)` turns a planned task's references into the records
+        it runs on, for the tasks that run only. `check(output)` may amend a batch's records before
+        they are written."""
         t0 = time.perf_counter()
         version = self.change.version if self.change else 1
         wanted = {o for t in tasks for o in t.outputs}
@@ -164,6 +173,8 @@ class Pipeline:
 
         pending = [t for t in tasks if not all(o in done for o in t.outputs)]
         todo = [t for t in pending if may_run(t)]
+        if hydrate is not None and not self.dry_run:
+            todo = [hydrate(t) for t in todo]
         stats = StageStats(stage, records=len(done))
         if self.dry_run:
             upstream = any(r.todo for r in self.plan)
@@ -244,13 +255,19 @@ class Pipeline:
             tasks = tasks[: self.limit]
         if not tasks:
             raise UserError("queries: nothing to do: set queries.per_principle above 0 or give queries.seed_file")
-        dedupe = Deduplicator(cfg.near_duplicate)
-        for q in self.store.load("queries", Query):
-            if q.dropped is None:
-                dedupe.check(q.id, q.text)
+        dedupe: Deduplicator | None = None
 
         def drop_duplicates(out: StageOutput) -> None:
-            """Seed queries are only remembered; a generated one like an earlier query is dropped."""
+            """Seed queries are only remembered; a generated one like an earlier query is dropped.
+
+            The filter is built from the kept queries on disk when the first batch comes back: a
+            rerun with nothing left to do never builds it."""
+            nonlocal dedupe
+            if dedupe is None:
+                dedupe = Deduplicator(cfg.near_duplicate)
+                for q in self.store.iter_records("queries", Query):
+                    if q.dropped is None:
+                        dedupe.check(q.id, q.text)
             for q in out.records:
                 if q.dropped is None and (dup := dedupe.check(q.id, q.text)) is not None and q.origin == "generated":
                     q.dropped = f"duplicate of {dup}"
@@ -258,37 +275,35 @@ class Pipeline:
         call = self.call("policy", run_query_tasks, self.constitution, after=(cfg, self.cfg.seed, KeepAll()))
         self._execute("queries", tasks, call, drop_duplicates)
         wanted = {t.id for t in tasks}
-        return [q for q in self.store.load("queries", Query) if q.id in wanted and q.dropped is None]
+        return [q for q in self.store.iter_records("queries", Query) if q.id in wanted and q.dropped is None]
 
-    def run_responses(self, queries: list[Query]) -> list[Response]:
+    def run_responses(self, queries: list[Query]) -> list[AnswerRef]:
         cfg = self.cfg.responses
         tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
         self._execute("responses", tasks, self.call("policy", run_response_tasks, after=(cfg, self.cfg.seed)))
         wanted = {o for t in tasks for o in t.outputs}
-        return [r for r in self.store.load("responses", Response) if r.id in wanted]
+        return [r for r in self.refs.answers("responses") if r.id in wanted]
 
-    def run_teacher(self, queries: list[Query]) -> list[Response]:
+    def run_teacher(self, queries: list[Query]) -> list[AnswerRef]:
         """Context distillation's teacher (the policy unless one is set), with the constitution as its system prompt."""
         cfg = self.cfg.responses
         tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("teacher"), self.cfg.seed)
         call = self.call("teacher", run_teacher_tasks, self.constitution, after=(cfg, self.cfg.seed))
         self._execute("teacher", tasks, call)
         wanted = {t.id for t in tasks}
-        return [r for r in self.store.load("teacher", Response) if r.id in wanted]
+        return [r for r in self.refs.answers("teacher") if r.id in wanted]
 
-    def run_introspection(self) -> list[Introspection]:
+    def run_introspection(self) -> None:
         """Self-reflections and self-interactions per trait, in character (character constitutions)."""
         cfg = self.cfg.introspection
         if cfg is None or not self.constitution.traits:
-            return []
+            return
         tasks = plan_introspection_tasks(self.constitution, cfg, self.model_name("introspection"), self.cfg.seed)
         tasks = [t for t in tasks if self.mine(t.id)]
         call = self.call("introspection", run_introspection_tasks, self.constitution, after=(cfg, self.cfg.seed))
         self._execute("introspection", tasks, call)
-        wanted = {t.id for t in tasks}
-        return [r for r in self.store.load("introspection", Introspection) if r.id in wanted]
 
-    def run_revisions(self, queries: list[Query], responses: list[Response]) -> list[Revision]:
+    def run_revisions(self, queries: list[Query], responses: list[AnswerRef]) -> list[RevisionRef]:
         cfg = self.cfg.revisions
         if cfg.rounds == 0 or not self.constitution.critique_principles:
             return []
@@ -296,40 +311,43 @@ class Pipeline:
         pairs = [(by_id[r.query_id], r) for r in responses if r.query_id in by_id]
         tasks = plan_revision_tasks(pairs, self.constitution, cfg, self.model_name("policy"), self.cfg.seed)
         call = self.call("policy", run_revision_tasks, self.constitution, after=(cfg, self.cfg.seed))
-        self._execute("revisions", tasks, call)
-        wanted = {t.id for t in tasks}
-        return [v for v in self.store.load("revisions", Revision) if v.id in wanted]
 
-    def run_comparisons(
-        self, queries: list[Query], responses: list[Response], revisions: list[Revision]
-    ) -> list[Comparison]:
+        def hydrate(t: Task) -> Task:
+            return replace(t, data=replace(t.data, response=t.data.response.record()))
+
+        self._execute("revisions", tasks, call, hydrate=hydrate)
+        wanted = {t.id for t in tasks}
+        return [v for v in self.refs.revisions() if v.id in wanted]
+
+    def run_comparisons(self, queries: list[Query], responses: list[AnswerRef], revisions: list[RevisionRef]) -> None:
+        """Pairs of each query's answers and (initial, revised) pairs; texts are read only for the
+        pairs that run (and to skip identical answers among pairs not ranked yet)."""
         cfg = self.cfg.comparisons
         samples: dict[str, list[Candidate]] = {q.id: [] for q in queries}
+        answers: dict[str, Candidate] = {}
         for r in sorted(responses, key=lambda r: r.sample_index):
             if r.query_id in samples:
-                samples[r.query_id].append(Candidate(id=r.id, text=r.text))
+                answers[r.id] = Candidate(r.id, lambda r=r: r.text)
+                samples[r.query_id].append(answers[r.id])
         revised: dict[str, list] = {q.id: [] for q in queries}
-        texts = {r.id: r.text for r in responses}
         for v in revisions:
-            if v.query_id in revised and v.final != v.initial:
-                revised[v.query_id].append(
-                    (
-                        Candidate(id=v.response_id, text=texts.get(v.response_id, v.initial)),
-                        Candidate(id=v.id, text=v.final),
-                    )
-                )
+            if v.query_id in revised and v.changed:
+                initial = answers.get(v.response_id) or Candidate(v.response_id, lambda v=v: v.initial)
+                revised[v.query_id].append((initial, Candidate(v.id, lambda v=v: v.final)))
+        del answers
         groups = [(q, samples[q.id], revised[q.id]) for q in queries]
         tasks = []
         if cfg.mode in ("rank", "both"):
-            tasks = plan_comparison_tasks(groups, self.ranking, cfg, self.model_name("feedback"), self.cfg.seed)
+            done = self.store.ids("comparisons")
+            model = self.model_name("feedback")
+            tasks = plan_comparison_tasks(groups, self.ranking, cfg, model, self.cfg.seed, done=done)
+            del done
         if cfg.mode in ("distill", "both"):
             teachers = self.run_teacher(queries)
             pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
             tasks += [Task(c.id, None, [c.id], ready=c) for c in pairs]
         call = self.call("feedback", run_comparison_tasks, self.ranking, after=(cfg, self.cfg.seed))
         self._execute("comparisons", tasks, call)
-        wanted = {t.id for t in tasks}
-        return [c for c in self.store.load("comparisons", Comparison) if c.id in wanted]
 
     def run(self, until: str = "comparisons", only: str | None = None) -> list[StageStats]:
         """Run stages up to `until` (or just `only`, which needs its inputs on disk)."""
@@ -343,13 +361,15 @@ class Pipeline:
         queries = self.run_queries() if not only or only == "queries" else self._load_kept_queries()
         if last >= 1:
             responses = (
-                self.run_responses(queries) if not only or only == "responses" else self._mine_of("responses", Response)
+                self.run_responses(queries)
+                if not only or only == "responses"
+                else [r for r in self.refs.answers("responses") if self.mine(r.query_id)]
             )
             if last >= 2:
                 revisions = (
                     self.run_revisions(queries, responses)
                     if not only or only == "revisions"
-                    else self._mine_of("revisions", Revision)
+                    else [v for v in self.refs.revisions() if self.mine(v.query_id)]
                 )
                 if last >= 3:
                     if not only:
@@ -358,16 +378,14 @@ class Pipeline:
         return self.stats
 
     def _load_kept_queries(self) -> list[Query]:
-        qs = [q for q in self.store.load("queries", Query) if q.dropped is None and self.mine(q.id)]
+        qs = [q for q in self.store.iter_records("queries", Query) if q.dropped is None and self.mine(q.id)]
         return qs[: self.limit] if self.limit is not None else qs
-
-    def _mine_of(self, stage: str, model):
-        return [r for r in self.store.load(stage, model) if self.mine(r.query_id)]
 
     def close(self) -> None:
         try:
             self.executor.close()
         finally:
+            self.refs.close()
             self.lock.release()
 
 

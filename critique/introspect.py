@@ -78,6 +78,7 @@ def plan_introspection_tasks(
 ) -> list[Task[IntrospectionTarget]]:
     """Per trait, `reflections` reflection tasks and `interactions` dialogue tasks."""
     settings = cfg.model_dump(exclude={"backend"}) | {"system_prompt": cfg.with_constitution}
+    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
     if cfg.interactions == 0:
         settings.pop("turns")  # no dialogue: the turn count shapes nothing
     tasks = []
@@ -85,7 +86,7 @@ def plan_introspection_tasks(
         for kind, n in (("reflection", cfg.reflections), ("interaction", cfg.interactions)):
             for i in range(n):
                 s = settings if kind == "interaction" else {k: v for k, v in settings.items() if k != "turns"}
-                tid = record_id("introspection", kind, t.id, i, s, model, seed, c.content_hash())
+                tid = record_id("introspection", kind, t.id, i, s, model, seed, chash)
                 tasks.append(Task(tid, IntrospectionTarget(kind, t.id, i), [tid]))  # type: ignore[arg-type]
     return tasks
 

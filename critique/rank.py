@@ -8,11 +8,12 @@ and turns its readings into `Comparison` records with the soft label `p_chosen`.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Container
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import Field
 
 from cai.constitution import Constitution, Principle, Trait
 from cai.generators.records import Query, StageOutput, Task, record_id
@@ -35,9 +36,37 @@ class ComparisonConfig(ReadingConfig):
     )
 
 
-class Candidate(BaseModel):
-    id: str
-    text: str
+class Candidate:
+    """One answer of a pair: its id and its text, or a function that reads the text.
+
+    A rerun plans every pair again to find the ones left, and needs only their ids for that; a
+    candidate of a run's answers reads its text from the stage file the first time a pair that
+    runs asks for it. Pickled (to another process or machine), it carries its text.
+    """
+
+    __slots__ = ("id", "_text")
+
+    def __init__(self, id: str, text: str | Callable[[], str]):
+        self.id = id
+        self._text = text
+
+    @property
+    def text(self) -> str:
+        if callable(self._text):
+            self._text = self._text()
+        return self._text
+
+    def __reduce__(self):
+        return (Candidate, (self.id, self.text))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Candidate) and (self.id, self.text) == (other.id, other.text)
+
+    def __hash__(self) -> int:
+        return hash(self.id)
+
+    def __repr__(self) -> str:
+        return f"Candidate(id={self.id!r})"
 
 
 @dataclass(frozen=True)
@@ -74,17 +103,22 @@ def plan_comparison_tasks(
     cfg: ComparisonConfig,
     model: str,
     seed: int,
+    done: Container[str] = (),
 ) -> list[Task[PairInput]]:
-    """`groups`: per query, its sampled answers and any (initial, revised) pairs."""
+    """`groups`: per query, its sampled answers and any (initial, revised) pairs.
+
+    A pair of identical answers carries no preference and gets no task. A task id in `done` has
+    a record already, so its pair was not identical: its texts are not read to check again."""
     settings = cfg.model_dump()
+    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
     tasks = []
     for q, samples, revised in groups:
         pairs = list(combinations(samples, 2)) if cfg.pairs == "all" else list(zip(samples[::2], samples[1::2]))
         for kind, plist in (("samples", pairs), ("revision", revised if cfg.initial_vs_revised else [])):
             for first, second in plist:
-                if first.text.strip() == second.text.strip():
-                    continue  # identical answers carry no preference
-                tid = record_id("comparison", q.id, first.id, second.id, model, settings, seed, c.content_hash())
+                tid = record_id("comparison", q.id, first.id, second.id, model, settings, seed, chash)
+                if tid not in done and first.text.strip() == second.text.strip():
+                    continue
                 tasks.append(Task(tid, PairInput(q, first, second, kind), [tid]))
     return tasks
 

@@ -1,8 +1,10 @@
 """The pipeline end to end on the embedded model: resume after SIGKILL, ids, exports, TRL."""
 
 import gzip
+import io
 import json
 import os
+import shutil
 import signal
 import time
 
@@ -201,6 +203,29 @@ def test_sigkill_then_rerun_equals_uninterrupted(reference_run, tmp_path):
     before = {s: (run / f"{s}.jsonl").read_bytes() for s in ("queries", "responses", "revisions", "comparisons")}
     assert cai("run", cfg, "--out", run).returncode == 0
     assert before == {s: (run / f"{s}.jsonl").read_bytes() for s in before}
+
+
+@pytest.mark.slow
+def test_a_rerun_with_nothing_left_plans_from_ids_and_reads_no_text(reference_run, tmp_path):
+    """Planning needs ids; texts are read for tasks that run. On a finished run, every stage is
+    planned again, finds nothing to do, and no stage file is opened to read an answer back."""
+    from rich.console import Console
+
+    from cai.config import load_config
+    from cai.pipeline import Pipeline
+
+    run = tmp_path / "run"
+    shutil.copytree(reference_run, run)
+    before = {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
+    pipe = Pipeline(load_config(make_run_files(tmp_path)), run, console=Console(file=io.StringIO()))
+    try:
+        stats = pipe.run()
+        assert [s.stage for s in stats] == ["queries", "responses", "revisions", "comparisons"]
+        assert all(s.new == 0 for s in stats) and all(s.records for s in stats)
+        assert pipe.refs.files and all(f._f is None for f in pipe.refs.files)  # never read from
+    finally:
+        pipe.close()
+    assert before == {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
 
 
 @pytest.mark.slow

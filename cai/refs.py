@@ -1,0 +1,133 @@
+"""Records as planning sees them: ids, links and where each text lies, not the texts.
+
+A rerun of a million-pair run plans every stage again to find what is left. Every planned task
+needs its inputs' ids; only a task that runs needs their texts. Held as records for that, the
+answers alone took about 1.3 KB each (600k answers: most of a gigabyte); a reference holds the
+ids and a byte offset (about 0.2 KB) and reads its text back from the stage file when a task
+that runs asks for it.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cai.constitution import UserError
+from cai.critique.records import Revision
+from cai.generators.records import Response
+
+from .store import RunStore
+
+
+class LineFile:
+    """A stage file, opened at its first read; a line read back by its byte offset."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._f = None
+
+    def row(self, offset: int) -> dict[str, Any]:
+        if self._f is None:
+            self._f = open(self.path, "rb")  # noqa: SIM115 - kept open for many reads, closed by close()
+        self._f.seek(offset)
+        return json.loads(self._f.readline())
+
+    def close(self) -> None:
+        if self._f is not None:
+            self._f.close()
+            self._f = None
+
+
+@dataclass(frozen=True, slots=True)
+class AnswerRef:
+    """An answer (or a teacher's answer): what planning reads of it, and where the rest is."""
+
+    id: str
+    query_id: str
+    sample_index: int
+    dropped: str | None
+    file: LineFile
+    offset: int
+
+    @property
+    def text(self) -> str:
+        return self.file.row(self.offset)["text"]
+
+    def record(self) -> Response:
+        return Response.model_validate(self.file.row(self.offset))
+
+
+@dataclass(frozen=True, slots=True)
+class RevisionRef:
+    """A revision: its links, whether the final text differs from the initial, and where both are."""
+
+    id: str
+    query_id: str
+    response_id: str
+    changed: bool
+    file: LineFile
+    offset: int
+
+    @property
+    def initial(self) -> str:
+        return self.file.row(self.offset)["initial"]
+
+    @property
+    def final(self) -> str:
+        return self.file.row(self.offset)["final"]
+
+    def record(self) -> Revision:
+        return Revision.model_validate(self.file.row(self.offset))
+
+
+class Refs:
+    """Builds references to this shard's records of a stage (an id seen before is skipped, as
+    `RunStore.iter_records` does) and closes the files they read from."""
+
+    def __init__(self, store: RunStore):
+        self.store = store
+        self.files: list[LineFile] = []
+
+    def _rows(self, stage: str):
+        seen: set[str] = set()
+        for path in self.store.stage_paths(stage):
+            file = LineFile(path)
+            self.files.append(file)
+            for offset, lineno, line in self.store.iter_lines_at(path):
+                try:
+                    row = json.loads(line)
+                    rid = row["id"]
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise UserError(f"{path}:{lineno}: corrupt record; remove the line or start a new --out") from None
+                if rid not in seen:
+                    seen.add(rid)
+                    yield file, offset, lineno, row
+
+    def answers(self, stage: str = "responses") -> list[AnswerRef]:
+        """The answers (`responses`) or teacher answers (`teacher`) on disk."""
+        out = []
+        for file, offset, lineno, row in self._rows(stage):
+            try:
+                ref = AnswerRef(row["id"], row["query_id"], int(row["sample_index"]), row.get("dropped"), file, offset)
+            except (KeyError, TypeError, ValueError):
+                raise UserError(f"{file.path}:{lineno}: not a Response record") from None
+            out.append(ref)
+        return out
+
+    def revisions(self) -> list[RevisionRef]:
+        out = []
+        for file, offset, lineno, row in self._rows("revisions"):
+            try:
+                changed = row["final"] != row["initial"]
+                ref = RevisionRef(row["id"], row["query_id"], row["response_id"], changed, file, offset)
+            except (KeyError, TypeError):
+                raise UserError(f"{file.path}:{lineno}: not a Revision record") from None
+            out.append(ref)
+        return out
+
+    def close(self) -> None:
+        for f in self.files:
+            f.close()
+        self.files.clear()
