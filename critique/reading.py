@@ -214,6 +214,14 @@ def question(p: Principle) -> str:
 
 
 def comparison_text(messages: list[dict], p: Principle, a: str, b: str, cot: bool = False) -> str:
+    """The comparison prompt: conversation, the two answers, then the principle's question.
+
+    The question comes after the answers so that the k principles a pair is read under share one
+    prefix in each order (conversation and both answers), which a backend computes once (prefix
+    sharing in transformers, prefix caching in vLLM): on the HH-RLHF labeler bench that computes
+    a third fewer prompt tokens than the question placed before the answers. The letters and what
+    they mean are the same either way.
+    """
     return render("cai.critique", "comparison.jinja", messages=messages, question=question(p), a=a, b=b, reasoning=cot)
 
 

@@ -56,7 +56,7 @@ class PrefersGood:
 
 _BRIEF = re.compile(r"\b(short|shorter|shortest|brief|briefer|concise)\b", re.I)
 _LONG = re.compile(r"\b(long|longer|longest|detailed|thorough)\b", re.I)
-_PAIR = re.compile(r"\n\n(?P<question>[^\n]*)\n\n\(A\) (?P<a>[^\n]*)\n\n\(B\) (?P<b>[^\n]*)\n\n")
+_PAIR = re.compile(r"\n\n\(A\) (?P<a>[^\n]*)\n\n\(B\) (?P<b>[^\n]*)\n\n(?P<question>[^\n]*)\n\n")
 _PROPOSAL = re.compile(r"PREFERRED REPLY:\n(?P<chosen>[^\n]*)\n\nOTHER REPLY:\n(?P<other>[^\n]*)\n")
 SHORT_RULES = (
     "Which reply is shorter and more to the point?",
