@@ -2,7 +2,9 @@
 
 Each stage plans its tasks from the records of the stage before (ids known before any model
 call), keeps the tasks of this shard that are not done yet, and runs them batch by batch,
-appending records after every batch. Work is split over shards by the *query* id, so a query's
+appending records after every batch. Planning holds references to those records (ids and byte
+offsets, `refs.py`); a task is given the records themselves only when it runs, so a rerun of a
+million pairs plans in well under a gigabyte. Work is split over shards by the *query* id, so a query's
 whole chain (answers, revisions, pairs) stays in one shard's files.
 """
 
@@ -27,6 +29,7 @@ from cai.critique import (
 from cai.critique.distill import distill_pairs, plan_teacher_tasks, run_teacher_tasks
 from cai.critique.introspect import plan_introspection_tasks, run_introspection_tasks
 from cai.critique.rank import Candidate
+from cai.critique.revise import RevisionInput
 from cai.generators import BackendConfig
 from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_tasks, run_query_tasks
 from cai.generators.records import Query, StageOutput, Task
@@ -36,7 +39,7 @@ from . import history
 from .config import RunConfig, dump_config, load_constitutions
 from .executors import Executor, StageCall, make_executor
 from .lock import RunLock
-from .refs import AnswerRef, Refs, RevisionRef
+from .refs import AnswerRef, QueryRef, Refs, RevisionRef
 from .store import STAGES, RunStore
 
 
@@ -199,7 +202,8 @@ class Pipeline:
                 state=state,
             )
 
-        done_tasks = {t.id for t in tasks if all(o in done for o in t.outputs)}
+        # done tasks among those with a failure on record: all the manifest's error count needs
+        done_tasks = {t.id for t in tasks if t.id in failures and all(o in done for o in t.outputs)}
         manifest("running" if todo else "done")
         with Progress(
             TextColumn(f"[bold]{stage:<12}"),
@@ -245,7 +249,7 @@ class Pipeline:
         self.stats.append(stats)
         return stats
 
-    def run_queries(self) -> list[Query]:
+    def run_queries(self) -> list[QueryRef]:
         cfg = self.cfg.queries
         seeds = load_seed_queries(cfg.seed_file) if cfg.seed_file else []
         gen_tasks = plan_query_tasks(self.constitution, cfg, self.cfg.seed)
@@ -275,21 +279,24 @@ class Pipeline:
         call = self.call("policy", run_query_tasks, self.constitution, after=(cfg, self.cfg.seed, KeepAll()))
         self._execute("queries", tasks, call, drop_duplicates)
         wanted = {t.id for t in tasks}
-        return [q for q in self.store.iter_records("queries", Query) if q.id in wanted and q.dropped is None]
+        del seeds, seed_tasks, gen_tasks, tasks  # the seed queries as records: not kept past here
+        return [q for q in self.refs.queries() if q.id in wanted]
 
-    def run_responses(self, queries: list[Query]) -> list[AnswerRef]:
+    def run_responses(self, queries: list[QueryRef]) -> list[AnswerRef]:
         cfg = self.cfg.responses
         tasks = plan_response_tasks(queries, cfg, self.model_name("policy"), self.cfg.seed)
-        self._execute("responses", tasks, self.call("policy", run_response_tasks, after=(cfg, self.cfg.seed)))
+        call = self.call("policy", run_response_tasks, after=(cfg, self.cfg.seed))
+        self._execute("responses", tasks, call, hydrate=_query_record)
         wanted = {o for t in tasks for o in t.outputs}
-        return [r for r in self.refs.answers("responses") if r.id in wanted]
+        del tasks
+        return [r for r in self.refs.answers("responses", {q.id: q.id for q in queries}) if r.id in wanted]
 
-    def run_teacher(self, queries: list[Query]) -> list[AnswerRef]:
+    def run_teacher(self, queries: list[QueryRef]) -> list[AnswerRef]:
         """Context distillation's teacher (the policy unless one is set), with the constitution as its system prompt."""
         cfg = self.cfg.responses
         tasks = plan_teacher_tasks(queries, self.constitution, cfg, self.model_name("teacher"), self.cfg.seed)
         call = self.call("teacher", run_teacher_tasks, self.constitution, after=(cfg, self.cfg.seed))
-        self._execute("teacher", tasks, call)
+        self._execute("teacher", tasks, call, hydrate=_query_record)
         wanted = {t.id for t in tasks}
         return [r for r in self.refs.answers("teacher") if r.id in wanted]
 
@@ -303,7 +310,7 @@ class Pipeline:
         call = self.call("introspection", run_introspection_tasks, self.constitution, after=(cfg, self.cfg.seed))
         self._execute("introspection", tasks, call)
 
-    def run_revisions(self, queries: list[Query], responses: list[AnswerRef]) -> list[RevisionRef]:
+    def run_revisions(self, queries: list[QueryRef], responses: list[AnswerRef]) -> list[RevisionRef]:
         cfg = self.cfg.revisions
         if cfg.rounds == 0 or not self.constitution.critique_principles:
             return []
@@ -313,13 +320,15 @@ class Pipeline:
         call = self.call("policy", run_revision_tasks, self.constitution, after=(cfg, self.cfg.seed))
 
         def hydrate(t: Task) -> Task:
-            return replace(t, data=replace(t.data, response=t.data.response.record()))
+            return replace(t, data=RevisionInput(t.data.query.record(), t.data.response.record()))
 
         self._execute("revisions", tasks, call, hydrate=hydrate)
         wanted = {t.id for t in tasks}
         return [v for v in self.refs.revisions() if v.id in wanted]
 
-    def run_comparisons(self, queries: list[Query], responses: list[AnswerRef], revisions: list[RevisionRef]) -> None:
+    def run_comparisons(
+        self, queries: list[QueryRef], responses: list[AnswerRef], revisions: list[RevisionRef]
+    ) -> None:
         """Pairs of each query's answers and (initial, revised) pairs; texts are read only for the
         pairs that run (and to skip identical answers among pairs not ranked yet)."""
         cfg = self.cfg.comparisons
@@ -327,7 +336,7 @@ class Pipeline:
         answers: dict[str, Candidate] = {}
         for r in sorted(responses, key=lambda r: r.sample_index):
             if r.query_id in samples:
-                answers[r.id] = Candidate(r.id, lambda r=r: r.text)
+                answers[r.id] = Candidate(r.id, r)
                 samples[r.query_id].append(answers[r.id])
         revised: dict[str, list] = {q.id: [] for q in queries}
         for v in revisions:
@@ -346,8 +355,13 @@ class Pipeline:
             teachers = self.run_teacher(queries)
             pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
             tasks += [Task(c.id, None, [c.id], ready=c) for c in pairs]
+        del groups, samples, revised  # the tasks hold what they need
         call = self.call("feedback", run_comparison_tasks, self.ranking, after=(cfg, self.cfg.seed))
-        self._execute("comparisons", tasks, call)
+
+        def hydrate(t: Task) -> Task:
+            return t if t.ready is not None else replace(t, data=replace(t.data, query=t.data.query.record()))
+
+        self._execute("comparisons", tasks, call, hydrate=hydrate)
 
     def run(self, until: str = "comparisons", only: str | None = None) -> list[StageStats]:
         """Run stages up to `until` (or just `only`, which needs its inputs on disk)."""
@@ -377,8 +391,8 @@ class Pipeline:
                     self.run_comparisons(queries, responses, revisions)
         return self.stats
 
-    def _load_kept_queries(self) -> list[Query]:
-        qs = [q for q in self.store.iter_records("queries", Query) if q.dropped is None and self.mine(q.id)]
+    def _load_kept_queries(self) -> list[QueryRef]:
+        qs = [q for q in self.refs.queries() if self.mine(q.id)]
         return qs[: self.limit] if self.limit is not None else qs
 
     def close(self) -> None:
@@ -387,6 +401,11 @@ class Pipeline:
         finally:
             self.refs.close()
             self.lock.release()
+
+
+def _query_record(t: Task) -> Task:
+    """A task planned on a query's reference, on the query's record."""
+    return replace(t, data=t.data.record())
 
 
 def summary_table(stats: list[StageStats]) -> Table:

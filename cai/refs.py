@@ -1,10 +1,11 @@
 """Records as planning sees them: ids, links and where each text lies, not the texts.
 
 A rerun of a million-pair run plans every stage again to find what is left. Every planned task
-needs its inputs' ids; only a task that runs needs their texts. Held as records for that, the
-answers alone took about 1.3 KB each (600k answers: most of a gigabyte); a reference holds the
-ids and a byte offset (about 0.2 KB) and reads its text back from the stage file when a task
-that runs asks for it.
+needs its inputs' ids; only a task that runs needs their texts. Held as records for that, an
+answer took about 1.3 KB and a query 1.7 KB (a million pairs: 600k answers and 170k queries, over
+a gigabyte); a reference holds the ids and a byte offset (about 0.2 KB). Planned tasks carry
+references, and the pipeline turns a task's references into records (`record()`) only for the
+tasks that run.
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any
 
 from cai.constitution import UserError
 from cai.critique.records import Revision
-from cai.generators.records import Response
+from cai.generators.records import Query, Response
 
 from .store import RunStore
 
@@ -38,6 +39,20 @@ class LineFile:
         if self._f is not None:
             self._f.close()
             self._f = None
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRef:
+    """A kept query: its id and what planning reads of it (the ids of its principles and traits)."""
+
+    id: str
+    principle_ids: tuple[str, ...]
+    trait_ids: tuple[str, ...]
+    file: LineFile
+    offset: int
+
+    def record(self) -> Query:
+        return Query.model_validate(self.file.row(self.offset))
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,12 +120,28 @@ class Refs:
                     seen.add(rid)
                     yield file, offset, lineno, row
 
-    def answers(self, stage: str = "responses") -> list[AnswerRef]:
-        """The answers (`responses`) or teacher answers (`teacher`) on disk."""
+    def queries(self) -> list[QueryRef]:
+        """The kept queries on disk (a dropped one is on record with the reason, and not used)."""
         out = []
+        for file, offset, lineno, row in self._rows("queries"):
+            if row.get("dropped") is not None:
+                continue
+            try:
+                principles, traits = tuple(row.get("principle_ids", ())), tuple(row.get("trait_ids", ()))
+                out.append(QueryRef(row["id"], principles, traits, file, offset))
+            except (KeyError, TypeError):
+                raise UserError(f"{file.path}:{lineno}: not a Query record") from None
+        return out
+
+    def answers(self, stage: str = "responses", query_ids: dict[str, str] | None = None) -> list[AnswerRef]:
+        """The answers (`responses`) or teacher answers (`teacher`) on disk. `query_ids` (id → id)
+        lets each answer share its query's id string instead of holding a copy."""
+        out = []
+        canon = query_ids or {}
         for file, offset, lineno, row in self._rows(stage):
             try:
-                ref = AnswerRef(row["id"], row["query_id"], int(row["sample_index"]), row.get("dropped"), file, offset)
+                qid = canon.get(row["query_id"], row["query_id"])
+                ref = AnswerRef(row["id"], qid, int(row["sample_index"]), row.get("dropped"), file, offset)
             except (KeyError, TypeError, ValueError):
                 raise UserError(f"{file.path}:{lineno}: not a Response record") from None
             out.append(ref)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 
@@ -37,23 +37,24 @@ class ComparisonConfig(ReadingConfig):
 
 
 class Candidate:
-    """One answer of a pair: its id and its text, or a function that reads the text.
+    """One answer of a pair: its id and its text, or where to read the text.
 
-    A rerun plans every pair again to find the ones left, and needs only their ids for that; a
-    candidate of a run's answers reads its text from the stage file the first time a pair that
-    runs asks for it. Pickled (to another process or machine), it carries its text.
+    A rerun plans every pair again to find the ones left, and needs only their ids for that. A
+    candidate of a run's answers holds a reference (anything with a `.text`, such as the run's
+    `AnswerRef`) or a function, and reads its text the first time a pair that runs asks for it.
+    Pickled (to another process or machine), it carries its text.
     """
 
     __slots__ = ("id", "_text")
 
-    def __init__(self, id: str, text: str | Callable[[], str]):
+    def __init__(self, id: str, text: str | Callable[[], str] | Any):
         self.id = id
         self._text = text
 
     @property
     def text(self) -> str:
-        if callable(self._text):
-            self._text = self._text()
+        if not isinstance(self._text, str):
+            self._text = self._text() if callable(self._text) else self._text.text
         return self._text
 
     def __reduce__(self):
@@ -69,7 +70,7 @@ class Candidate:
         return f"Candidate(id={self.id!r})"
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class PairInput:
     """Two answers to one query, in the order the record names them (first, second)."""
 

@@ -62,13 +62,14 @@ class QueryTarget:
     index: int
 
 
-@dataclass
+@dataclass(slots=True)
 class Task(Generic[P]):
     """One unit of work: its id, its typed input, and the ids of the records it will produce.
 
     `ready` holds a record that needs no model call (a seed query, a distillation pair): it goes
     through the same skip/append path as generated ones, so resume treats both alike, and the
-    pipeline never has to guess from the payload's type which tasks are ready.
+    pipeline never has to guess from the payload's type which tasks are ready. Slotted: a rerun
+    of a million pairs plans a million tasks.
     """
 
     id: str
