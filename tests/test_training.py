@@ -118,8 +118,10 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
     summary = train_rl(cfg, reward=share_of_e)  # a simple, known reward: the share of "e" characters
     curve = summary["reward_curve"]
     assert len(curve) >= 20
-    first, last = sum(curve[:5]) / 5, sum(curve[-5:]) / 5
-    assert last > first + 0.03, " ".join(f"{x:.3f}" for x in curve)
+    # a step's mean reward moves by about 0.01 from noise alone: compare ten steps at each end, so
+    # the difference has a standard error near 0.005, and ask for twice that
+    first, last = sum(curve[:10]) / 10, sum(curve[-10:]) / 10
+    assert last > first + 0.01, " ".join(f"{x:.3f}" for x in curve)
 
 
 @pytest.fixture(scope="module")
