@@ -104,14 +104,17 @@ def test_choice_logprobs_match_a_full_forward_pass(hf_backend):
 def test_unknown_option_and_backend_are_user_errors(default_model_dir):
     with pytest.raises(UserError, match="options.batchsize: unknown option"):
         load_backend(BackendConfig(backend="transformers", options={"batchsize": 4}))
+    with pytest.raises(UserError, match="options.attn_implementation: .*not supported"):
+        load_backend(BackendConfig(backend="transformers", options={"attn_implementation": "sdpaa"}))
     with pytest.raises(UserError, match="unknown backend 'tgi'"):
         load_backend(BackendConfig(backend="tgi"))
 
 
 @pytest.fixture(scope="module")
 def unshared(default_model_dir):
-    """The reference path: every row in full, logits at every position."""
-    backend = load_backend("transformers", prefix_sharing=False)
+    """The reference path: every row in full, logits at every position, transformers' own sdpa
+    (which copies grouped key/value heads out under a padding mask)."""
+    backend = load_backend("transformers", prefix_sharing=False, attn_implementation="sdpa")
     yield backend
     backend.close()
 

@@ -24,11 +24,50 @@ from contextlib import nullcontext
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+from cai.constitution.errors import UserError
+
 from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import parse_options
 from .engine_utils import ChoicePlan, PrefixGroup, StepResult, prefix_groups
+
+GROUPED_SDPA = "sdpa_grouped_kv"
+
+
+def _sdpa_grouped_kv(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
+    """transformers' sdpa attention, except that grouped key/value heads reach torch's kernel as
+    they are (`enable_gqa`) under a padding mask too.
+
+    transformers copies the key/value heads out to one per query head whenever a mask is given
+    (on CUDA a mask with grouped heads falls back to the slow math kernel). On CPU torch's kernel
+    takes both, with the same result, and the copy (every layer, every decoding step, the whole
+    KV cache) took most of a decoding step of a left-padded batch of long prompts.
+    """
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    groups = getattr(module, "num_key_value_groups", 1)
+    plain = kwargs.get("position_bias") is None and kwargs.get("cache") is None and key.shape[-1] == value.shape[-1]
+    if attention_mask is None or groups == 1 or query.device.type != "cpu" or not plain:
+        return sdpa_attention_forward(
+            module, query, key, value, attention_mask, dropout=dropout, scaling=scaling, is_causal=is_causal, **kwargs
+        )
+    out = torch.nn.functional.scaled_dot_product_attention(
+        query, key, value, attn_mask=attention_mask, dropout_p=dropout, scale=scaling, enable_gqa=True
+    )
+    return out.transpose(1, 2).contiguous(), None
+
+
+def use_grouped_kv_attention(lm) -> None:
+    """Switch a model that runs transformers' sdpa on CPU to `_sdpa_grouped_kv`."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    if lm.config._attn_implementation != "sdpa" or lm.device.type != "cpu":
+        return
+    AttentionInterface.register(GROUPED_SDPA, _sdpa_grouped_kv)
+    AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
+    lm.set_attn_implementation(GROUPED_SDPA)
 
 
 class TransformersOptions(BaseModel):
@@ -44,6 +83,11 @@ class TransformersOptions(BaseModel):
         "under this (the KV cache a pass copies); shared prefixes make rows cheap, so more fit than batch_size.",
     )
     max_length: int | None = Field(None, ge=8, description="Context length; defaults to the model's.")
+    attn_implementation: str = Field(
+        "auto",
+        description="`auto`: transformers' own choice, on CPU with sdpa's grouped key/value heads kept "
+        "grouped under a padding mask; or a name transformers takes: `sdpa`, `eager`, `flash_attention_2`, ...",
+    )
     prefix_sharing: bool = Field(
         True,
         description="Run a prefix shared by several prompts of a batch once and reuse its KV cache, and "
@@ -69,8 +113,19 @@ class TransformersBackend:
         if self.tokenizer.pad_token_id is None:
             self.tokenizer.pad_token = self.tokenizer.eos_token
         self.tokenizer.padding_side = "left"
-        self.lm = AutoModelForCausalLM.from_pretrained(path, dtype=dtype, trust_remote_code=opts.trust_remote_code)
+        attn = {} if opts.attn_implementation == "auto" else {"attn_implementation": opts.attn_implementation}
+        try:
+            self.lm = AutoModelForCausalLM.from_pretrained(
+                path, dtype=dtype, trust_remote_code=opts.trust_remote_code, **attn
+            )
+        except (ValueError, ImportError) as e:
+            if not attn:
+                raise
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise UserError(f"backend transformers: options.attn_implementation: {first}") from None
         self.lm.to(device).eval()
+        if opts.attn_implementation == "auto":
+            use_grouped_kv_attention(self.lm)
         self.device = torch.device(device)
         cfg_len = getattr(self.lm.config, "max_position_embeddings", None) or self.tokenizer.model_max_length
         self.context_length = int(opts.max_length or cfg_len)
