@@ -106,7 +106,7 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
             f"dataset={tmp_path}",
             f"trl.output_dir={tmp_path / 'rl'}",
             "trl.max_steps=40",
-            "trl.learning_rate=2e-2",
+            "trl.learning_rate=5e-2",  # at 2e-2 the curve rose in some runs only; here it climbs by step 15
             "trl.num_generations=4",
             "trl.per_device_train_batch_size=16",
             "trl.max_completion_length=12",
@@ -118,10 +118,10 @@ def test_rloo_raises_mean_reward(tmp_path, tiny_model):
     summary = train_rl(cfg, reward=share_of_e)  # a simple, known reward: the share of "e" characters
     curve = summary["reward_curve"]
     assert len(curve) >= 20
-    # a step's mean reward moves by about 0.01 from noise alone: compare ten steps at each end, so
-    # the difference has a standard error near 0.005, and ask for twice that
+    # a step's mean reward moves by about 0.01 from noise alone; ten steps at each end, and a rise
+    # ten times that (untrained, the share is about 0.10)
     first, last = sum(curve[:10]) / 10, sum(curve[-10:]) / 10
-    assert last > first + 0.01, " ".join(f"{x:.3f}" for x in curve)
+    assert last > first + 0.1, " ".join(f"{x:.3f}" for x in curve)
 
 
 @pytest.fixture(scope="module")

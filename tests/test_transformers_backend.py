@@ -119,6 +119,7 @@ def unshared(default_model_dir):
     backend.close()
 
 
+@pytest.mark.skipif(not HH.exists(), reason="HH-RLHF test file not present")
 def test_labeler_p_chosen_is_the_same_with_and_without_prefix_sharing(hf_backend, unshared):
     """Real HH-RLHF pairs through the labeler: 2k readings per pair share the conversation."""
     pairs, _ = load_pairs(HH, 3)
