@@ -149,18 +149,19 @@ class Pipeline:
         call: StageCall,
         check=None,
         hydrate: Callable[[Task], Task] | None = None,
+        done: set[str] | None = None,
     ) -> StageStats:
         """Skip finished tasks, run the rest in batches, append after each batch.
 
         Tasks with a `ready` record need no model; the others go to the executor, batch by batch,
         and come back in order. `hydrate(task)` turns a planned task's references into the records
         it runs on, for the tasks that run only. `check(output)` may amend a batch's records before
-        they are written."""
+        they are written. `done`: the stage's ids on disk, where planning has read them already."""
         t0 = time.perf_counter()
         version = self.change.version if self.change else 1
         wanted = {o for t in tasks for o in t.outputs}
         before = self.store.manifest()["stages"].get(stage, {})
-        done = self.store.ids(stage)  # planning needs ids, not records
+        done = self.store.ids(stage) if done is None else done  # planning needs ids, not records
         kept, aside = len(done & wanted), 0
         if before.get("config_version") != version and done:
             if self.dry_run:
@@ -346,11 +347,10 @@ class Pipeline:
         del answers
         groups = [(q, samples[q.id], revised[q.id]) for q in queries]
         tasks = []
+        done = self.store.ids("comparisons")  # read once, for planning and for _execute
         if cfg.mode in ("rank", "both"):
-            done = self.store.ids("comparisons")
             model = self.model_name("feedback")
             tasks = plan_comparison_tasks(groups, self.ranking, cfg, model, self.cfg.seed, done=done)
-            del done
         if cfg.mode in ("distill", "both"):
             teachers = self.run_teacher(queries)
             pairs = distill_pairs(queries, teachers, responses, cfg.distill_p_chosen)
@@ -361,7 +361,7 @@ class Pipeline:
         def hydrate(t: Task) -> Task:
             return t if t.ready is not None else replace(t, data=replace(t.data, query=t.data.query.record()))
 
-        self._execute("comparisons", tasks, call, hydrate=hydrate)
+        self._execute("comparisons", tasks, call, hydrate=hydrate, done=done)
 
     def run(self, until: str = "comparisons", only: str | None = None) -> list[StageStats]:
         """Run stages up to `until` (or just `only`, which needs its inputs on disk)."""

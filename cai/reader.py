@@ -24,6 +24,7 @@ from cai.critique.records import Comparison, Introspection, Revision
 from cai.generators.records import Query, Response
 
 from .config import RunConfig
+from .refs import LineFile
 from .store import RunStore, record_id_of
 
 M = TypeVar("M", bound=BaseModel)
@@ -44,15 +45,14 @@ class TextIndex:
     """id → text of answers, teacher answers and revisions, read from disk on demand."""
 
     def __init__(self, store: RunStore, stages: dict[str, str]):
-        self._files: list[tuple[Path, str]] = []
+        self._files: list[tuple[LineFile, str]] = []
         self._where: dict[str, tuple[int, int]] = {}
         for stage, fieldname in stages.items():
             for path in store.stage_paths(stage, all_shards=True):
-                self._files.append((path, fieldname))
+                self._files.append((LineFile(path), fieldname))
                 k = len(self._files) - 1
                 for offset, lineno, line in store.iter_lines_at(path):
                     self._where.setdefault(record_id_of(line, path, lineno), (k, offset))
-        self._handles: dict[int, object] = {}
 
     def __contains__(self, rid: object) -> bool:
         return rid in self._where
@@ -65,11 +65,8 @@ class TextIndex:
         if where is None:
             return default
         k, offset = where
-        f = self._handles.get(k)
-        if f is None:
-            f = self._handles[k] = open(self._files[k][0], "rb")  # noqa: SIM115 - kept open for many reads
-        f.seek(offset)  # type: ignore[attr-defined]
-        return json.loads(f.readline())[self._files[k][1]]  # type: ignore[attr-defined]
+        file, fieldname = self._files[k]
+        return file.row(offset)[fieldname]
 
     def __getitem__(self, rid: str) -> str:
         text = self.get(rid)
@@ -78,9 +75,8 @@ class TextIndex:
         return text
 
     def close(self) -> None:
-        for f in self._handles.values():
-            f.close()  # type: ignore[attr-defined]
-        self._handles.clear()
+        for file, _ in self._files:
+            file.close()
 
 
 class RunReader:

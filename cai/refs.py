@@ -110,12 +110,10 @@ class Refs:
         for path in self.store.stage_paths(stage):
             file = LineFile(path)
             self.files.append(file)
-            for offset, lineno, line in self.store.iter_lines_at(path):
-                try:
-                    row = json.loads(line)
-                    rid = row["id"]
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise UserError(f"{path}:{lineno}: corrupt record; remove the line or start a new --out") from None
+            for offset, lineno, row in self.store.rows_at(path):
+                rid = row.get("id") if isinstance(row, dict) else None
+                if not isinstance(rid, str):
+                    raise UserError(f"{path}:{lineno}: a record without an id; remove the line or start a new --out")
                 if rid not in seen:
                     seen.add(rid)
                     yield file, offset, lineno, row

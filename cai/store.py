@@ -91,9 +91,14 @@ class RunStore:
 
     def rows(self, path: Path) -> Iterator[tuple[int, dict]]:
         """(line number, parsed row) of a JSONL file of this run."""
-        for lineno, line in self._iter_lines(path):
+        for _, lineno, row in self.rows_at(path):
+            yield lineno, row
+
+    def rows_at(self, path: Path) -> Iterator[tuple[int, int, dict]]:
+        """(byte offset, line number, parsed row) of a JSONL file of this run."""
+        for offset, lineno, line in self.iter_lines_at(path):
             try:
-                yield lineno, json.loads(line)
+                yield offset, lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(
                     f"{path}:{lineno}: corrupt record ({e.msg}); remove the line or start a new --out"
