@@ -35,6 +35,11 @@ class LineFile:
         self._f.seek(offset)
         return json.loads(self._f.readline())
 
+    @property
+    def opened(self) -> bool:
+        """Whether a line has been read back from it (planning a finished rerun reads none)."""
+        return self._f is not None
+
     def close(self) -> None:
         if self._f is not None:
             self._f.close()

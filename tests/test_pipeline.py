@@ -222,7 +222,7 @@ def test_a_rerun_with_nothing_left_plans_from_ids_and_reads_no_text(reference_ru
         stats = pipe.run()
         assert [s.stage for s in stats] == ["queries", "responses", "revisions", "comparisons"]
         assert all(s.new == 0 for s in stats) and all(s.records for s in stats)
-        assert pipe.refs.files and all(f._f is None for f in pipe.refs.files)  # never read from
+        assert pipe.refs.files and not any(f.opened for f in pipe.refs.files)  # never read from
     finally:
         pipe.close()
     assert before == {p.name: p.read_bytes() for p in run.glob("*.jsonl")}
