@@ -5,6 +5,10 @@ prefill or cap `top_logprobs` the way hosted APIs do, so this server speaks just
 OpenAI API (/models, /chat/completions, /completions) and answers as its script says. Everything
 on the client side stays real: the openai client, tenacity, sockets and timeouts.
 
+A script may also answer with a `Streamed` body, written chunk by chunk as the server makes it:
+a server that drips its answer a byte a second (`drip_answer`) or sends hundreds of megabytes
+(`huge_answer`) without ever holding them.
+
 `hosted_judge` scripts a hosted chat API acting as a feedback model with a known preference: it
 picks the option whose text holds "GOOD" (or answers "yes" to a reply that holds it), refuses a
 trailing assistant message unless told otherwise, caps `top_logprobs`, or gives no log-probs.
@@ -18,9 +22,20 @@ import math
 import re
 import threading
 import time
+from collections.abc import Iterable
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 MODEL = "fake-model"
+
+
+@dataclass
+class Streamed:
+    """A body sent as it is made, `pause` seconds between chunks, with no Content-Length: it ends
+    when the server closes the connection (HTTP/1.0), as a proxy streaming an answer may."""
+
+    chunks: Iterable[bytes]
+    pause: float = 0.0
 
 
 class FakeServer:
@@ -32,6 +47,7 @@ class FakeServer:
         self.models_status = models_status
         self.requests: list[tuple[str, dict, dict]] = []
         self.in_flight = self.max_in_flight = 0
+        self.stopped = threading.Event()  # ends streamed bodies still being written
         self._lock = threading.Lock()
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self.httpd.daemon_threads = True
@@ -49,6 +65,8 @@ class FakeServer:
                 pass
 
             def _send(self, status, payload, headers=None):
+                if isinstance(payload, Streamed):
+                    return self._stream(status, payload, headers)
                 data = json.dumps(payload).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -57,6 +75,21 @@ class FakeServer:
                     self.send_header(k, v)
                 self.end_headers()
                 self.wfile.write(data)
+
+            def _stream(self, status, body: Streamed, headers=None):
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                for k, v in (headers or {}).items():
+                    self.send_header(k, v)
+                self.end_headers()
+                self.wfile.flush()
+                for chunk in body.chunks:
+                    if fake.stopped.is_set():
+                        return
+                    self.wfile.write(chunk)
+                    self.wfile.flush()
+                    if body.pause:
+                        time.sleep(body.pause)
 
             def do_GET(self):
                 if self.path == "/v1/models":
@@ -77,7 +110,7 @@ class FakeServer:
                 try:
                     status, payload, headers, delay = fake.script(self.path, body, attempt)
                     time.sleep(delay)
-                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up waiting
+                    with contextlib.suppress(BrokenPipeError, ConnectionResetError):  # the client gave up
                         self._send(status, payload, headers)
                 finally:
                     with fake._lock:
@@ -90,6 +123,7 @@ class FakeServer:
         return self
 
     def __exit__(self, *exc):
+        self.stopped.set()
         self.httpd.shutdown()
         self.httpd.server_close()
 
@@ -115,6 +149,30 @@ def ok_answer(path: str, body: dict, delay: float = 0.0):
         payload = {"id": "x", "object": "text_completion", "created": 0, "model": MODEL, "choices": choices}
     payload["usage"] = {"prompt_tokens": 3, "completion_tokens": 2 * n, "total_tokens": 3 + 2 * n}
     return 200, payload, {}, delay
+
+
+def drip_answer(path: str, body: dict, pause: float = 1.0):
+    """A correct answer, one byte every `pause` seconds: no single read waits long, the whole
+    takes minutes."""
+    _, payload, _, _ = ok_answer(path, body)
+    data = json.dumps(payload).encode()
+    return 200, Streamed((data[i : i + 1] for i in range(len(data))), pause=pause), {}, 0.0
+
+
+def huge_answer(size: int = 300 * 2**20):
+    """A well-formed chat answer whose text is `size` bytes, made a megabyte at a time as it is sent."""
+    head = b'{"id": "x", "object": "chat.completion", "created": 0, "model": "' + MODEL.encode()
+    head += b'", "choices": [{"index": 0, "finish_reason": "stop", "message": {"role": "assistant", "content": "'
+    tail = b'"}}]}'
+    block = 2**20
+
+    def chunks():
+        yield head
+        for start in range(0, size, block):
+            yield b"x" * min(block, size - start)
+        yield tail
+
+    return 200, Streamed(chunks()), {}, 0.0
 
 
 def error_answer(status: int, message: str = "try again", headers=None, kind: str = "server_error"):

@@ -8,15 +8,19 @@ from __future__ import annotations
 import json
 import math
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from cai.constitution.errors import UserError
+from cai.generators.backends.engine_utils import request_seed
 from cai.generators.backends.openai_backend import OpenAIBackend
 from cai.generators.types import SamplingParams
 
-from .fake_openai import MODEL, FakeServer, error_answer, ok_answer
+from .fake_openai import MODEL, FakeServer, Streamed, drip_answer, error_answer, ok_answer
 
 KEY = "sk-test-SECRET-7f3a9c"
 CHAT = [{"role": "user", "content": "hello"}]
@@ -162,3 +166,137 @@ def test_api_key_never_shown(monkeypatch):
         [[again]] = from_env.generate([CHAT], SamplingParams(max_new_tokens=4))
         from_env.close()
     assert server.requests[-1][2]["authorization"] == f"Bearer {KEY}" and KEY not in again.error
+
+
+def _by_word(word: str, answer):
+    """A script that answers the prompts holding `word` with `answer(path, body)`, the rest normally."""
+    return lambda path, body, attempt: answer(path, body) if word in json.dumps(body) else ok_answer(path, body)
+
+
+@pytest.mark.timeout(90)  # the dripping answer takes minutes whole; only a deadline ends it sooner
+def test_dripping_server_fails_its_item_at_the_deadline():
+    slow = [{"role": "user", "content": "slow " + "x" * 200}]
+    with FakeServer(_by_word("slow", drip_answer)) as server:
+        backend = backend_for(server, timeout=2, max_retries=0)
+        out = backend.generate([CHAT, slow, "raw prompt"], SamplingParams(max_new_tokens=4))
+        [fine, dripped] = backend.choice_logprobs([CHAT, slow], ["A", "B"])
+        backend.close()
+    assert [c.error is None for [c] in out] == [True, False, True]
+    assert out[0].pop().text == "echo: hello" and out[2].pop().text == " done"
+    [failed] = out[1]
+    assert failed.finish_reason == "error" and failed.error.startswith("timed out after 2 s waiting for")
+    assert fine.error is None and dripped.error.startswith("timed out after 2 s")
+    assert sum("slow" in json.dumps(body) for _, body, _ in server.requests) == 2  # one try each, no retry
+
+
+@pytest.mark.timeout(90)
+def test_deadline_spans_an_items_retries():
+    slow = [{"role": "user", "content": "slow " + "x" * 200}]
+    with FakeServer(_by_word("slow", drip_answer)) as server:
+        backend = backend_for(server, timeout=2, deadline=3, max_retries=5)
+        [[failed], [done]] = backend.generate([slow, CHAT], SamplingParams(max_new_tokens=4))
+        backend.close()
+    assert done.error is None
+    assert "the item's deadline of 3 s" in failed.error and "(after 2 attempts)" in failed.error
+    assert sum("slow" in json.dumps(body) for _, body, _ in server.requests) == 2  # the third try would pass it
+
+
+def test_200_without_usable_choices_fails_its_item():
+    def script(path, body, attempt):
+        said = json.dumps(body)
+        if "empty" in said:
+            return 200, {}, {}, 0.0
+        if "null" in said:
+            return 200, {"id": "x", "object": "chat.completion", "choices": None}, {}, 0.0
+        if "none-left" in said:
+            return 200, {"id": "x", "choices": []}, {}, 0.0
+        if "no-message" in said:
+            return 200, {"id": "x", "choices": [{"index": 0, "finish_reason": "stop"}]}, {}, 0.0
+        if "bad-logprobs" in said:
+            _, payload, _, _ = ok_answer(path, body)
+            payload["choices"][0]["logprobs"] = {"content": "not a list"}
+            return 200, payload, {}, 0.0
+        if "not-json" in said:
+            return 200, Streamed([b"<html>busy</html>"]), {}, 0.0
+        if "one-of-two" in said:
+            _, payload, _, _ = ok_answer(path, body)
+            payload["choices"] = payload["choices"][:1]
+            return 200, payload, {}, 0.0
+        return ok_answer(path, body)
+
+    words = ["empty", "null", "none-left", "no-message", "not-json"]
+    chats = [CHAT] + [[{"role": "user", "content": w}] for w in words]
+    with FakeServer(script) as server:
+        backend = backend_for(server, max_retries=1)
+        out = backend.generate(chats, SamplingParams(max_new_tokens=4))
+        pairs = backend.generate(
+            [CHAT, [{"role": "user", "content": "one-of-two"}]], SamplingParams(n=2, temperature=1.0)
+        )
+        scores = backend.choice_logprobs([CHAT, [{"role": "user", "content": "bad-logprobs"}], "empty"], ["A", "B"])
+        backend.close()
+    [ok], *failed = out
+    assert ok.error is None and ok.text == "echo: hello"
+    errors = [c.error for [c] in failed]
+    assert all(e and e.startswith("the server answered HTTP 200 with an unusable body (") for e in errors), errors
+    assert "\n" not in "".join(errors)
+    assert "choices: Field required" in errors[0] and "choices: Input should be a valid array" in errors[1]
+    assert "choices: List should have at least 1 item" in errors[2] and "choices.0.message" in errors[3]
+    assert "Invalid JSON" in errors[4]
+    assert [c.error is None for c in pairs[0]] == [True, True]
+    assert all(c.error == "the server sent 1 answers where 2 were asked for" for c in pairs[1])
+    assert scores[0] == {"A": -0.5, "B": -1.5}
+    assert "choices.0.logprobs.content" in scores[1].error and "choices: Field required" in scores[2].error
+    assert sum("empty" in json.dumps(body) for _, body, _ in server.requests) == 2  # not retried: 1 generate, 1 score
+
+
+HUGE_BODY = """
+import json, resource, sys
+from cai.generators.backends.openai_backend import OpenAIBackend
+from cai.generators.types import SamplingParams
+from tests.fake_openai import MODEL, FakeServer, huge_answer, ok_answer
+
+def script(path, body, attempt):
+    return huge_answer() if "huge" in json.dumps(body) else ok_answer(path, body)
+
+with FakeServer(script) as server:
+    backend = OpenAIBackend(MODEL, base_url=server.base_url, api_key="x", max_retries=0)
+    params = SamplingParams(max_new_tokens=4)
+    backend.generate([[{"role": "user", "content": "warm up"}]], params)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = backend.generate([[{"role": "user", "content": "huge"}], [{"role": "user", "content": "hi"}]], params)
+    grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    backend.close()
+print(json.dumps({"errors": [c.error for [c] in out], "texts": [c.text for [c] in out], "grew_kib": grew}))
+"""
+
+
+def test_huge_body_is_cut_off_unread():
+    """300 MB made as it is sent: the item fails at the 32 MiB cap, memory never holds the rest
+    (a fresh process, so its peak memory is this answer's alone)."""
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run(
+        [sys.executable, "-c", HUGE_BODY], cwd=root, capture_output=True, text=True, timeout=120, check=True
+    )
+    result = json.loads(done.stdout.splitlines()[-1])
+    [huge, fine] = result["errors"]
+    assert huge.startswith("the answer is larger than 33554432 bytes (options.max_body_bytes)"), huge
+    assert fine is None and result["texts"][1] == "echo: hi"
+    assert result["grew_kib"] < 100 * 1024, result["grew_kib"]
+
+
+def test_per_prompt_seeds_reach_the_server():
+    chats = [[{"role": "user", "content": f"q{i}"}] for i in range(3)]
+    params = SamplingParams(n=2, temperature=1.0, max_new_tokens=4, seed=5)
+    with FakeServer() as server:
+        backend = backend_for(server)
+        given = backend.generate(chats, params, seeds=[11, 22, 33])
+        derived = backend.generate(chats, params)
+        unseeded = backend.generate(chats[:1], params.model_copy(update={"seed": None}))
+        with pytest.raises(ValueError, match="2 seeds for 3 chats"):
+            backend.generate(chats, params, seeds=[1, 2])
+        backend.close()
+    assert all(c.error is None for out in (given, derived, unseeded) for samples in out for c in samples)
+    sent = [(body["messages"][0]["content"], body.get("seed")) for _, body, _ in server.requests]
+    assert sorted(sent[:3]) == [("q0", 11), ("q1", 22), ("q2", 33)]
+    assert sorted(sent[3:6]) == [(f"q{i}", request_seed(5, i)) for i in range(3)]
+    assert sent[6] == ("q0", None)

@@ -7,6 +7,13 @@ rebinding the HTTP connection pool. Rate limits, 5xx answers, timeouts and dropp
 are retried with exponential backoff (tenacity); an item that still fails becomes an error
 value, and the rest of the batch goes on.
 
+A server can misbehave without failing: answer one byte a second, send a body of hundreds of
+megabytes, or a 200 without `choices`. None of that may hang or abort a run, so each attempt has
+one total deadline (connect, every read, the whole body: `timeout`), an item may have one across
+its retries (`deadline`), a body past `max_body_bytes` is cut off as it streams in, and an answer
+is checked against the few fields read from it before any is used; each of these fails the one
+item with a recorded error.
+
 When the model's tokenizer is at hand (`default`, a local path, or the `tokenizer` option),
 prompts are rendered and tokenized here exactly as the other backends do, over-long prompts fail
 before any request, and choices are scored through the completions endpoint with token-id
@@ -37,7 +44,7 @@ from typing import Any, Literal
 
 import httpx
 import openai
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
 from cai.constitution.errors import UserError
@@ -75,7 +82,18 @@ class OpenAIOptions(BaseModel):
     local_tokenizer: bool = Field(True, description="False: never tokenize here; the server does it all.")
     concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
     max_retries: int = Field(5, ge=0, description="Retries of a request after a 429, 5xx, timeout or lost connection.")
-    timeout: float = Field(120.0, gt=0, description="Seconds one request may take.")
+    timeout: float = Field(
+        120.0, gt=0, description="Seconds one attempt may take in all: connecting, waiting and reading the whole body."
+    )
+    deadline: float | None = Field(
+        None,
+        gt=0,
+        description="Seconds an item may take across its attempts and the waits between them, from its first "
+        "request; default: no limit beyond (max_retries + 1) x timeout.",
+    )
+    max_body_bytes: int = Field(
+        32 * 2**20, ge=1024, description="Largest answer read (32 MiB); a bigger one is cut off and fails its item."
+    )
     backoff: float = Field(1.0, ge=0, description="First retry wait in seconds; doubles each retry, with jitter.")
     max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, in seconds.")
     connect_timeout: float = Field(5.0, gt=0, description="Seconds the start-up reachability check waits.")
@@ -94,7 +112,7 @@ class OpenAIOptions(BaseModel):
 
 
 def _retryable(error: BaseException) -> bool:
-    if isinstance(error, openai.APIConnectionError):  # includes timeouts
+    if isinstance(error, openai.APIConnectionError | _TimedOut):  # includes the client's own timeouts
         return True
     return isinstance(error, openai.APIStatusError) and (
         error.status_code in (408, 409, 429) or error.status_code >= 500
@@ -126,7 +144,12 @@ class OpenAIBackend:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="cai-openai", daemon=True)
         self._thread.start()
-        self._client = openai.AsyncOpenAI(base_url=self.base_url, api_key=key, timeout=opts.timeout, max_retries=0)
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=opts.concurrency)  # the semaphore caps
+        pool = httpx.AsyncHTTPTransport(limits=limits)
+        http = httpx.AsyncClient(transport=_CappedTransport(pool, opts.max_body_bytes), follow_redirects=True)
+        self._client = openai.AsyncOpenAI(
+            base_url=self.base_url, api_key=key, timeout=opts.timeout, max_retries=0, http_client=http
+        )
         self._sem: asyncio.Semaphore | None = None
 
     def __repr__(self) -> str:
@@ -188,12 +211,18 @@ class OpenAIBackend:
         return text.replace(key, "***") if len(key) >= 4 else text
 
     def _describe(self, error: BaseException, attempts: int) -> str:
-        if isinstance(error, openai.APITimeoutError):
-            what = f"no answer from {self.base_url} within {self.options.timeout:g} s"
+        if isinstance(error, _TimedOut):
+            what = f"timed out after {error.seconds:.3g} s waiting for {self.base_url}"
+            if error.deadline:
+                what += f" (the item's deadline of {self.options.deadline:g} s)"
+        elif isinstance(error, openai.APITimeoutError):
+            what = f"timed out after {self.options.timeout:g} s waiting for {self.base_url}"
         elif isinstance(error, openai.APIConnectionError):
             what = f"cannot reach {self.base_url}"
         elif isinstance(error, openai.APIStatusError):
             what = f"HTTP {error.status_code}: {_STATUS_PREFIX.sub('', error.message)}"
+        elif isinstance(error, _Failed | _BodyTooLarge):
+            what = str(error)
         else:
             what = f"{type(error).__name__}: {error}"
         tries = f" (after {attempts} attempts)" if attempts > 1 else ""
@@ -211,10 +240,23 @@ class OpenAIBackend:
             asked = 0.0
         return max(wait, min(asked, opts.max_backoff))
 
-    async def _call(self, create, **kwargs) -> Any:
-        """One request with retries; raises _Failed with a clean message after the last one."""
+    async def _call(self, create, shape: type[_Answer], **kwargs) -> _Answer:
+        """One request with retries, its answer checked against `shape`; raises _Failed with a
+        clean message after the last attempt.
+
+        `create` is a `with_raw_response` method: the client's own parsing builds whatever it is
+        sent (a 200 without choices becomes an object that breaks the caller far away), so the
+        body is checked here instead.
+        """
+        opts = self.options
+        loop = asyncio.get_running_loop()
+        ends: list[float] = []  # the item's deadline, set when its first attempt starts
+
+        def out_of_time(state) -> bool:
+            return bool(ends) and loop.time() + state.upcoming_sleep >= ends[0]
+
         retrying = AsyncRetrying(
-            stop=stop_after_attempt(self.options.max_retries + 1),
+            stop=stop_after_attempt(opts.max_retries + 1) | out_of_time,
             wait=self._wait,
             retry=retry_if_exception(_retryable),
             reraise=True,
@@ -223,9 +265,26 @@ class OpenAIBackend:
             async for attempt in retrying:
                 with attempt:
                     async with self._sem:
-                        return await create(**kwargs)
+                        if opts.deadline is not None and not ends:
+                            ends.append(loop.time() + opts.deadline)
+                        limit = min(opts.timeout, ends[0] - loop.time()) if ends else opts.timeout
+                        cut = limit < opts.timeout
+                        if limit <= 0:
+                            raise _TimedOut(0.0, deadline=True)
+                        timer = asyncio.timeout(limit)
+                        try:
+                            async with timer:
+                                raw = await create(**kwargs)
+                        except TimeoutError:
+                            if timer.expired():
+                                raise _TimedOut(limit, deadline=cut) from None
+                            raise
         except Exception as e:
             raise _Failed(self._describe(e, retrying.statistics.get("attempt_number", 1))) from None
+        try:
+            return shape.model_validate_json(raw.content)
+        except ValidationError as e:
+            raise _Failed(_unusable(e)) from None
 
     def _run_all(self, job, items: list) -> list:
         async def main():
@@ -249,16 +308,24 @@ class OpenAIBackend:
             raise _Failed(context_error(len(ids), self.context_length))
         return ids
 
-    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, chats: list[Prompt], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[list[Completion]]:
+        """`seeds`: one per chat, its request's seed (the server derives one per sample from it);
+        without them, chat i is seeded from `params.seed` and its index (`request_seed`)."""
+        if seeds is not None and len(seeds) != len(chats):
+            raise ValueError(f"{len(seeds)} seeds for {len(chats)} chats")
+
         async def job(i: int, prompt: Prompt) -> list[Completion]:
+            seed = seeds[i] if seeds is not None else request_seed(params.seed, i)
             try:
-                return await self._generate_one(i, prompt, params)
+                return await self._generate_one(prompt, params, seed)
             except _Failed as e:
                 return [Completion.failed(str(e)) for _ in range(params.n)]
 
         return self._run_all(job, chats)
 
-    async def _generate_one(self, i: int, prompt: Prompt, params: SamplingParams) -> list[Completion]:
+    async def _generate_one(self, prompt: Prompt, params: SamplingParams, seed: int | None) -> list[Completion]:
         ids = self._encode(prompt, reserve=1)
         greedy = params.temperature == 0
         n = 1 if greedy else params.n  # vLLM refuses n > 1 when greedy; every copy is alike
@@ -272,13 +339,16 @@ class OpenAIBackend:
             kwargs["top_p"] = params.top_p
         if params.stop:
             kwargs["stop"] = list(params.stop)
-        if params.seed is not None:
-            kwargs["seed"] = request_seed(params.seed, i)
+        if seed is not None:
+            kwargs["seed"] = seed
         if isinstance(prompt, str) or self.options.endpoint == "completions":
             if n > 1:
                 kwargs["logprobs"] = 0  # one entry per token: how many each sample took
             answer = await self._call(
-                self._client.completions.create, prompt=ids if ids is not None else prompt, **kwargs
+                self._client.completions.with_raw_response.create,
+                _TextAnswer,
+                prompt=ids if ids is not None else prompt,
+                **kwargs,
             )
             rows = [(c.index, c.text, c.finish_reason, c.logprobs and c.logprobs.tokens) for c in answer.choices]
         else:
@@ -286,11 +356,15 @@ class OpenAIBackend:
                 kwargs["logprobs"] = True
             if ends_with_assistant(prompt):
                 kwargs["extra_body"] = CONTINUE
-            answer = await self._call(self._client.chat.completions.create, messages=prompt, **kwargs)
+            answer = await self._call(
+                self._client.chat.completions.with_raw_response.create, _ChatAnswer, messages=prompt, **kwargs
+            )
             rows = [
                 (c.index, c.message.content or "", c.finish_reason, c.logprobs and c.logprobs.content)
                 for c in answer.choices
             ]
+        if len(rows) != n:
+            raise _Failed(f"the server sent {len(rows)} answers where {n} were asked for")
         used = answer.usage.completion_tokens if answer.usage else None
         comps = []
         for _, text, reason, per_token in sorted(rows, key=lambda r: r[0]):
@@ -332,7 +406,8 @@ class OpenAIBackend:
         answers = await asyncio.gather(
             *(
                 self._call(
-                    self._client.completions.create,
+                    self._client.completions.with_raw_response.create,
+                    _TextAnswer,
                     model=self.served_model,
                     prompt=ids + list(prefix),
                     max_tokens=1,
@@ -359,14 +434,22 @@ class OpenAIBackend:
         common = dict(model=self.served_model, max_tokens=1, temperature=0)
         if isinstance(prompt, str):
             top = _top_of_completion(
-                await self._call(self._client.completions.create, prompt=prompt, logprobs=k, **common)
+                await self._call(
+                    self._client.completions.with_raw_response.create, _TextAnswer, prompt=prompt, logprobs=k, **common
+                )
             )
         else:
             extra = {"extra_body": CONTINUE} if ends_with_assistant(prompt) else {}
             answer = await self._call(
-                self._client.chat.completions.create, messages=prompt, logprobs=True, top_logprobs=k, **common, **extra
+                self._client.chat.completions.with_raw_response.create,
+                _ChatAnswer,
+                messages=prompt,
+                logprobs=True,
+                top_logprobs=k,
+                **common,
+                **extra,
             )
-            content = answer.choices[0].logprobs.content if answer.choices and answer.choices[0].logprobs else None
+            content = answer.choices[0].logprobs.content if answer.choices[0].logprobs else None
             if not content:
                 raise _Failed(NO_LOGPROBS)
             top = {t.token: t.logprob for t in content[0].top_logprobs}
@@ -392,8 +475,123 @@ class _Failed(Exception):
     """An item that cannot be done; its message becomes the item's recorded error."""
 
 
-def _top_of_completion(answer) -> dict[str, float]:
-    choice = answer.choices[0] if answer.choices else None
-    if choice is None or choice.logprobs is None or not choice.logprobs.top_logprobs:
+class _TimedOut(Exception):
+    """An attempt that outlived its time (`deadline`: the item's deadline cut it short)."""
+
+    def __init__(self, seconds: float, deadline: bool = False):
+        super().__init__(f"timed out after {seconds:.3g} s")
+        self.seconds, self.deadline = seconds, deadline
+
+
+class _BodyTooLarge(Exception):
+    """An answer past `max_body_bytes`: dropped as it streams in, never held whole."""
+
+
+class _CappedStream(httpx.AsyncByteStream):
+    def __init__(self, inner: httpx.AsyncByteStream, cap: int):
+        self.inner, self.cap = inner, cap
+
+    async def __aiter__(self):
+        seen = 0
+        async for chunk in self.inner:
+            seen += len(chunk)
+            if seen > self.cap:
+                raise _BodyTooLarge(f"the answer is larger than {self.cap} bytes (options.max_body_bytes); cut off")
+            yield chunk
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _CappedTransport(httpx.AsyncBaseTransport):
+    """Counts each response body as it arrives; the openai client reads answers whole, so a cap
+    has to sit below it, on the stream it reads from."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport, cap: int):
+        self.inner, self.cap = inner, cap
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        response = await self.inner.handle_async_request(request)
+        return httpx.Response(
+            response.status_code,
+            headers=response.headers,
+            stream=_CappedStream(response.stream, self.cap),
+            extensions=response.extensions,
+        )
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+class _Read(BaseModel):
+    """The fields read from an answer, checked; whatever else a server sends is ignored."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+class _TopToken(_Read):
+    token: str
+    logprob: float
+
+
+class _TokenLogprob(_TopToken):
+    top_logprobs: list[_TopToken] = []
+
+
+class _ChatLogprobs(_Read):
+    content: list[_TokenLogprob] | None = None
+
+
+class _Message(_Read):
+    content: str | None = None
+
+
+class _ChatChoice(_Read):
+    index: int = 0
+    message: _Message
+    finish_reason: str | None = None
+    logprobs: _ChatLogprobs | None = None
+
+
+class _TextLogprobs(_Read):
+    tokens: list[str] | None = None
+    top_logprobs: list[dict[str, float] | None] | None = None
+
+
+class _TextChoice(_Read):
+    index: int = 0
+    text: str
+    finish_reason: str | None = None
+    logprobs: _TextLogprobs | None = None
+
+
+class _Usage(_Read):
+    completion_tokens: int | None = None
+
+
+class _ChatAnswer(_Read):
+    choices: list[_ChatChoice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+class _TextAnswer(_Read):
+    choices: list[_TextChoice] = Field(min_length=1)
+    usage: _Usage | None = None
+
+
+_Answer = _ChatAnswer | _TextAnswer
+
+
+def _unusable(error: ValidationError) -> str:
+    """One line for an answer that is not what was asked for (the value itself is left out: it may be huge)."""
+    first = error.errors(include_url=False, include_input=False)[0]
+    where = ".".join(str(part) for part in first["loc"])
+    return f"the server answered HTTP 200 with an unusable body ({where + ': ' if where else ''}{first['msg']})"
+
+
+def _top_of_completion(answer: _TextAnswer) -> dict[str, float]:
+    logprobs = answer.choices[0].logprobs
+    top = logprobs.top_logprobs if logprobs is not None else None
+    if not top or not top[0]:
         raise _Failed(NO_LOGPROBS)
-    return dict(choice.logprobs.top_logprobs[0])
+    return dict(top[0])
