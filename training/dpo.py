@@ -11,18 +11,65 @@ TRL computes h inside one long loss method with no hook for the target. Since
 −log σ(−x) = −log σ(x) + x, the soft loss is TRL's plus (1 − p)·β·h. So TRL does all of its own
 work (forward passes, reference, metrics) and this trainer adds that one term, with h rebuilt
 from the per-token log-probs of the very forward passes TRL runs, caught with forward hooks.
+
+That leans on TRL's internals: the private `_compute_loss` that `compute_loss` delegates to, and
+the `log_probs` field of its fused LM head's output. A TRL release that moves them would fail
+mid-training, or worse train on hard labels without a word, so `check_trl_internals` looks for
+them before a trainer is built and names the supported TRL range when they are gone.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
+import trl
 from trl import DPOTrainer
-from trl.trainer.dpo_trainer import DataCollatorForPreference
 
 from cai.constitution import UserError
+
+# The TRL releases whose internals this module was written against; pyproject.toml pins the same.
+SUPPORTED_TRL = ">=1.16,<1.17"
+
+
+def _moved(what: str) -> UserError:
+    return UserError(
+        f"soft-label DPO supports trl {SUPPORTED_TRL}, but the installed trl {trl.__version__} {what}; "
+        f"install a supported trl (pip install 'trl{SUPPORTED_TRL}') or set soft_labels: false"
+    )
+
+
+try:
+    from trl.trainer.dpo_trainer import DataCollatorForPreference
+    from trl.trainer.utils import FusedCausalLMOutput
+except ImportError as e:
+    raise _moved(f"lacks what it imports ({e})") from None
+
+# What this module calls and reads, as TRL defines them.
+_HOOKS = {
+    "_compute_loss": ["self", "model", "inputs", "return_outputs"],
+    "compute_ref_log_probs": ["self", "model", "inputs"],
+}
+_STATE = ("beta", "loss_types", "loss_weights", "precompute_ref_logps", "ref_model", "accelerator")
+
+
+def check_trl_internals(trainer: type = DPOTrainer, output: type = FusedCausalLMOutput) -> None:
+    """Raise one clear line unless `trainer` and its fused LM head `output` are as this module expects."""
+    name = trainer.__name__
+    for method, params in _HOOKS.items():
+        found = getattr(trainer, method, None)
+        if not callable(found):
+            raise _moved(f"has no {name}.{method}")
+        got = list(inspect.signature(found).parameters)
+        if got != params:
+            raise _moved(f"changed {name}.{method}({', '.join(got)}), expected ({', '.join(params)})")
+    outer = getattr(trainer, "compute_loss", None)
+    if "_compute_loss" not in getattr(getattr(outer, "__code__", None), "co_names", ()):
+        raise _moved(f"no longer computes {name}'s loss in _compute_loss")
+    if not dataclasses.is_dataclass(output) or "log_probs" not in {f.name for f in dataclasses.fields(output)}:
+        raise _moved(f"has no log_probs field in {output.__name__}")
 
 
 @dataclass
@@ -52,9 +99,13 @@ class SoftLabelDPOTrainer(DPOTrainer):
     """`DPOTrainer` that trains towards `p_chosen` when the batch has it (and is TRL's otherwise)."""
 
     def __init__(self, *args, **kwargs):
+        check_trl_internals()
         if kwargs.get("args") is not None:
             check_soft_dpo_args(kwargs["args"])
         super().__init__(*args, **kwargs)
+        missing = [a for a in _STATE if not hasattr(self, a)]
+        if missing:
+            raise _moved(f"does not set DPOTrainer.{missing[0]}")
         collator = self.data_collator
         if type(collator) is DataCollatorForPreference:  # TRL built it from the tokenizer; keep its settings
             fields = {f.name: getattr(collator, f.name) for f in dataclasses.fields(collator)}
