@@ -11,11 +11,18 @@ from cai.generators.records import Query
 from cai.training.export import build_rows, write_export
 
 from .history import lagging_shards
+from .lock import RunLock
 from .reader import RunReader
 
 
 def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> dict[str, int]:
-    """Stream every shard's records into `dest` (default RUN/datasets); returns rows per split."""
+    """Stream every shard's records into `dest` (default RUN/datasets); returns rows per split.
+
+    `dest` is replaced as a whole, so it may not be a run, the run itself, a folder that holds
+    runs or contains this one; `write_export` refuses any other folder with files it did not write.
+    One export at a time per destination: a lock file beside it, so a second one is refused."""
+    dest = Path(out) / "datasets" if dest is None else Path(dest)
+    check_destination(Path(out), dest)
     run = RunReader(out)
     behind = lagging_shards(Path(out))
     if behind:
@@ -23,6 +30,16 @@ def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> d
             f"{out}: shard(s) {', '.join(behind)} last ran with an older config than configs/index.json's latest; "
             "rerun them with the current config before exporting, so old and new records do not mix"
         )
+    real = dest.resolve()
+    try:
+        real.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"{dest}: cannot create the folder it goes in ({e.strerror})") from None
+    with RunLock(real.parent, f"-export-{real.name}", busy=f"{dest}: being exported"):
+        return _export(run, Path(out), dest, fmt)
+
+
+def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str, int]:
     cfg, c = run.config, run.constitution
     queries: Iterable[Query] = run.records("queries")
     duplicates = None
@@ -54,9 +71,36 @@ def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> d
             }
         if duplicates is not None:
             card["near_duplicates_across_shards"] = duplicates
-        return write_export(rows, dest or Path(out) / "datasets", card, fmt or cfg.export.format, cfg.export.shard_rows)
+        source = out.resolve()
+        fmt = fmt or cfg.export.format
+        home = dest.resolve() == source / "datasets"
+        return write_export(rows, dest, card, fmt, cfg.export.shard_rows, source=str(source), home=home)
     finally:
         texts.close()
+
+
+def is_run(folder: Path) -> bool:
+    """A run directory: its frozen config, a manifest, its config history, or the files every run
+    starts with (queries, errors) of any shard."""
+    if (folder / "config.yaml").is_file() or (folder / "configs" / "index.json").is_file():
+        return True
+    return any(folder.glob("manifest*.json")) or any(folder.glob("queries*.jsonl")) or any(folder.glob("errors*.jsonl"))
+
+
+def check_destination(run: Path, dest: Path) -> None:
+    """Refuse a destination whose replacement would take runs with it, in one line naming it."""
+    r, d = run.resolve(), dest.resolve()
+    if d == r:
+        raise UserError(f"--to {dest}: is the run being exported; give a folder outside it, or leave --to out")
+    if d in r.parents:
+        raise UserError(f"--to {dest}: contains the run {run}; export into an empty or new folder")
+    if not d.is_dir():
+        return
+    if is_run(d):
+        raise UserError(f"--to {dest}: is a run directory; export into an empty or new folder")
+    held = next((c.name for c in sorted(d.iterdir()) if c.is_dir() and is_run(c)), None)
+    if held:
+        raise UserError(f"--to {dest}: holds the run {held}; export into an empty or new folder")
 
 
 def drop_duplicates_across_shards(queries: Iterable[Query], threshold: float) -> tuple[list[Query], int]:

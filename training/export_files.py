@@ -10,11 +10,13 @@ whenever the data does, and the card's split sizes let `datasets` check what it 
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import secrets
 import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Mapping
 from functools import cache
 from pathlib import Path
@@ -22,9 +24,12 @@ from typing import Literal
 
 import yaml
 
+from cai.constitution import UserError
+
 SPLITS = ("train_sft", "test_sft", "train_prefs", "test_prefs", "train_prompts", "test_prompts")
 ROW_GROUP = 10_000
 Format = Literal["jsonl", "parquet"]
+MARKER = ".cai-export.json"  # names what was exported and every file the export wrote
 
 
 def write_export(
@@ -33,14 +38,25 @@ def write_export(
     card: dict,
     fmt: Format = "jsonl",
     shard_rows: int = 250_000,
+    source: str | None = None,
+    home: bool = False,
 ) -> dict[str, int]:
     """Stream `(split, row)` pairs into `out`; returns rows per split.
 
     The folder is built beside `out` and renamed into place, so a reader never sees half an
-    export and no file of an earlier export lingers."""
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    export and no file of an earlier export lingers. `out` must be missing, empty, or an earlier
+    export of the same `source` (its marker names it) holding only files that export wrote;
+    anything else is refused before a row is read, since replacing it would lose files export did
+    not write. With `home`, `out` lives inside the exported run, so any earlier export there is
+    that run's (also one from before exports carried a marker, recognised by its card)."""
+    shown, out = Path(out), Path(out).resolve()
+    earlier = _earlier_export(out, shown, source, home)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        staging = out.with_name(f".{out.name}-{os.getpid()}-{secrets.token_hex(4)}")
+        staging.mkdir()  # the umask's mode, as the folder it becomes should have
+    except OSError as e:
+        raise _disk_error(e, out, shown) from None
     try:
         writers: dict[str, SplitWriter] = {}
         for name, row in _pairs(rows):
@@ -53,9 +69,13 @@ def write_export(
         files = {name: writers[name].close() for name in names}
         counts = {name: writers[name].count for name in names}
         (staging / "README.md").write_text(dataset_card(files, counts, card, fmt), encoding="utf-8")
-        _swap_in(staging, out)
-    except BaseException:
+        written = ["README.md", *(f for name in names for f in files[name])]
+        (staging / MARKER).write_text(json.dumps({"source": source, "files": written}, indent=1) + "\n")
+        _swap_in(staging, out, shown, earlier)
+    except BaseException as e:
         shutil.rmtree(staging, ignore_errors=True)
+        if isinstance(e, OSError):
+            raise _disk_error(e, out, shown) from None
         raise
     return counts
 
@@ -158,15 +178,101 @@ def _file_digest(path: Path) -> str:
     return h.hexdigest()[:12]
 
 
-def _swap_in(staging: Path, out: Path) -> None:
-    """Replace `out` by `staging` with renames; the old folder is removed only after the swap."""
-    old = None
-    if out.exists():
-        old = out.with_name(f".{out.name}-old-{os.getpid()}")
-        os.replace(out, old)
-    os.replace(staging, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+def _swap_in(staging: Path, out: Path, shown: Path, earlier: set[str] | None) -> None:
+    """Put `staging` where `out` is. An earlier export is renamed aside first and, once the new one
+    is in, only the files it wrote are removed; a file that appeared in it meanwhile stops the swap."""
+    if earlier is None:
+        try:
+            os.rename(staging, out)  # replaces an empty folder, never a filled one
+        except OSError as e:
+            if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                raise
+            raise UserError(f"{shown}: written by another process during the export; nothing replaced") from None
+        return
+    old = out.with_name(f".{out.name}-old-{os.getpid()}-{secrets.token_hex(4)}")
+    try:
+        os.rename(out, old)
+    except FileNotFoundError:
+        raise UserError(f"{shown}: removed by another process during the export; nothing written") from None
+    extra = sorted({p.name for p in old.iterdir()} - earlier)
+    if extra:
+        os.rename(old, out)
+        raise UserError(f"{shown}: {extra[0]} appeared there during the export; nothing replaced")
+    try:
+        os.rename(staging, out)
+    except OSError as e:
+        if e.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        raise UserError(
+            f"{shown}: written by another process during the export; the earlier export is kept in {old}"
+        ) from None
+    for name in earlier:
+        with contextlib.suppress(OSError):
+            (old / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        old.rmdir()  # left in place if anything else is in it
+
+
+def _earlier_export(out: Path, shown: Path, source: str | None, home: bool) -> set[str] | None:
+    """The files at `out` that an export may replace: None if there is no folder, else every name in it."""
+    if not out.exists():
+        if out.is_symlink():
+            raise UserError(f"{shown}: a link to a missing folder; export into an empty or new folder")
+        return None
+    if not out.is_dir():
+        raise UserError(f"{shown}: is a file, not a folder; export into an empty or new folder")
+    names = sorted(p.name for p in out.iterdir())
+    if not names:
+        return set()
+    marker = _marker(out) or (_unmarked_export(out) if home else None)
+    if marker is None:
+        raise UserError(f"{shown}: holds {names[0]}, which export did not write and would lose; {_ADVICE}")
+    if not home and marker["source"] != source:
+        raise UserError(f"{shown}: holds an export of {marker['source'] or 'other data'}, not of {source}; {_ADVICE}")
+    written = set(marker["files"]) | {MARKER}
+    foreign = [n for n in names if n not in written or (out / n).is_symlink() or not (out / n).is_file()]
+    if foreign:
+        raise UserError(f"{shown}: holds {foreign[0]}, which export did not write and would lose; {_ADVICE}")
+    return set(names)
+
+
+_ADVICE = "export into an empty or new folder, or move it out first"
+
+
+def _marker(folder: Path) -> dict | None:
+    try:
+        m = json.loads((folder / MARKER).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not isinstance(m, dict) or not isinstance(m.get("files"), list):
+        return None
+    if not all(isinstance(f, str) and f and "/" not in f and f not in (".", "..") for f in m["files"]):
+        return None
+    return {"source": m.get("source"), "files": m["files"]}
+
+
+def _unmarked_export(folder: Path) -> dict | None:
+    """An export written before the marker: its card and the data files the card lists."""
+    try:
+        text = (folder / "README.md").read_text(encoding="utf-8")
+        header = yaml.safe_load(text.split("---\n", 2)[1]) if text.startswith("---\n") else None
+        files = [f for c in header["configs"] for d in c["data_files"] for f in d["path"]]
+    except (OSError, ValueError, yaml.YAMLError, IndexError, KeyError, TypeError):
+        return None
+    if "constitutional-ai" not in (header.get("tags") or []):
+        return None
+    return {"source": None, "files": ["README.md", *map(str, files)]}
+
+
+def _disk_error(e: OSError, out: Path, shown: Path) -> OSError | UserError:
+    """A full disk, a quota or a read-only folder where the export goes: one line, not a traceback."""
+    if e.filename and not str(e.filename).startswith(str(out.parent)):
+        return e  # something being read, not written
+    if e.errno in (errno.ENOSPC, errno.EDQUOT) or "No space left on device" in str(e):
+        return UserError(f"no space left on device while writing {shown}")
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return UserError(f"{shown}: cannot write there ({e.strerror})")
+    return e
 
 
 def split_files(folder: Path, split: str, kind: str) -> list[Path]:
