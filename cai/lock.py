@@ -99,6 +99,14 @@ def _stale(seen: _Seen, me: dict) -> bool:
     return bool(me.get("owner")) and h.get("owner") == me["owner"]
 
 
+def _taker_gone(seen: _Seen, me: dict) -> bool:
+    """A takeover file's holder died: a dead pid here; elsewhere or unreadable, older than GRACE."""
+    h = seen.holder
+    if h is not None and h["host"] == me["host"]:
+        return not _alive(h["pid"])
+    return seen.age > GRACE
+
+
 def _remove_if(path: Path, ino: tuple[int, int]) -> None:
     """Remove `path` if it is still the file `ino`; a file that replaced it in between is put back."""
     aside = path.with_name(f"{path.name}.stale-{os.getpid()}-{random.getrandbits(32):08x}")
@@ -136,8 +144,11 @@ class RunLock:
                 if seen is None:
                     continue  # released just now
                 if _stale(seen, me):
-                    self._take_over(seen, me)
-                    continue
+                    if self._take_over(seen, me) or time.monotonic() < deadline:
+                        continue
+                    raise UserError(
+                        f"{self.busy}: another process is taking over the stale {self.path.name}; try again shortly"
+                    )
                 if time.monotonic() >= deadline:
                     raise UserError(self._refusal(seen)) from None
                 time.sleep(random.uniform(0.02, 0.05))
@@ -160,18 +171,20 @@ class RunLock:
         os.close(fd)
         return True
 
-    def _take_over(self, seen: _Seen, me: dict) -> None:
-        """Remove the stale lock `seen` unless another process is taking it over (then look again)."""
+    def _take_over(self, seen: _Seen, me: dict) -> bool:
+        """Remove the stale lock `seen`; False if another process is taking it over (True: look again)."""
         mutex = self.path.with_name(self.path.name + ".takeover")
         try:
             fd = os.open(mutex, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             other = _read(mutex)
-            h = other.holder if other else None
-            if other is not None and (other.age > GRACE or (h and h["host"] == me["host"] and not _alive(h["pid"]))):
-                _remove_if(mutex, other.ino)  # its taker died inside the few lines below
+            if other is None or _taker_gone(other, me):
+                if other is not None:
+                    _remove_if(mutex, other.ino)  # its taker died inside the few lines below
+                return True  # look again at once
             time.sleep(random.uniform(0.001, 0.005))
-            return
+            return False
+        st = os.fstat(fd)
         try:
             os.write(fd, json.dumps(me).encode())
             os.close(fd)
@@ -179,7 +192,8 @@ class RunLock:
             if now is not None and now.ino == seen.ino and _stale(now, me):
                 _remove_if(self.path, now.ino)
         finally:
-            os.unlink(mutex)
+            _remove_if(mutex, (st.st_dev, st.st_ino))  # not one that replaced ours, had ours been judged gone
+        return True
 
     def _refusal(self, seen: _Seen) -> str:
         h = seen.holder

@@ -116,6 +116,22 @@ def test_a_live_or_foreign_holder_is_refused_by_name_and_a_dead_or_earlier_self_
     assert not path.exists()
 
 
+def test_a_takeover_left_by_a_dead_taker_does_not_block_the_next(tmp_path):
+    here, dead = socket.gethostname(), dead_pid()
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead, "host": here}))
+    (tmp_path / ".lock.takeover").write_text(json.dumps({"pid": dead, "host": here}))
+    with RunLock(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+    (tmp_path / ".lock").write_text(json.dumps({"pid": dead, "host": here}))
+    (tmp_path / ".lock.takeover").write_text("")  # its taker died between create and write
+    with pytest.raises(UserError, match="another process is taking over the stale .lock"):
+        RunLock(tmp_path).acquire(wait=0.2)  # a taker at work, for all we know
+    old = time.time() - GRACE - 5
+    os.utime(tmp_path / ".lock.takeover", (old, old))
+    with RunLock(tmp_path):
+        assert sorted(p.name for p in tmp_path.iterdir()) == [".lock"]
+
+
 def test_release_leaves_a_lock_that_is_no_longer_its_own(tmp_path):
     lock = RunLock(tmp_path)
     lock.acquire()
