@@ -1,18 +1,12 @@
-"""Errors a user can fix.
+"""Errors a user can fix in a principle file.
 
-`UserError` sits in the lowest package so every layer can raise it; the CLI prints its message
-as one line (or one line per problem) and exits with code 2, never a traceback.
+`UserError` lives at the bottom of cai (`cai.core.errors`); a principle file that does not
+validate raises its subclass, carrying one located line per problem.
 """
 
+from cai.core.errors import UserError
 
-class UserError(Exception):
-    """A mistake in the user's input: bad file, bad field, unknown model, unreachable server."""
-
-    exit_code = 2
-
-    def __init__(self, message: str, problems: list[str] | None = None):
-        super().__init__(message)
-        self.problems = problems or [message]
+__all__ = ["ConstitutionError", "UserError"]
 
 
 class ConstitutionError(UserError):

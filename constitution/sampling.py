@@ -7,18 +7,14 @@ batch, which shard it landed on, or whether the run was resumed.
 
 from __future__ import annotations
 
-import hashlib
 import random
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
+from cai.core.ids import derive_seed
+
 T = TypeVar("T")
-
-
-def derive_seed(*parts: object) -> int:
-    """A stable 63-bit seed from any printable parts (Python's hash() is salted per process)."""
-    blob = "\x1f".join(str(p) for p in parts).encode()
-    return int.from_bytes(hashlib.sha256(blob).digest()[:8], "big") >> 1
+__all__ = ["derive_seed", "weighted_sample"]
 
 
 def weighted_sample(

@@ -10,12 +10,17 @@ are kept on record with the reason and never paired.
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
-from cai.constitution import Constitution, derive_seed
-from cai.generators.records import Query, Response, StageOutput, Task, record_id
+from cai.constitution import Constitution
+from cai.core.identity import identity
+from cai.core.ids import digest, record_id
+from cai.core.stage import StageOutput, Task
+from cai.generators.generation import run_generation, stripped
+from cai.generators.records import Query, Response
 from cai.generators.responses import ResponseConfig
 from cai.generators.templates import render
-from cai.generators.types import SamplingParams
+from cai.generators.types import Chat, Completion, SamplingParams
 
 from .records import Comparison
 
@@ -57,49 +62,56 @@ def leak_reason(text: str, c: Constitution, names: bool = True) -> str | None:
 def plan_teacher_tasks(
     queries: list[Query], c: Constitution, cfg: ResponseConfig, model: str, seed: int
 ) -> list[Task[Query]]:
-    settings = cfg.model_dump()
-    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
+    settings = identity(cfg)
+    reads = digest(teacher_system_prompt(c))  # the teacher reads the constitution as its system prompt
     out = []
     for q in queries:
-        tid = record_id("teacher", q.id, model, settings, seed, chash)
+        tid = record_id("teacher", q.id, model, settings, seed, reads)
         out.append(Task(tid, q, [tid]))
     return out
+
+
+@dataclass(frozen=True)
+class TeacherAnswering:
+    """The teacher answering with the character (or the principles) as its system prompt; an answer
+    that gives its instructions away is kept on record with the reason, and never paired."""
+
+    c: Constitution
+    cfg: ResponseConfig
+    model: str
+    system: str
+
+    def params(self) -> SamplingParams:
+        return self.cfg.sampling()
+
+    def format_input(self, task: Task[Query]) -> Chat:
+        return [{"role": "system", "content": self.system}] + list(task.data.messages)
+
+    def format_output(self, task: Task[Query], completions: list[Completion]) -> list[Response]:
+        (comp,) = completions
+        text, raw = stripped(comp)
+        answer = Response(
+            id=task.id,
+            query_id=task.data.id,
+            sample_index=0,
+            text=text,
+            model=self.model,
+            tokens=comp.tokens,
+            finish_reason=comp.finish_reason,
+            system_prompt_id=f"constitution:{self.c.content_hash()}",
+            dropped=leak_reason(text, self.c) or (None if text else "empty"),
+            raw=raw,
+        )
+        return [answer]
 
 
 def run_teacher_tasks(
     backend, c: Constitution, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int
 ) -> StageOutput:
-    out = StageOutput()
     if not tasks:
-        return out
-    system = teacher_system_prompt(c)
-    chats = [[{"role": "system", "content": system}] + list(t.data.messages) for t in tasks]
-    params = SamplingParams(
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=derive_seed(seed, tasks[0].id),
-    )
-    for task, (comp,) in zip(tasks, backend.generate(chats, params)):
-        if comp.error:
-            out.fail(task, comp.error)
-            continue
-        out.tokens += comp.tokens
-        text = comp.text.strip()
-        out.records.append(
-            Response(
-                id=task.id,
-                query_id=task.data.id,
-                sample_index=0,
-                text=text,
-                model=backend.model,
-                tokens=comp.tokens,
-                finish_reason=comp.finish_reason,
-                system_prompt_id=f"constitution:{c.content_hash()}",
-                dropped=leak_reason(text, c) or (None if text else "empty"),
-            )
-        )
-    return out
+        return StageOutput()
+    teacher = TeacherAnswering(c, cfg, backend.model, teacher_system_prompt(c))
+    return run_generation(backend, teacher, tasks, seed)
 
 
 def distill_pairs(

@@ -19,13 +19,16 @@ reason and never exported. Both kinds are about the character, so naming a trait
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, Trait, derive_seed
+from cai.constitution import Constitution, Trait
+from cai.core.identity import ROLE, identity
+from cai.core.ids import digest, record_id
+from cai.core.stage import StageOutput, Task
 from cai.generators import BackendConfig
-from cai.generators.records import StageOutput, Task, record_id
+from cai.generators.generation import generate_each
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
@@ -44,7 +47,7 @@ class IntrospectionConfig(BaseModel):
         description="Generated turns per dialogue; the two instances take turns. The export ends on the turn of the "
         "instance that answered the opener, so an even count leaves the last turn out.",
     )
-    backend: BackendConfig | None = Field(
+    backend: Annotated[BackendConfig | None, ROLE] = Field(
         None,
         description="A checkpoint that already holds the character; default: the teacher (or the policy) with the "
         "constitution as its system prompt.",
@@ -59,6 +62,14 @@ class IntrospectionConfig(BaseModel):
     @property
     def with_constitution(self) -> bool:
         return self.system_prompt if self.system_prompt is not None else self.backend is None
+
+    def identity_hook(self, view: str, data: dict) -> dict:
+        """What the settings mean, not how they were written: whether the constitution is in the
+        system prompt (its default depends on `backend`), and no turn count without dialogues."""
+        data = data | {"system_prompt": self.with_constitution}
+        if self.interactions == 0:
+            data.pop("turns", None)
+        return data
 
 
 @dataclass(frozen=True)
@@ -77,18 +88,24 @@ def plan_introspection_tasks(
     c: Constitution, cfg: IntrospectionConfig, model: str, seed: int
 ) -> list[Task[IntrospectionTarget]]:
     """Per trait, `reflections` reflection tasks and `interactions` dialogue tasks."""
-    settings = cfg.model_dump(exclude={"backend"}) | {"system_prompt": cfg.with_constitution}
-    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
-    if cfg.interactions == 0:
-        settings.pop("turns")  # no dialogue: the turn count shapes nothing
+    settings = identity(cfg)
+    reads = digest(constitution_read(c, cfg))
     tasks = []
     for t in c.traits:
         for kind, n in (("reflection", cfg.reflections), ("interaction", cfg.interactions)):
             for i in range(n):
+                # a reflection is one answer: the dialogue's turn count shapes nothing of it
                 s = settings if kind == "interaction" else {k: v for k, v in settings.items() if k != "turns"}
-                tid = record_id("introspection", kind, t.id, i, s, model, seed, chash)
+                tid = record_id("introspection", kind, t.id, i, s, model, seed, reads)
                 tasks.append(Task(tid, IntrospectionTarget(kind, t.id, i), [tid]))  # type: ignore[arg-type]
     return tasks
+
+
+def constitution_read(c: Constitution, cfg: IntrospectionConfig) -> dict:
+    """What of the constitution introspection reads: the traits (their prompts are written from
+    them) and, in the system prompt, the character as the teacher is told it."""
+    system = teacher_system_prompt(c) if cfg.with_constitution else None
+    return {"traits": [[t.id, t.text] for t in c.traits], "system": system}
 
 
 def reflection_prompt(c: Constitution, target: IntrospectionTarget) -> str:
@@ -133,14 +150,7 @@ def run_introspection_tasks(
     if not tasks:
         return out
     system_id = f"constitution:{c.content_hash()}" if cfg.with_constitution else None
-
-    def params(turn: int) -> SamplingParams:
-        return SamplingParams(
-            temperature=cfg.temperature,
-            top_p=cfg.top_p,
-            max_new_tokens=cfg.max_new_tokens,
-            seed=derive_seed(seed, tasks[0].id, turn),
-        )
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
     def record(task: Task[IntrospectionTarget], messages: list[dict], tokens: int, dropped: str | None):
         t = task.data
@@ -157,18 +167,17 @@ def run_introspection_tasks(
         )
 
     reflect = [t for t in tasks if t.data.kind == "reflection"]
-    if reflect:
-        prompts = [reflection_prompt(c, t.data) for t in reflect]
-        chats = [_system(c, cfg, False) + [{"role": "user", "content": p}] for p in prompts]
-        for task, prompt, (comp,) in zip(reflect, prompts, backend.generate(chats, params(0))):
-            if comp.error:
-                out.fail(task, comp.error)
-                continue
-            out.tokens += comp.tokens
-            text = comp.text.strip()
-            why = leak_reason(text, c, names=False) or (None if text else "empty")
-            messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
-            out.records.append(record(task, messages, comp.tokens, why))
+    prompts = [reflection_prompt(c, t.data) for t in reflect]
+    chats = [_system(c, cfg, False) + [{"role": "user", "content": p}] for p in prompts]
+    for task, prompt, (comp,) in zip(reflect, prompts, generate_each(backend, reflect, chats, params, seed, 0)):
+        if comp.error:
+            out.fail(task, comp.error)
+            continue
+        out.tokens += comp.tokens
+        text = comp.text.strip()
+        why = leak_reason(text, c, names=False) or (None if text else "empty")
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
+        out.records.append(record(task, messages, comp.tokens, why))
     talks = [t for t in tasks if t.data.kind == "interaction"]
     dialogues = {t.id: [opener(c, t.data)] for t in talks}
     tokens = dict.fromkeys(dialogues, 0)
@@ -178,7 +187,7 @@ def run_introspection_tasks(
         parity = (turn + 1) % 2  # who writes message turn + 1: the opener's answerer on odd indices
         chats = [_system(c, cfg, True) + seen_by(dialogues[t.id], parity) for t in live]
         still = []
-        for task, (comp,) in zip(live, backend.generate(chats, params(turn + 1)) if live else []):
+        for task, (comp,) in zip(live, generate_each(backend, live, chats, params, seed, turn + 1)):
             if comp.error:
                 out.fail(task, comp.error)
                 continue

@@ -12,9 +12,13 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, FewShot, Principle, derive_seed, weighted_sample
+from cai.constitution import Constitution, FewShot, Principle, weighted_sample
+from cai.core.identity import identity
+from cai.core.ids import digest, record_id
+from cai.core.stage import StageOutput, Task
+from cai.generators.generation import generate_each
 from cai.generators.queries import jaccard
-from cai.generators.records import Query, Response, StageOutput, Task, record_id
+from cai.generators.records import Query, Response
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
@@ -41,13 +45,20 @@ class RevisionConfig(BaseModel):
 def plan_revision_tasks(
     pairs: list[tuple[Query, Response]], c: Constitution, cfg: RevisionConfig, model: str, seed: int
 ) -> list[Task[RevisionInput]]:
-    settings = cfg.model_dump()
-    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
+    settings = identity(cfg)
+    reads = digest(constitution_read(c))  # once, not per task
     tasks = []
     for q, r in pairs:
-        tid = record_id("revision", r.id, model, settings, seed, chash)
+        tid = record_id("revision", r.id, model, settings, seed, reads)
         tasks.append(Task(tid, RevisionInput(q, r), [tid]))
     return tasks
+
+
+def constitution_read(c: Constitution) -> dict:
+    """What of the constitution a revision reads: the critique principles it draws from (their
+    requests and weights) and the worked examples. A comparison question is no part of it."""
+    pool = [[p.id, p.critique, p.revision, p.weight] for p in c.critique_principles]
+    return {"principles": pool, "few_shot": [e.model_dump(mode="json") for e in c.few_shot]}
 
 
 def round_principles(c: Constitution, task_id: str, rounds: int, seed: int) -> list[Principle]:
@@ -119,27 +130,29 @@ def usable_revision(revision: str, critique: str) -> bool:
 def run_revision_tasks(
     backend, c: Constitution, tasks: list[Task[RevisionInput]], cfg: RevisionConfig, seed: int
 ) -> StageOutput:
+    """Round by round, every live task of the batch at once: its critiques in one call, then its
+    revisions in one call. Each call is `format_input → model → format_output` per task, seeded by
+    the task's id, the round and the step."""
     out = StageOutput()
     if not tasks or cfg.rounds == 0:
         return out
     current = {t.id: t.data.response.text for t in tasks}
     rounds: dict[str, list[Round]] = {t.id: [] for t in tasks}
     plans = {t.id: round_principles(c, t.id, cfg.rounds, seed) for t in tasks}
+    crit_params = SamplingParams(
+        temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens
+    )
+    rev_params = crit_params.model_copy(update={"max_new_tokens": cfg.revision_max_new_tokens})
     live = list(tasks)
     for r in range(cfg.rounds):
         if not live:
             break
-        key = derive_seed(seed, live[0].id, r)
         prompts = []
         for t in live:
-            q = t.data.query
             p = plans[t.id][r]
-            conversation = list(q.messages) + [{"role": "assistant", "content": current[t.id]}]
+            conversation = list(t.data.query.messages) + [{"role": "assistant", "content": current[t.id]}]
             prompts.append(critique_chat(c, p, conversation, examples_for(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
-        crit_params = SamplingParams(
-            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens, seed=key
-        )
-        crits = [comps[0] for comps in backend.generate(prompts, crit_params)]
+        crits = [comps[0] for comps in generate_each(backend, live, prompts, crit_params, seed, r, "critique")]
         rev_prompts, rev_tasks = [], []
         for t, prompt, crit in zip(live, prompts, crits):
             if crit.error:
@@ -147,10 +160,8 @@ def run_revision_tasks(
                 continue
             rev_prompts.append(revision_chat(prompt, crit.text.strip(), plans[t.id][r]))
             rev_tasks.append((t, crit))
-        rev_params = SamplingParams(
-            temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.revision_max_new_tokens, seed=key + 1
-        )
-        revs = [comps[0] for comps in backend.generate(rev_prompts, rev_params)] if rev_prompts else []
+        revised = [t for t, _ in rev_tasks]
+        revs = [comps[0] for comps in generate_each(backend, revised, rev_prompts, rev_params, seed, r, "revision")]
         live = []
         for (t, crit), rev in zip(rev_tasks, revs):
             if rev.error:

@@ -11,15 +11,22 @@ from __future__ import annotations
 import gzip
 import json
 import re
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, UserError, derive_seed, weighted_sample
+from cai.constitution import Constitution, UserError, weighted_sample
+from cai.core.identity import Source, identity
+from cai.core.ids import digest, record_id
+from cai.core.stage import StageOutput, Task
 
-from .records import Query, QueryTarget, StageOutput, Task, record_id
+from .generation import run_generation
+from .records import Query, QueryTarget
 from .templates import render
-from .types import SamplingParams
+from .types import Chat, Completion, SamplingParams
 
 DEFAULT_INSTRUCTIONS = (
     "You write realistic messages that users send to an AI assistant, for testing how the assistant behaves."
@@ -30,8 +37,10 @@ class QueryConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     per_principle: int = Field(4, ge=0, description="Queries to write for each principle (or trait); 0 = none.")
-    seed_file: str | None = Field(
-        None, description="Seed queries: .txt, .jsonl (text/messages/prompt) or HH-RLHF transcripts."
+    seed_file: Annotated[str | None, Source()] = Field(
+        None,
+        description="Seed queries: .txt, .jsonl (text/messages/prompt) or HH-RLHF transcripts. Each seed query's "
+        "id hashes its own text; generated queries do not read the file.",
     )
     few_shot: int = Field(3, ge=0, description="Example queries shown as earlier turns.")
     temperature: float = Field(1.0, ge=0)
@@ -44,17 +53,27 @@ class QueryConfig(BaseModel):
     )
 
 
-def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> list[Task[QueryTarget]]:
-    """One task per (principle or trait, index). Ids depend on the ids and settings only."""
-    settings = cfg.model_dump(exclude={"seed_file"})
-    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
+def plan_query_tasks(c: Constitution, cfg: QueryConfig, seed: int) -> Iterator[Task[QueryTarget]]:
+    """One task per (principle or trait, index), lazily: a run with --limit plans only what it takes.
+    Ids depend on the ids and settings only (a generated query reads no seed file)."""
+    settings = identity(cfg)
     targets = [("principle", p.id) for p in c.critique_principles] + [("trait", t.id) for t in c.traits]
-    tasks = []
     for kind, ident in targets:
+        reads = digest(constitution_read(c, kind, ident))  # once per target, not per task
         for i in range(cfg.per_principle):
-            tid = record_id("query", kind, ident, i, settings, seed, chash)
-            tasks.append(Task(tid, QueryTarget(kind, ident, i), [tid]))
-    return tasks
+            tid = record_id("query", kind, ident, i, settings, seed, reads)
+            yield Task(tid, QueryTarget(kind, ident, i), [tid])
+
+
+def constitution_read(c: Constitution, kind: str, ident: str) -> dict:
+    """What of the constitution a query for one principle or trait reads (`query_chat`): its focus
+    and examples, and the query-writing guide. Editing anything else leaves its id alone."""
+    guide = c.query_generation.model_dump(mode="json") if c.query_generation else None
+    if kind == "trait":
+        t = c.trait(ident)
+        return {"trait": [t.text, list(t.questions)], "guide": guide}
+    p = c.principle(ident)
+    return {"focus": p.comparison or p.critique, "guide": guide}
 
 
 def query_chat(c: Constitution, target: QueryTarget, cfg: QueryConfig, seed_key: str) -> list[dict]:
@@ -155,45 +174,47 @@ class Deduplicator:
         return None
 
 
-def run_query_tasks(
-    backend, c: Constitution, tasks: list[Task[QueryTarget]], cfg: QueryConfig, seed: int, dedupe: Deduplicator
-) -> StageOutput:
-    out = StageOutput()
-    if not tasks:
-        return out
-    chats = [query_chat(c, t.data, cfg, t.id) for t in tasks]
-    params = SamplingParams(
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=derive_seed(seed, tasks[0].id),
-    )
-    for task, (comp,) in zip(tasks, backend.generate(chats, params)):
-        if comp.error:
-            out.fail(task, comp.error)
-            continue
-        out.tokens += comp.tokens
+@dataclass(frozen=True)
+class QueryWriting:
+    """The policy writing one user message per task; the driver drops near-duplicates afterwards,
+    since it alone holds every query kept so far."""
+
+    c: Constitution
+    cfg: QueryConfig
+
+    def params(self) -> SamplingParams:
+        cfg = self.cfg
+        return SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
+
+    def format_input(self, task: Task[QueryTarget]) -> Chat:
+        return query_chat(self.c, task.data, self.cfg, task.id)
+
+    def format_output(self, task: Task[QueryTarget], completions: list[Completion]) -> list[Query]:
+        (comp,) = completions
+        cfg = self.cfg
         text = clean_query(comp.text)
         dropped = None
         if len(text) < cfg.min_chars:
             dropped = "too short"
         elif len(text) > cfg.max_chars or comp.finish_reason == "length" and len(text) > cfg.max_chars // 2:
             dropped = "too long"
-        elif (dup := dedupe.check(task.id, text)) is not None:
-            dropped = f"duplicate of {dup}"
         ids = {"principle_ids" if task.data.kind == "principle" else "trait_ids": [task.data.id]}
-        out.records.append(
-            Query(
-                id=task.id,
-                messages=[{"role": "user", "content": text}],
-                origin="generated",
-                raw=comp.text,
-                dropped=dropped,
-                tokens=comp.tokens,
-                **ids,
-            )
+        query = Query(
+            id=task.id,
+            messages=[{"role": "user", "content": text}],
+            origin="generated",
+            raw=comp.text,
+            dropped=dropped,
+            tokens=comp.tokens,
+            **ids,
         )
-    return out
+        return [query]
+
+
+def run_query_tasks(
+    backend, c: Constitution, tasks: list[Task[QueryTarget]], cfg: QueryConfig, seed: int
+) -> StageOutput:
+    return run_generation(backend, QueryWriting(c, cfg), tasks, seed)
 
 
 def parse_transcript(text: str) -> list[dict]:

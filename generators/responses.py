@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import derive_seed
+from cai.core.identity import identity
+from cai.core.ids import record_id
+from cai.core.stage import StageOutput, Task
 
-from .records import Query, Response, StageOutput, Task, record_id
-from .types import SamplingParams
+from .generation import run_generation, stripped
+from .records import Query, Response
+from .types import Chat, Completion, SamplingParams
 
 
 class ResponseConfig(BaseModel):
@@ -19,9 +24,12 @@ class ResponseConfig(BaseModel):
     max_new_tokens: int = Field(128, ge=1)
     system_prompt: str | None = Field(None, description="Optional system message for the policy.")
 
+    def sampling(self, n: int = 1) -> SamplingParams:
+        return SamplingParams(n=n, temperature=self.temperature, top_p=self.top_p, max_new_tokens=self.max_new_tokens)
+
 
 def plan_response_tasks(queries: list[Query], cfg: ResponseConfig, model: str, seed: int) -> list[Task[Query]]:
-    settings = cfg.model_dump()
+    settings = identity(cfg)
     tasks = []
     for q in queries:
         ids = [record_id("response", q.id, i, model, settings, seed) for i in range(cfg.samples)]
@@ -29,38 +37,42 @@ def plan_response_tasks(queries: list[Query], cfg: ResponseConfig, model: str, s
     return tasks
 
 
-def response_chat(q: Query, cfg: ResponseConfig) -> list[dict]:
+def response_chat(q: Query, cfg: ResponseConfig) -> Chat:
     system = [{"role": "system", "content": cfg.system_prompt}] if cfg.system_prompt else []
     return system + list(q.messages)
 
 
-def run_response_tasks(backend, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int) -> StageOutput:
-    out = StageOutput()
-    if not tasks:
-        return out
-    params = SamplingParams(
-        n=cfg.samples,
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.max_new_tokens,
-        seed=derive_seed(seed, tasks[0].id),
-    )
-    results = backend.generate([response_chat(t.data, cfg) for t in tasks], params)
-    for task, comps in zip(tasks, results):
-        if any(c.error for c in comps):
-            out.fail(task, next(c.error for c in comps if c.error))
-            continue
-        for i, (rid, c) in enumerate(zip(task.outputs, comps)):
-            out.tokens += c.tokens
-            out.records.append(
+@dataclass(frozen=True)
+class Answering:
+    """The policy answering each query `samples` times."""
+
+    cfg: ResponseConfig
+    model: str
+
+    def params(self) -> SamplingParams:
+        return self.cfg.sampling(self.cfg.samples)
+
+    def format_input(self, task: Task[Query]) -> Chat:
+        return response_chat(task.data, self.cfg)
+
+    def format_output(self, task: Task[Query], completions: list[Completion]) -> list[Response]:
+        out = []
+        for i, (rid, c) in enumerate(zip(task.outputs, completions)):
+            text, raw = stripped(c)
+            out.append(
                 Response(
                     id=rid,
                     query_id=task.data.id,
                     sample_index=i,
-                    text=c.text.strip(),
-                    model=backend.model,
+                    text=text,
+                    model=self.model,
                     tokens=c.tokens,
                     finish_reason=c.finish_reason,
+                    raw=raw,
                 )
             )
-    return out
+        return out
+
+
+def run_response_tasks(backend, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int) -> StageOutput:
+    return run_generation(backend, Answering(cfg, backend.model), tasks, seed)

@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import inspect
 import math
-from contextlib import nullcontext
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution.errors import UserError
 
@@ -30,7 +28,9 @@ from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import parse_options
-from .engine_utils import ChoicePlan, PrefixGroup, StepResult, prefix_groups
+from .engine_utils import ChoicePlan, PrefixGroup, StepResult, prefix_groups, request_seed
+from .options import TransformersOptions
+from .seeded import seeded_sampling
 
 GROUPED_SDPA = "sdpa_grouped_kv"
 
@@ -68,32 +68,6 @@ def use_grouped_kv_attention(lm) -> None:
     AttentionInterface.register(GROUPED_SDPA, _sdpa_grouped_kv)
     AttentionMaskInterface.register(GROUPED_SDPA, sdpa_mask)
     lm.set_attn_implementation(GROUPED_SDPA)
-
-
-class TransformersOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    device: str = Field("auto", description="`auto`, `cpu`, `cuda`, `cuda:1`, ...")
-    dtype: str = Field("auto", description="`auto` (bf16 on GPU, fp32 on CPU), `float32`, `bfloat16`, `float16`.")
-    batch_size: int = Field(16, ge=1, description="Sequences per forward pass (n samples count each).")
-    batch_tokens: int = Field(
-        16384,
-        ge=64,
-        description="Scoring with prefix sharing: rows per forward pass while rows × context width stays "
-        "under this (the KV cache a pass copies); shared prefixes make rows cheap, so more fit than batch_size.",
-    )
-    max_length: int | None = Field(None, ge=8, description="Context length; defaults to the model's.")
-    attn_implementation: str = Field(
-        "auto",
-        description="`auto`: transformers' own choice, on CPU with sdpa's grouped key/value heads kept "
-        "grouped under a padding mask; or a name transformers takes: `sdpa`, `eager`, `flash_attention_2`, ...",
-    )
-    prefix_sharing: bool = Field(
-        True,
-        description="Run a prefix shared by several prompts of a batch once and reuse its KV cache, and "
-        "score from the last position's logits only. Off: every row in full, with logits at every position.",
-    )
-    trust_remote_code: bool = False
 
 
 class TransformersBackend:
@@ -151,7 +125,13 @@ class TransformersBackend:
     def _encode_all(self, prompts: list[Prompt], reserve: int) -> tuple[list[list[int] | None], dict[int, str]]:
         return encode_batch(self.tokenizer, prompts, reserve, self.context_length)
 
-    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, chats: list[Prompt], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[list[Completion]]:
+        """`seeds`: one per chat; else `params.seed` seeds chat i with seed + SEED_STRIDE * i. A row's
+        samples then depend on its seed alone, never on the rows batched beside it."""
+        if seeds is None and params.seed is not None:
+            seeds = [request_seed(params.seed, i) for i in range(len(chats))]
         encoded, errors = self._encode_all(chats, reserve=1)
         out: list[list[Completion] | None] = [None] * len(chats)
         for i, msg in errors.items():
@@ -163,12 +143,13 @@ class TransformersBackend:
         else:
             order = sorted(range(len(todo)), key=lambda k: -len(encoded[todo[k]]))
             batches = [[PrefixGroup(0, batch)] for batch in self._batches(order, params.n)]
-        for b, groups in enumerate(batches):
+        for groups in batches:
             members = [todo[k] for g in groups for k in g.rows]
             split = [
                 (encoded[todo[g.rows[0]]][: g.shared], [encoded[todo[k]][g.shared :] for k in g.rows]) for g in groups
             ]
-            for i, comps in zip(members, self._generate_batch(split, params, b)):
+            row_seeds = [seeds[i] for i in members] if seeds is not None else None
+            for i, comps in zip(members, self._generate_batch(split, params, row_seeds)):
                 out[i] = comps
         return out  # type: ignore[return-value]
 
@@ -234,35 +215,37 @@ class TransformersBackend:
 
     @torch.inference_mode()
     def _generate_batch(
-        self, split: list[tuple[list[int], list[list[int]]]], params: SamplingParams, batch_index: int
+        self, split: list[tuple[list[int], list[list[int]]]], params: SamplingParams, seeds: list[int] | None
     ) -> list[list[Completion]]:
+        """Seeded sampling draws each row's tokens from the row's own generator (`SeededSampling`),
+        so it is greedy decoding over noised logits; the n samples of a row are n copies of it."""
         sample = params.temperature > 0
         copies = params.n if sample else 1  # greedy samples are identical: decode once, copy
+        seeded = sample and seeds is not None
         inputs = self._prefill_prefixes(split, copies)
         inputs.pop("position_ids")  # generate derives them from the mask, for the new tokens too
         if "prefix_ids" in inputs:
             inputs["input_ids"] = torch.cat([inputs.pop("prefix_ids"), inputs["input_ids"]], 1)
+        if seeded and copies > 1:  # the cache holds each row `copies` times already; so must the inputs
+            inputs["input_ids"] = inputs["input_ids"].repeat_interleave(copies, 0)
+            inputs["attention_mask"] = inputs["attention_mask"].repeat_interleave(copies, 0)
         rows = [p + s for p, sufs in split for s in sufs]
         width = inputs["input_ids"].shape[1]
         longest = max(len(r) for r in rows)
         max_new = max(1, min(params.max_new_tokens, self.context_length - longest))
-        kwargs = dict(
-            max_new_tokens=max_new,
-            do_sample=sample,
-            num_return_sequences=copies,
-            pad_token_id=self.tokenizer.pad_token_id,
-        )
-        if sample:
+        kwargs: dict = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id)
+        if seeded:
+            row_seeds = [s + j for s in seeds for j in range(copies)]  # as engines seed the j-th of n samples
+            kwargs["logits_processor"] = seeded_sampling(params, row_seeds, width)
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        elif sample:
+            kwargs.update(do_sample=True, num_return_sequences=copies)
             kwargs.update(temperature=params.temperature, top_p=params.top_p, top_k=0)
         else:  # the model's generation_config may carry sampling defaults; greedy needs none
-            kwargs.update(temperature=None, top_p=None, top_k=None)
+            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
         if params.stop:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
-        seeded = torch.random.fork_rng(devices=[self.device] if self.device.type == "cuda" else [])
-        with seeded if params.seed is not None else nullcontext():
-            if params.seed is not None:
-                torch.manual_seed(params.seed + 1_000_003 * batch_index)
-            generated = self.lm.generate(**inputs, **kwargs)[:, width:]
+        generated = self.lm.generate(**inputs, **kwargs)[:, width:]
         results = []
         for r in range(len(rows)):
             comps = [self._completion(generated[r * copies + j], params, max_new) for j in range(copies)]

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import vllm
-from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution.errors import UserError
 
@@ -39,83 +38,7 @@ from ..default_model import resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import Capabilities, parse_options
 from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
-
-# Without max_model_len, the model's own context is used up to this many tokens: every sequence
-# the scheduler admits reserves KV cache for its whole context, and 128k-token models are common.
-DEFAULT_CONTEXT_CAP = 4096
-
-
-FEW_CORES = 8  # on a machine this small, the engine's compute threads get every core
-
-
-class VLLMOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    tensor_parallel_size: int = Field(1, ge=1, description="GPUs one model is split across.")
-    data_parallel_size: int = Field(
-        1,
-        ge=1,
-        description="Engine replicas. The offline engine runs one per process; for more, use "
-        "`vllm serve --data-parallel-size N` with the openai backend, or shard the run.",
-    )
-    gpu_memory_utilization: float = Field(
-        0.35,
-        gt=0,
-        le=1,
-        description="Share of GPU memory (on CPU: of RAM) vLLM may hold for weights and KV cache.",
-    )
-    kv_cache_gb: float | None = Field(
-        None,
-        gt=0,
-        description="A fixed KV-cache size in GiB instead of sizing it by gpu_memory_utilization. "
-        "On CPU the VLLM_CPU_KVCACHE_SPACE environment variable (GiB), when set, wins over both.",
-    )
-    max_model_len: int | None = Field(
-        None,
-        ge=16,
-        description=f"Context length; default the model's own, capped at {DEFAULT_CONTEXT_CAP}.",
-    )
-    dtype: str = Field(
-        "auto",
-        description="`auto` is float32 on CPU (as the transformers backend: bf16 log-probs are "
-        "too coarse for soft labels) and vLLM's own choice on GPU; or `bfloat16`, `float16`, ...",
-    )
-    enable_prefix_caching: bool = Field(True, description="Reuse the KV cache of shared prompt prefixes.")
-    seed: int = Field(0, description="The engine's seed; a seeded SamplingParams seeds each request.")
-    enforce_eager: bool | None = Field(
-        None,
-        description="Skip torch.compile and CUDA graphs. Default: on for CPU, off on GPU. On a "
-        "two-core CPU compiling added 70 s to the start for 13-23% more speed: worth it for a long run.",
-    )
-    logprobs_k: int = Field(20, ge=1, description="Top tokens reported per position when scoring by top-K.")
-    exact_choices: bool = Field(
-        True, description="Ask the engine for the choice tokens' own log-probs instead of the top-K."
-    )
-    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the scheduler runs at once.")
-    block_size: int | None = Field(
-        None,
-        ge=1,
-        description="Tokens per KV-cache block. The prefix cache reuses whole blocks, so smaller blocks "
-        "share more of each prefix. Default: vLLM's own.",
-    )
-    cpu_reserved_cores: int | None = Field(
-        None,
-        ge=0,
-        description="CPU: cores kept free of the engine's compute threads, for its scheduler. "
-        f"Default: none on a machine of {FEW_CORES} cores or fewer (vLLM keeps one, which on two cores "
-        "halves the compute: 0.68x transformers' generation speed against 1.06x with both cores), "
-        "else vLLM's own (one).",
-    )
-    cpu_preload: bool = Field(
-        True,
-        description="CPU: start the engine with tcmalloc and Intel's OpenMP runtime preloaded, where "
-        "installed (vLLM's advice for its CPU build; 3-20% faster here).",
-    )
-    trust_remote_code: bool = False
-    show_progress: bool = Field(False, description="vLLM's progress bar for each batch.")
-    engine_args: dict[str, Any] = Field(
-        default_factory=dict, description="Further keyword arguments for `vllm.LLM`, passed as given."
-    )
+from .options import DEFAULT_CONTEXT_CAP, FEW_CORES, VLLMOptions
 
 
 def _first_line(error: Exception) -> str:
@@ -250,7 +173,11 @@ class VLLMBackend:
                 results.append(e)
         return results
 
-    def generate(self, chats: list[Prompt], params: SamplingParams) -> list[list[Completion]]:
+    def generate(
+        self, chats: list[Prompt], params: SamplingParams, seeds: list[int] | None = None
+    ) -> list[list[Completion]]:
+        """`seeds`: one per chat, each request seeded with its own; else `params.seed` seeds chat i
+        with seed + SEED_STRIDE * i."""
         encoded, errors = self._encode_all(chats, reserve=1)
         out: list[list[Completion]] = [[] for _ in chats]
         for i, msg in errors.items():
@@ -264,7 +191,7 @@ class VLLMBackend:
                 top_p=1.0 if greedy else params.top_p,
                 max_tokens=min(params.max_new_tokens, self.context_length - len(encoded[i])),
                 stop=list(params.stop) or None,
-                seed=request_seed(params.seed, i),
+                seed=seeds[i] if seeds is not None else request_seed(params.seed, i),
             )
             for i in todo
         ]
