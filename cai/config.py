@@ -6,15 +6,15 @@ config and its principle file can be copied together anywhere.
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
+from typing import Annotated
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import Constitution, ConstitutionError, UserError, load_constitution
 from cai.constitution.loader import read_structured, validate_model
+from cai.core.identity import OPERATIONAL, ROLE, Source
 from cai.critique import ComparisonConfig, RevisionConfig
 from cai.critique.introspect import IntrospectionConfig
 from cai.generators import BackendConfig
@@ -26,18 +26,37 @@ from cai.training.export import ExportConfig
 from .executors import ExecutorConfig
 
 
+def _constitution_digest(path: str) -> str:
+    """A constitution enters by what it says (comments and key order aside), never by its path."""
+    try:
+        return load_constitution(path).content_hash()
+    except UserError:
+        return f"unreadable:{path}"
+
+
 class RunConfig(BaseModel):
+    """One run. Which fields shape the records is declared on them (`cai.core.identity`): record ids,
+    the config history and the refusal to mix options all read that declaration."""
+
     model_config = ConfigDict(extra="forbid")
 
-    constitution: str = Field(description="A principle file (relative to this config) or a shipped name.")
+    constitution: Annotated[str, Source(_constitution_digest)] = Field(
+        description="A principle file (relative to this config) or a shipped name."
+    )
     seed: int = Field(0, description="Seeds every sampled choice; with the inputs it fixes every record id.")
-    batch_size: int = Field(32, ge=1, description="Work items per model call; also the most a kill can lose.")
-    retries: int = Field(
+    batch_size: Annotated[int, OPERATIONAL] = Field(
+        32, ge=1, description="Work items per model call; also the most a kill can lose."
+    )
+    retries: Annotated[int, OPERATIONAL] = Field(
         2, ge=0, description="Reruns retry a task whose error may pass (server down, timeout, OOM) this many times."
     )
-    policy: BackendConfig = Field(default_factory=BackendConfig, description="Writes queries, answers and revisions.")
-    feedback: BackendConfig | None = Field(None, description="Ranks pairs; defaults to the policy model.")
-    teacher: BackendConfig | None = Field(
+    policy: Annotated[BackendConfig, ROLE] = Field(
+        default_factory=BackendConfig, description="Writes queries, answers and revisions."
+    )
+    feedback: Annotated[BackendConfig | None, ROLE] = Field(
+        None, description="Ranks pairs; defaults to the policy model."
+    )
+    teacher: Annotated[BackendConfig | None, ROLE] = Field(
         None,
         description="Context distillation's teacher, answering with the constitution as its system prompt (often a "
         "stronger model than the policy); defaults to the policy model.",
@@ -50,8 +69,8 @@ class RunConfig(BaseModel):
         None,
         description="Character constitutions: self-reflections and self-interactions in character, as extra SFT data.",
     )
-    export: ExportConfig = Field(default_factory=ExportConfig)
-    executor: ExecutorConfig = Field(
+    export: Annotated[ExportConfig, OPERATIONAL] = Field(default_factory=ExportConfig)
+    executor: Annotated[ExecutorConfig, OPERATIONAL] = Field(
         default_factory=ExecutorConfig, description="Where model calls run: this process, or a Ray cluster."
     )
 
@@ -68,9 +87,6 @@ class RunConfig(BaseModel):
         """Who answers in character: a trained checkpoint when given, else the teacher."""
         given = self.introspection.backend if self.introspection is not None else None
         return given or self.teacher_backend
-
-    def digest(self) -> str:
-        return hashlib.sha256(json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()).hexdigest()[:16]
 
 
 def _relative(value: str | None, base: Path) -> str | None:

@@ -16,7 +16,8 @@ def run_demo(console: Console, config: Path, out: Path, limit: int | None = None
     from cai.constitution import library_names
     from cai.constitution.lint import lint_file
     from cai.export import export_run
-    from cai.pipeline import Pipeline, summary_table
+    from cai.pipeline import Pipeline
+    from cai.tables import summary_table
 
     for name in library_names():
         c, _ = lint_file(name)

@@ -1,12 +1,15 @@
 """Every config a run has seen, and what a new one changes.
 
 Users tune downstream settings after the expensive stages have run (more ranking principles, CoT
-instead of log-probs, a bigger feedback model). Record ids hash each stage's inputs and settings,
-so a changed stage gets new ids and everything upstream of it is reused as it is. The run keeps
-each config as `configs/NNN.yaml` (with its constitution) and an index saying which stage it
-first affected. A change is refused only where records would mix without their ids showing it:
-a backend option that changes what a model writes (a dtype, a quantization) is not part of any
-id, so records made before and after it would pass for one another.
+instead of log-probs, a bigger feedback model). Record ids hash each stage's inputs and the
+settings that shape them (declared on the config fields, `cai.core.identity`), so a changed stage
+gets new ids and everything upstream of it is reused as it is. The run keeps each config as
+`configs/NNN.yaml` (with its constitution) and an index saying which stage it first affected,
+traced through each stage's identity; a config that differs only in how it names the same files,
+or in nothing that shapes output, is the same version. A change is refused only where records
+would mix without their ids showing it: a backend option that changes what a model writes (a
+dtype, a quantization) is not part of any id, so records made before and after it would pass for
+one another.
 """
 
 from __future__ import annotations
@@ -22,50 +25,23 @@ import yaml
 from cai.constitution import UserError
 
 from .lock import RunLock
-from .store import STAGES
+from .stages import NAMES, stages_of_role, stages_reading
 
-# Sections of a run config → the first stage whose records they shape ("export": none).
-SECTION_STAGE = {
-    "constitution": "queries",
-    "seed": "queries",
-    "queries": "queries",
-    "policy": "queries",
-    "responses": "responses",
-    "revisions": "revisions",
-    "feedback": "comparisons",
-    "teacher": "comparisons",
-    "introspection": "introspection",
-    "comparisons": "comparisons",
-    "export": "export",
-    "batch_size": None,
-    "retries": None,
-    "executor": None,
-}
-# Backend options that change how fast or where a model runs, never what it writes.
-OPERATIONAL_OPTIONS = {
-    "tensor_parallel_size",
-    "pipeline_parallel_size",
-    "data_parallel_size",
-    "gpu_memory_utilization",
-    "max_num_seqs",
-    "max_num_batched_tokens",
-    "enable_prefix_caching",
-    "enforce_eager",
-    "swap_space",
-    "cpu_kvcache_space",
-    "batch_size",
-    "max_concurrency",
-    "concurrency",
-    "timeout",
-    "max_retries",
-    "backoff",
-    "max_backoff",
-    "api_key",
-    "base_url",
-    "device",
-    "device_map",
-}
-ORDER = [*STAGES[:3], "introspection", *STAGES[3:], "export"]  # introspection runs between revisions and comparisons
+
+@dataclass
+class Snapshot:
+    """A config as the history keeps it: its frozen texts, and what of it shapes which stage.
+
+    `digest`: the whole config's identity (sources by content, secrets out), so a config that
+    names the same files by another path is the same version; `identities`: each stage's, so a
+    change is traced to the first stage it affects; `models`: per role, the backend, model and
+    options that shape output, so a changed option that no id shows is refused."""
+
+    config: str
+    constitution: str
+    digest: str
+    identities: dict[str, str]
+    models: dict[str, dict]
 
 
 @dataclass
@@ -79,7 +55,7 @@ class ConfigChange:
         """Stages whose records the change may replace (from the first affected one on)."""
         if self.first_stage is None:
             return []
-        return ORDER[ORDER.index(self.first_stage) :]
+        return list(NAMES[NAMES.index(self.first_stage) :])
 
 
 def _index_path(root: Path) -> Path:
@@ -96,36 +72,59 @@ def read_index(root: Path) -> list[dict]:
         raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
 
 
-def _changed_options(old: dict, new: dict, role: str) -> list[str]:
-    a, b = (old.get(role) or {}).get("options", {}), (new.get(role) or {}).get("options", {})
-    return sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k) and k not in OPERATIONAL_OPTIONS)
+def first_changed(old: dict[str, str], new: dict[str, str]) -> str | None:
+    """The first stage, in run order, whose identity differs."""
+    return next((name for name in NAMES if old.get(name) != new.get(name)), None)
 
 
-def compare(old: dict, new: dict, old_constitution: str, new_constitution: str) -> tuple[str | None, list[str]]:
-    """The first stage a config change affects, and the sections that changed."""
+def _legacy_first_stage(old_text: str, new_text: str, old_con: str, new_con: str) -> tuple[str | None, list[str]]:
+    """For a config kept before stage identities were: the first stage reading a changed section."""
+    old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(new_text) or {}
     sections = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-    if old_constitution != new_constitution and "constitution" not in sections:
+    if old_con != new_con and "constitution" not in sections:
         sections.append("constitution")
-    stages = [SECTION_STAGE.get(s, "queries") for s in sections]
-    stages = [s for s in stages if s is not None]
-    first = min(stages, key=ORDER.index) if stages else None
-    return first, sections
+    affected = stages_reading(sections)
+    return (affected[0] if affected else None), sections
 
 
-def refuse_mixing(old: dict, new: dict, has_records: dict[str, bool]) -> None:
-    """A changed output-shaping backend option over stages that already have records."""
-    fb_old, fb_new = old.get("feedback") or old.get("policy"), new.get("feedback") or new.get("policy")
-    checks = [("policy", _changed_options(old, new, "policy"), ("queries", "responses", "revisions"))]
-    checks.append(
-        ("feedback", _changed_options({"f": fb_old}, {"f": fb_new}, "f"), ("comparisons",)),
-    )
-    teacher_old, teacher_new = old.get("teacher") or old.get("policy"), new.get("teacher") or new.get("policy")
-    checks.append(("teacher", _changed_options({"t": teacher_old}, {"t": teacher_new}, "t"), ("teacher",)))
-    own_old = (old.get("introspection") or {}).get("backend") or teacher_old
-    own_new = (new.get("introspection") or {}).get("backend") or teacher_new
-    checks.append(("introspection", _changed_options({"i": own_old}, {"i": own_new}, "i"), ("introspection",)))
-    for role, changed, stages in checks:
-        made = [s for s in stages if has_records.get(s)]
+def _changed_sections(old_text: str, new_text: str) -> list[str]:
+    old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(new_text) or {}
+    return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def _legacy_models(config_text: str) -> dict[str, dict]:
+    """Per role, the shaping options of a config kept before they were recorded."""
+    from cai.generators.backends.base import operational_options
+
+    cfg = yaml.safe_load(config_text) or {}
+    policy = cfg.get("policy") or {}
+    teacher = cfg.get("teacher") or policy
+    roles = {
+        "policy": policy,
+        "feedback": cfg.get("feedback") or policy,
+        "teacher": teacher,
+        "introspection": (cfg.get("introspection") or {}).get("backend") or teacher,
+    }
+    out = {}
+    for role, bc in roles.items():
+        backend = bc.get("backend", "transformers")
+        try:
+            skip = operational_options(backend)
+        except ImportError:
+            skip = set()
+        out[role] = {"options": {k: v for k, v in (bc.get("options") or {}).items() if k not in skip}}
+    return out
+
+
+def refuse_mixing(old: dict[str, dict], new: dict[str, dict], has_records: dict[str, bool]) -> None:
+    """A changed option that shapes output, under a role whose stages already have records.
+
+    Record ids show the model by name only (so that every id made before stays valid), so records
+    made before and after such a change would pass for one another."""
+    for role, now in new.items():
+        a, b = (old.get(role) or {}).get("options", {}), now.get("options", {})
+        changed = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
+        made = [s for s in stages_of_role(role) if has_records.get(s)]
         if changed and made:
             raise UserError(
                 f"{role}.options.{changed[0]}: changed since {', '.join(made)} were made, and record ids do not "
@@ -133,64 +132,71 @@ def refuse_mixing(old: dict, new: dict, has_records: dict[str, bool]) -> None:
             )
 
 
-def record(
-    root: Path, config_text: str, constitution_text: str, shard: str, has_records: dict[str, bool], dry: bool = False
-) -> ConfigChange:
+def record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool], dry: bool = False) -> ConfigChange:
     """Compare with the run's latest config; keep the new one as the next version if it differs.
     With `dry`, only say what would happen."""
     if dry:
-        return _record(root, config_text, constitution_text, shard, has_records, dry=True)
+        return _record(root, snap, shard, has_records, dry=True)
     lock = RunLock(root, "-configs")  # shards of one run may start together
     lock.acquire(wait=30)
     try:
-        return _record(root, config_text, constitution_text, shard, has_records)
+        return _record(root, snap, shard, has_records)
     finally:
         lock.release()
 
 
-def _record(
-    root: Path, config_text: str, constitution_text: str, shard: str, has_records: dict[str, bool], dry: bool = False
-) -> ConfigChange:
+def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool], dry: bool = False) -> ConfigChange:
     index = read_index(root)
     cfg_path, con_path = root / "config.yaml", root / "constitution.yaml"
-    legacy = not index and cfg_path.is_file()  # a run made before configs were versioned
-    if legacy:
+    if not index and cfg_path.is_file():  # a run made before configs were versioned
+        index = [_entry(1, "queries", [])]
         old_text, old_con = cfg_path.read_text(encoding="utf-8"), con_path.read_text(encoding="utf-8")
-        last_version = 1
         if not dry:
-            index = [_save(root, 1, old_text, old_con, "queries", [])]
+            index = [_save(root, index[0], old_text, old_con)]
     elif index:
-        last_version = index[-1]["version"]
         old_text = (root / index[-1]["config"]).read_text(encoding="utf-8")
         old_con = (root / index[-1]["constitution"]).read_text(encoding="utf-8")
     else:
-        last_version, old_text, old_con = 0, None, None
-    if old_text == config_text and old_con == constitution_text:
+        old_text = old_con = None
+    last = index[-1] if index else None
+    if last is not None and (
+        last.get("digest") == snap.digest or (old_text, old_con) == (snap.config, snap.constitution)
+    ):
         if not dry:
+            last.setdefault("digest", snap.digest)
+            last.setdefault("identities", snap.identities)
+            last.setdefault("models", snap.models)
             _mark_shard(root, index, shard)
-        return ConfigChange(last_version, None)
-    if old_text is None:
+        return ConfigChange(last["version"], None)
+    if last is None:
         first, sections = "queries", []
     else:
-        old, new = yaml.safe_load(old_text) or {}, yaml.safe_load(config_text) or {}
-        refuse_mixing(old, new, has_records)
-        first, sections = compare(old, new, old_con or "", constitution_text)
-    change = ConfigChange(last_version + 1, first, sections, new=True)
+        refuse_mixing(last.get("models") or _legacy_models(old_text or ""), snap.models, has_records)
+        if "identities" in last:
+            first, sections = (
+                first_changed(last["identities"], snap.identities),
+                _changed_sections(old_text, snap.config),
+            )
+        else:
+            first, sections = _legacy_first_stage(old_text or "", snap.config, old_con or "", snap.constitution)
+    version = (last["version"] if last else 0) + 1
+    change = ConfigChange(version, first, sections, new=True)
     if dry:
         return change
-    index.append(_save(root, change.version, config_text, constitution_text, first, sections))
-    _write(cfg_path, config_text)
-    _write(con_path, constitution_text)
+    entry = _entry(version, first, sections) | {
+        "digest": snap.digest,
+        "identities": snap.identities,
+        "models": snap.models,
+    }
+    index.append(_save(root, entry, snap.config, snap.constitution))
+    _write(cfg_path, snap.config)
+    _write(con_path, snap.constitution)
     _mark_shard(root, index, shard)
     return change
 
 
-def _save(root: Path, version: int, cfg: str, con: str, first: str | None, sections: list[str]) -> dict:
-    folder = root / "configs"
-    folder.mkdir(parents=True, exist_ok=True)
-    _write(folder / f"{version:03d}.yaml", cfg)
-    _write(folder / f"{version:03d}.constitution.yaml", con)
-    entry = {
+def _entry(version: int, first: str | None, sections: list[str]) -> dict:
+    return {
         "version": version,
         "config": f"configs/{version:03d}.yaml",
         "constitution": f"configs/{version:03d}.constitution.yaml",
@@ -199,6 +205,13 @@ def _save(root: Path, version: int, cfg: str, con: str, first: str | None, secti
         "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
         "shards": {},
     }
+
+
+def _save(root: Path, entry: dict, cfg: str, con: str) -> dict:
+    folder = root / "configs"
+    folder.mkdir(parents=True, exist_ok=True)
+    _write(root / entry["config"], cfg)
+    _write(root / entry["constitution"], con)
     _write(_index_path(root), json.dumps(read_index(root) + [entry], indent=2))
     return entry
 

@@ -20,25 +20,15 @@ from pydantic import BaseModel
 
 from cai.constitution import Constitution, UserError, load_constitution
 from cai.constitution.loader import read_structured, validate_model
-from cai.critique.records import Comparison, Introspection, Revision
-from cai.generators.records import Query, Response
 
 from .config import RunConfig
 from .refs import LineFile
+from .stages import STAGES, text_fields
 from .store import RunStore, record_id_of
 
 M = TypeVar("M", bound=BaseModel)
 
-# Which field of which stage holds the text an id stands for (a revision stands for its final text).
-TEXT_FIELDS = {"responses": "text", "teacher": "text", "revisions": "final"}
-STAGE_RECORDS: dict[str, type[BaseModel]] = {
-    "queries": Query,
-    "responses": Response,
-    "teacher": Response,
-    "revisions": Revision,
-    "introspection": Introspection,
-    "comparisons": Comparison,
-}
+STAGE_RECORDS: dict[str, type[BaseModel]] = {s.name: s.record for s in STAGES}
 
 
 class TextIndex:
@@ -112,7 +102,7 @@ class RunReader:
         return self.store.ids(stage, all_shards=True)
 
     def texts(self) -> TextIndex:
-        return TextIndex(self.store, TEXT_FIELDS)
+        return TextIndex(self.store, text_fields())
 
     def errors(self) -> list[dict]:
         """Every shard's error records (`errors.jsonl`, `errors.shard-i-of-n.jsonl`)."""

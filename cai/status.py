@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from .reader import RunReader
-from .store import STAGES
+from .stages import NAMES
 
 _SHARD = re.compile(r"manifest(?:\.shard-(\d+)-of-(\d+))?\.json")
 
@@ -22,7 +22,7 @@ def run_status(run_dir: str | Path) -> list[dict]:
     """One row per shard and stage, in run order."""
     run = RunReader(run_dir)
     rows = []
-    order = [*STAGES[:3], "introspection", "teacher", STAGES[3]]
+    order = list(NAMES)
     for name, m in run.manifests().items():
         match = _SHARD.fullmatch(name)
         shard = f"{match.group(1)}/{match.group(2)}" if match and match.group(1) else "0/1"

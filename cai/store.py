@@ -20,8 +20,6 @@ from cai.constitution import UserError
 
 M = TypeVar("M", bound=BaseModel)
 _ID_PREFIX = b'{"id":"'
-# In run order; `introspection` (character runs) runs before comparisons, and `teacher` inside it.
-STAGES = ("queries", "responses", "revisions", "comparisons")
 
 
 def record_id_of(line: bytes, path: Path, lineno: int) -> str:
@@ -168,40 +166,48 @@ class RunStore:
             f["error"], f["kind"] = e.get("error", ""), e.get("kind", "permanent")  # older records: not retried
         return out
 
-    def supersede(self, stage: str, wanted: set[str], version: int) -> tuple[int, int]:
-        """Keep in this shard's stage file only the records `wanted` by the current config.
+    def aside_paths(self, stage: str) -> list[Path]:
+        """This shard's files of a stage moved aside by config changes (`superseded/vNNN/`)."""
+        return sorted((self.root / "superseded").glob(f"v*/{self.stage_path(stage).name}"))
 
-        The others move to `superseded/vNNN/` (NNN: the config they were made under), from where a
-        later config that wants them again takes them back instead of generating them anew.
-        Returns (records kept or restored, records moved aside)."""
+    def aside_ids(self, stage: str) -> set[str]:
+        return {rid for path in self.aside_paths(stage) for rid in self.ids_in(path)}
+
+    def reconcile(self, stage: str, move: set[str], restore: set[str], version: int) -> tuple[int, int]:
+        """Move the records `move` names out of this shard's stage file to `superseded/vNNN/` (NNN: the
+        config they were kept under), and take the records `restore` names back from `superseded/`,
+        so the stage file holds what the current config wants. One rewrite of the stage file; the
+        records moved aside are written there first, so a kill in between loses nothing.
+        Returns (records restored, records moved aside)."""
         path = self.stage_path(stage)
         keep: list[bytes] = []
         aside: list[bytes] = []
+        back: list[bytes] = []
         seen: set[str] = set()
-        sources = [path] + sorted((self.root / "superseded").glob(f"v*/{path.name}"))
-        for src in sources:
-            for lineno, line in self._iter_lines(src) if src.exists() else ():
-                rid = record_id_of(line, src, lineno)
-                if rid in seen:
-                    continue
+        for lineno, line in self._iter_lines(path) if path.exists() else ():
+            rid = record_id_of(line, path, lineno)
+            if rid not in seen:
                 seen.add(rid)
-                if rid in wanted:
-                    keep.append(line)
-                elif src == path:
-                    aside.append(line)
-        if not aside and len(keep) == len(self.ids_in(path)):
-            return len(keep), 0
+                (aside if rid in move else keep).append(line)
+        for src in self.aside_paths(stage) if restore else ():
+            for lineno, line in self._iter_lines(src):
+                rid = record_id_of(line, src, lineno)
+                if rid in restore and rid not in seen:
+                    seen.add(rid)
+                    back.append(line)
+        if not aside and not back:
+            return 0, 0
         if aside:
             target = self.root / "superseded" / f"v{version:03d}" / path.name
             target.parent.mkdir(parents=True, exist_ok=True)
             self._append(target, [line.decode().rstrip("\n") for line in aside])
         tmp = path.with_suffix(".jsonl.tmp")
         with open(tmp, "wb") as f:
-            f.writelines(keep)
+            f.writelines(keep + back)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-        return len(keep), len(aside)
+        return len(back), len(aside)
 
     def ids_in(self, path: Path) -> set[str]:
         return {record_id_of(line, path, n) for n, line in self._iter_lines(path)} if path.exists() else set()

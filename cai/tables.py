@@ -102,3 +102,28 @@ def frontier_tables(r: dict):
             fmt(row["helpful_win_rate"]),
         )
     yield t
+
+
+def summary_table(stats) -> Table:
+    """A run's stages: records, new, tokens, time, throughput, errors (and readings reused)."""
+    t = Table("stage", "records", "new", "tokens", "seconds", "tokens/s", "errors", title="run summary")
+    for s in stats:
+        rate = f"{s.tokens / s.seconds:.1f}" if s.seconds > 0 and s.tokens else "-"
+        new = str(s.new) + (f" ({s.read} letters read, {s.reused} reused)" if s.read or s.reused else "")
+        t.add_row(s.stage, str(s.records), new, str(s.tokens), f"{s.seconds:.1f}", rate, str(s.errors))
+    return t
+
+
+def plan_table(rows, change) -> Table:
+    """The dry run: per stage, what is planned, kept, moved aside, to do, failed for good."""
+    title = "plan (dry run: nothing was run or written)"
+    if change is not None and change.new and change.version > 1:
+        title += f"\nconfig changed ({', '.join(change.sections)}): would be kept as configs/{change.version:03d}.yaml"
+    t = Table("stage", "planned", "kept", "moved aside", "to do", "failed, left alone", title=title)
+    for r in rows:
+        more = " + after upstream" if r.after_upstream else ""
+        todo = str(r.todo) + more
+        if r.readings is not None:
+            todo += f" ({r.readings[0]} letters to read, {r.readings[1]} from earlier records)"
+        t.add_row(r.stage, str(r.planned) + more, str(r.kept), str(r.aside), todo, str(r.failed))
+    return t

@@ -11,29 +11,57 @@ from __future__ import annotations
 from collections.abc import Callable, Container
 from dataclasses import dataclass
 from itertools import combinations
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
 from cai.constitution import Constitution, Principle, Trait
-from cai.generators.records import Query, StageOutput, Task, record_id
+from cai.core.identity import SELECTS, Source, identity
+from cai.core.ids import record_id
+from cai.core.stage import StageOutput, Task
+from cai.generators.records import Query
 
-from .reading import PairToRead, ReadingConfig, read_pairs
+from .reading import PairToRead, ReadingConfig, draw_principles, question, read_pairs
 from .records import Comparison
+
+
+def _constitution_digest(path: str) -> str:
+    """A ranking constitution enters by what it says (comments and key order aside), never by its path."""
+    from cai.constitution import load_constitution
+
+    try:
+        return load_constitution(path).content_hash()
+    except Exception:  # a file that does not load is reported where it is loaded; here it is just different
+        return f"unreadable:{path}"
 
 
 class ComparisonConfig(ReadingConfig):
     """The comparisons stage: how pairs are read (`ReadingConfig`) and which pairs there are."""
 
-    mode: Literal["rank", "distill", "both"] = Field(
+    mode: Annotated[Literal["rank", "distill", "both"], SELECTS] = Field(
         "rank", description="Pairs by ranking samples, by context distillation (teacher vs student), or both."
     )
-    distill_p_chosen: float = Field(1.0, ge=0.5, le=1, description="Soft label of a (teacher, student) pair.")
-    pairs: Literal["adjacent", "all"] = Field("all", description="Which sample pairs of a query to rank.")
-    initial_vs_revised: bool = Field(True, description="Also rank each initial answer against its final revision.")
-    constitution: str | None = Field(
+    distill_p_chosen: Annotated[float, SELECTS] = Field(
+        1.0, ge=0.5, le=1, description="Soft label of a (teacher, student) pair (it enters their ids)."
+    )
+    pairs: Annotated[Literal["adjacent", "all"], SELECTS] = Field(
+        "all", description="Which sample pairs of a query to rank."
+    )
+    initial_vs_revised: Annotated[bool, SELECTS] = Field(
+        True, description="Also rank each initial answer against its final revision."
+    )
+    constitution: Annotated[str | None, Source(_constitution_digest)] = Field(
         None, description="Rank under another principle file (e.g. hhh); default: the run's."
     )
+
+    def identity_hook(self, view: str, data: dict) -> dict:
+        """A ranked pair's id covers the principles it reads (see `comparison_id`), so neither how
+        many are drawn nor the CoT settings of a log-prob reading enter it apart from that."""
+        if view == "record":
+            data = {k: v for k, v in data.items() if k != "principles"}
+        if self.method == "logprob":
+            data = {k: v for k, v in data.items() if k not in ("cot_clamp", "cot_max_new_tokens")}
+        return data
 
 
 class Candidate:
@@ -72,12 +100,34 @@ class Candidate:
 
 @dataclass(frozen=True, slots=True)
 class PairInput:
-    """Two answers to one query, in the order the record names them (first, second)."""
+    """Two answers to one query, in the order the record names them (first, second), and the
+    readings of this pair kept in earlier records (`known`, by reading key): filled in only for
+    a pair that runs."""
 
     query: Query
     first: Candidate
     second: Candidate
     kind: str
+    principles: tuple[Principle, ...] = ()
+    known: dict | None = None
+
+    @property
+    def key(self) -> str:
+        return pair_key(self.query.id, self.first.id, self.second.id)
+
+
+def pair_key(query_id: str, first_id: str, second_id: str) -> str:
+    """What a pair is, by ids (answer ids hash their inputs, so they stand for their texts)."""
+    return f"{query_id}/{first_id}/{second_id}"
+
+
+def comparison_id(
+    query_id: str, first_id: str, second_id: str, model: str, settings: dict, seed: int, principles
+) -> str:
+    """A ranked pair's id: the pair, the model, the settings that shape a reading, and the text of
+    every principle it reads. Editing one principle changes only the ids of pairs that read it."""
+    read = [(p.id, question(p)) for p in principles]
+    return record_id("comparison", query_id, first_id, second_id, model, settings, seed, read)
 
 
 def trait_principle(t: Trait) -> Principle:
@@ -110,17 +160,21 @@ def plan_comparison_tasks(
 
     A pair of identical answers carries no preference and gets no task. A task id in `done` has
     a record already, so its pair was not identical: its texts are not read to check again."""
-    settings = cfg.model_dump()
-    chash = c.content_hash()  # hashing the constitution costs ~0.2 ms: once, not per task
+    settings = identity(cfg)
+    pools: dict[tuple[str, ...], list[Principle]] = {}  # by trait ids: most queries share one pool
     tasks = []
     for q, samples, revised in groups:
+        pool = pools.get(tuple(q.trait_ids))
+        if pool is None:
+            pool = pools[tuple(q.trait_ids)] = pool_for(c, q)
         pairs = list(combinations(samples, 2)) if cfg.pairs == "all" else list(zip(samples[::2], samples[1::2]))
         for kind, plist in (("samples", pairs), ("revision", revised if cfg.initial_vs_revised else [])):
             for first, second in plist:
-                tid = record_id("comparison", q.id, first.id, second.id, model, settings, seed, chash)
+                drawn = tuple(draw_principles(pool, cfg.principles, seed, pair_key(q.id, first.id, second.id)))
+                tid = comparison_id(q.id, first.id, second.id, model, settings, seed, drawn)
                 if tid not in done and first.text.strip() == second.text.strip():
                     continue
-                tasks.append(Task(tid, PairInput(q, first, second, kind), [tid]))
+                tasks.append(Task(tid, PairInput(q, first, second, kind, drawn), [tid]))
     return tasks
 
 
@@ -128,12 +182,23 @@ def run_comparison_tasks(
     backend, c: Constitution, tasks: list[Task[PairInput]], cfg: ComparisonConfig, seed: int
 ) -> StageOutput:
     out = StageOutput()
+    model = f"{backend.name}:{backend.model}"
     pairs = [
-        PairToRead(t.id, t.data.query.messages, t.data.first.text, t.data.second.text, pool_for(c, t.data.query))
+        PairToRead(
+            t.data.key,
+            t.data.query.messages,
+            t.data.first.text,
+            t.data.second.text,
+            pool_for(c, t.data.query),
+            known=t.data.known,
+            model=model,
+        )
         for t in tasks
     ]
     for t, r in zip(tasks, read_pairs(backend, pairs, cfg, seed)):
         out.tokens += r.tokens
+        out.reused += r.reused
+        out.read += len(r.judgements) - r.reused
         if r.error is not None:
             out.fail(t, r.error)
             continue

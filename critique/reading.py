@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.constitution import Principle, derive_seed, weighted_sample
+from cai.core.ids import record_id
 from cai.generators.backends.base import capabilities
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
@@ -184,13 +185,44 @@ class ReadingConfig(BaseModel):
 @dataclass(frozen=True)
 class PairToRead:
     """Two replies to one conversation. `key` seeds the principle draw: the same key, pool and
-    seed always draw the same principles."""
+    seed always draw the same principles.
+
+    `known` holds readings made before (by reading key, see `reading_key`), such as those of an
+    earlier record of the same pair in a run: a reading found there is taken as it is and never
+    asked of the model again. `model` names the model for those keys."""
 
     key: str
     messages: list[dict]
     first: str
     second: str
     pool: list[Principle]
+    known: dict[str, Judgement] | None = None
+    model: str | None = None
+
+
+def draw_principles(pool: list[Principle], k: int, seed: int, key: str) -> list[Principle]:
+    """The principles a pair is read under: seeded by the pair's key, never by anything that
+    changes when a principle's wording does, so an edit moves no other pair's draw."""
+    return weighted_sample(pool, k, f"{seed}/{key}/principles")
+
+
+def reading_settings(cfg: ReadingConfig, seed: int) -> dict:
+    """What of the settings shapes one reading: the method, and for CoT its length, clamp and seed."""
+    if cfg.method == "logprob":
+        return {"method": "logprob"}
+    return {
+        "method": "cot",
+        "cot_max_new_tokens": cfg.cot_max_new_tokens,
+        "cot_clamp": list(cfg.cot_clamp),
+        "seed": seed,
+    }
+
+
+def reading_key(model: str, settings: dict, pair_key: str, order: str, p: Principle) -> str:
+    """A reading of a run: which model, how, which pair (its key stands for its texts: answer ids
+    hash their inputs), which order and which question. A principle's id is no part of it: a
+    renamed principle reads the same."""
+    return record_id("reading", model, settings, pair_key, order, question(p))
 
 
 @dataclass
@@ -198,6 +230,7 @@ class PairReading:
     judgements: list[Judgement] = field(default_factory=list)
     tokens: int = 0
     error: str | None = None
+    reused: int = 0  # readings taken from `PairToRead.known`, not asked of the model
 
     @property
     def p_first(self) -> float:
@@ -256,6 +289,13 @@ def _reading_key(cache: ReadingCache, q: LetterQuestion, mode: Mode, cfg: Readin
     return cache.key(mode, "logprob", letter_chat(q, mode))
 
 
+def _known_letter(j: Judgement) -> LetterReading:
+    """A reading kept in an earlier record, as the letter it was read from."""
+    p_first = j.p_first_raw if j.p_first_raw is not None else j.p_first
+    p_a = p_first if j.order == "ab" else 1.0 - p_first
+    return LetterReading(p_a=p_a, logp=dict(j.logp), floored=list(j.floored), mode=j.reading, answer=j.answer)
+
+
 def _cached_letter(v: dict) -> tuple[str | None, LetterReading]:
     letter = LetterReading(
         p_a=v["p_a"], logp=v.get("logp", {}), floored=v.get("floored", []), mode=v["mode"], answer=v.get("answer")
@@ -279,9 +319,17 @@ def read_pairs(
     results = [PairReading() for _ in pairs]
     plan = []  # (pair index, principle, order, reply shown as A, reply shown as B)
     for i, pair in enumerate(pairs):
-        for p in weighted_sample(pair.pool, cfg.principles, f"{seed}/{pair.key}/principles"):
+        for p in draw_principles(pair.pool, cfg.principles, seed, pair.key):
             plan.append((i, p, "ab", pair.first, pair.second))
             plan.append((i, p, "ba", pair.second, pair.first))
+    settings = reading_settings(cfg, seed)
+    run_keys = [
+        reading_key(pairs[i].model, settings, pairs[i].key, order, p) if pairs[i].model else None
+        for i, p, order, _, _ in plan
+    ]
+    reused: list[Judgement | None] = [
+        (pairs[i].known or {}).get(rk) if rk else None for (i, *_), rk in zip(plan, run_keys)
+    ]
     cot = cfg.method == "cot"
     questions = [
         LetterQuestion(comparison_text(pairs[i].messages, p, a, b, cot=cot), COMPARISON_PREFIX)
@@ -294,6 +342,9 @@ def read_pairs(
     for k, key in enumerate(keys):
         if key in found:
             reasons[k], letters[k] = _cached_letter(found[key])
+    for k, j in enumerate(reused):
+        if j is not None:
+            reasons[k], letters[k] = j.reasoning, _known_letter(j)
     fresh = [k for k in range(len(plan)) if letters[k] is None]
     if cot and fresh:
         params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, "cot"))
@@ -325,8 +376,10 @@ def read_pairs(
             stored = {"p_a": letter.p_a, "logp": letter.logp, "floored": letter.floored, "mode": letter.mode}
             new.append((keys[k], {**stored, "answer": letter.answer, "reasoning": reasons[k]}))
         raw = letter.p_a if order == "ab" else 1.0 - letter.p_a  # P(the pair's first reply is better)
+        r.reused += reused[k] is not None
         r.judgements.append(
             Judgement(
+                key=run_keys[k],
                 principle_id=p.id,
                 order=order,
                 logp=letter.logp,

@@ -32,6 +32,11 @@ class Revision(BaseModel):
 class Judgement(BaseModel):
     """One reading of the feedback model: one principle, one order of the two answers."""
 
+    key: str | None = Field(
+        None,
+        description="What was read (model, settings, pair, order, the principle's question): a later record of the "
+        "same pair takes this reading instead of asking again.",
+    )
     principle_id: str
     order: Literal["ab", "ba"] = Field(description="`ab`: the first answer was shown as (A).")
     logp: dict[str, float] = Field(description="Log-probabilities of the choice letters (empty when parsed).")
