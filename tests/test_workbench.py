@@ -182,7 +182,7 @@ def test_compare_command_with_a_registered_backend(tmp_path):
             f"  - id: honest\n    comparison: {HONEST}\n"
         )
     pairs = pairs_file(tmp_path, short_wins())
-    args = ["constitution", "compare", str(old), str(new), "--pairs", str(pairs), "--backend", "follows-wording"]
+    args = ["constitution", "compare", str(old), str(new), "--pairs", str(pairs), "--feedback-backend", "follows-wording"]
     args += ["--cache", str(tmp_path / "cache"), "--ablate"]
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
@@ -295,7 +295,7 @@ def test_infer_command_writes_a_file_that_lints(tmp_path):
     register_backend("follows-wording", lambda model, **options: FollowsWording())
     pairs = pairs_file(tmp_path, decided_by_length(16))
     out = tmp_path / "rules.yaml"
-    args = ["constitution", "infer", "--pairs", str(pairs), "-o", str(out), "--backend", "follows-wording"]
+    args = ["constitution", "infer", "--pairs", str(pairs), "-o", str(out), "--feedback-backend", "follows-wording"]
     r = CliRunner().invoke(app, [*args, "--no-cache", "--name", "brevity"])
     assert r.exit_code == 0, r.output
     assert (tmp_path / "rules.work" / "proposals.jsonl").exists() and "wrote" in r.output

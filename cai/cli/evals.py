@@ -1,0 +1,311 @@
+"""`cai eval ...`: is the AI feedback right, and what did training change?"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+import typer
+from rich.console import Console
+
+from cai.core.errors import UserError
+from cai.core.progress import progress
+from cai.logs import library_output
+from cai.tables import character_tables, frontier_tables, labeler_tables, policy_tables, reward_model_tables
+
+from .options import (
+    BenignOpt,
+    FeedbackBackendOpt,
+    FeedbackModelOpt,
+    FeedbackOpt,
+    FeedbackOptionOpt,
+    JsonOpt,
+    OutJsonOpt,
+    PairsOpt,
+    benign_prompts,
+    emit,
+    feedback_config,
+)
+
+app = typer.Typer(
+    help="Evaluate the labeler, a reward model, a trained policy, a character or the harmless–helpful frontier.",
+    no_args_is_help=True,
+)
+
+
+def _log_dir(out_json: Path | None) -> Path | None:
+    return out_json.parent if out_json is not None else None
+
+
+def _logged(out_json: Path | None, fn, *args):
+    """Run an eval with library output sent to the log beside --out-json (or the user's cache)."""
+    with library_output(_log_dir(out_json)):
+        return fn(*args)
+
+
+def _read_pairs(pairs: Path, limit: int | None, dump: Path | None = None):
+    """Load the labelled pairs, say on stderr what was skipped and why, and write them if asked."""
+    from cai.evaluation.pairs import read_pairs, write_pairs
+
+    read = read_pairs(pairs, limit)
+    if read.skipped:
+        typer.echo(f"{pairs}: {read.summary()}", err=True)
+    if dump is not None:
+        write_pairs(read.pairs, dump)
+        typer.echo(f"wrote {len(read.pairs)} pairs as read to {dump}", err=True)
+    return read.pairs, len(read.skipped)
+
+
+@app.command("labeler")
+def eval_labeler(
+    pairs: PairsOpt,
+    constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
+    method: Annotated[
+        Literal["logprob", "cot"], typer.Option(help="Read letter log-probs, or argue first (CoT).")
+    ] = "logprob",
+    principles: Annotated[int, typer.Option(min=1, help="Principles sampled per pair (each read in both orders).")] = 4,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
+    seed: int = 0,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    bins: Annotated[int, typer.Option(min=1, help="Calibration bins over the soft label 0.5-1.")] = 5,
+    dump_pairs: Annotated[
+        Path | None,
+        typer.Option("--dump-pairs", help="Also write the pairs as read: TRL preference JSONL with each file:line."),
+    ] = None,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Agreement of the feedback model's ranking with human labels, and its failure modes."""
+    import time
+
+    from cai.constitution import load_constitution
+    from cai.critique.reading import reading_mode
+    from cai.evaluation.labeler import label_pairs, readings_to_json, summarise
+    from cai.generators import load_backend
+
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    c = load_constitution(constitution)
+    data, skipped = _read_pairs(pairs, limit, dump_pairs)
+    start = time.perf_counter()
+    with library_output(_log_dir(out_json)):
+        b = load_backend(fb)
+        try:
+            reading = reading_mode(b)
+            readings, errors = label_pairs(b, c, data, method=method, principles=principles, seed=seed)
+        finally:
+            b.close()
+    if not readings:
+        raise UserError(f"{pairs}: every pair failed ({errors[0]['error'] if errors else 'no pairs'})")
+    result = {
+        "kind": "labeler",
+        "pairs_file": str(pairs),
+        "constitution": c.name,
+        "method": method,
+        "principles": principles,
+        "seed": seed,
+        "model": fb.model,
+        "backend": fb.backend,
+        "reading": reading,
+        "skipped": skipped,
+        "errors": len(errors),
+        "seconds": round(time.perf_counter() - start, 1),
+        **summarise(readings, bins),
+        "per_reading": readings_to_json(readings),
+    }
+
+    emit(result, as_json, out_json, labeler_tables)
+
+
+@app.command("reward-model")
+def eval_reward_model(
+    model: Annotated[Path, typer.Option("--model", help="A trained reward-model directory.")],
+    pairs: PairsOpt,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N pairs.")] = None,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Pairwise accuracy and mean margin of a reward model on human-labelled pairs."""
+    from cai.evaluation.reward_model import evaluate_reward_model
+
+    if not model.is_dir():
+        raise UserError(f"--model: {model}: not a model directory")
+    data, skipped = _read_pairs(pairs, limit)
+    result = {
+        "kind": "reward-model",
+        "model": str(model),
+        "pairs_file": str(pairs),
+        "skipped": skipped,
+        **_logged(out_json, evaluate_reward_model, str(model), data),
+    }
+
+    emit(result, as_json, out_json, reward_model_tables)
+
+
+@app.command("policy")
+def eval_policy(
+    model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
+    baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
+    prompts: Annotated[
+        Path,
+        typer.Option("--prompts", help="Prompts: .txt (one a line) or .jsonl (text/messages/prompt, HH transcripts)."),
+    ],
+    constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    benign: BenignOpt = None,
+    principles: Annotated[int, typer.Option(min=1)] = 2,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Win rate of --model over --baseline under the constitution, and over-refusal on benign prompts."""
+    from cai.constitution import load_constitution
+    from cai.evaluation.policy import evaluate_policy
+    from cai.generators.queries import load_seed_queries
+
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    c = load_constitution(constitution)
+    qs = load_seed_queries(prompts)[:limit]
+    result = _logged(
+        out_json,
+        evaluate_policy,
+        model,
+        baseline,
+        [q.messages for q in qs],
+        c,
+        fb,
+        principles,
+        max_new_tokens,
+        seed,
+        benign_prompts(benign),
+    )
+
+    emit(result, as_json, out_json, policy_tables)
+
+
+@app.command("character")
+def eval_character(
+    model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
+    baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
+    constitution: Annotated[str, typer.Option(help="A character constitution (with traits).")] = "character",
+    prompts: Annotated[
+        Path | None,
+        typer.Option(
+            help="Held-out trait prompts: a run's datasets/ folder or a JSONL file; default: each trait's questions."
+        ),
+    ] = None,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    benign: BenignOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Per-trait win rate of --model over --baseline, over-refusal on benign prompts, and leaks."""
+    from cai.constitution import load_constitution
+    from cai.evaluation.character import evaluate_character, trait_queries
+
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    c = load_constitution(constitution)
+    items = trait_queries(c, prompts, limit)
+    result = _logged(
+        out_json, evaluate_character, model, baseline, c, items, fb, max_new_tokens, seed, benign_prompts(benign)
+    )
+    emit(result, as_json, out_json, character_tables)
+
+
+@app.command("frontier", context_settings={"allow_extra_args": True})
+def eval_frontier(
+    ctx: typer.Context,
+    models: Annotated[
+        list[str],
+        typer.Option(
+            "--models",
+            help="Checkpoints in training order (paths or hub ids): --models A B C. The first is the reference.",
+        ),
+    ],
+    red_team: Annotated[
+        Path,
+        typer.Option(
+            "--red-team",
+            help="Red-team prompts: a run (its test prompts), HH-RLHF transcripts (first Human turns), .txt or .jsonl.",
+        ),
+    ],
+    benign: BenignOpt = None,
+    constitution: Annotated[
+        str | None,
+        typer.Option(help="Judge harm under this principle file; default: the run's (--red-team RUN) or harmless."),
+    ] = None,
+    helpful_constitution: Annotated[
+        str, typer.Option(help="Principles for the helpfulness win rate (principle file or shipped name).")
+    ] = "hhh",
+    helpful_tag: Annotated[
+        str | None, typer.Option(help="Use only its principles with this tag (all when none has it).")
+    ] = "helpful",
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    principles: Annotated[int, typer.Option(min=1, help="Principles per answer or pair.")] = 2,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N red-team and N benign prompts.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    seed: int = 0,
+    plot: Annotated[Path | None, typer.Option(help="Also write the frontier plot here (PNG).")] = None,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Per checkpoint: harmful compliance on red-team prompts, over-refusal and helpfulness on benign ones."""
+    import base64
+
+    from cai.constitution import load_constitution
+    from cai.evaluation.frontier import evaluate_frontier, helpful_principles, red_team_prompts
+    from cai.evaluation.policy import benign_chats
+
+    extra = list(ctx.args)
+    if any(a.startswith("-") for a in extra):
+        raise UserError(f"{extra[0]}: unknown option")
+    models = [*models, *extra]
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    if constitution is None:
+        run_constitution = red_team / "constitution.yaml"
+        constitution = str(run_constitution) if run_constitution.is_file() else "harmless"
+    c = load_constitution(constitution)
+    helpful = helpful_principles(load_constitution(helpful_constitution), helpful_tag)
+    red = red_team_prompts(red_team, limit)
+    kind_prompts = benign_prompts(benign) or benign_chats()
+    kind_prompts = kind_prompts[:limit]
+    with progress("frontier", Console(stderr=True), disable=as_json, remaining=False) as bar:
+        task = bar.add_task("frontier", total=2 * len(models), note="answering")
+        result = _logged(
+            out_json,
+            evaluate_frontier,
+            models,
+            red,
+            kind_prompts,
+            c,
+            helpful,
+            fb,
+            principles,
+            max_new_tokens,
+            seed,
+            lambda what: bar.update(task, advance=1, note=what),
+        )
+    result["red_team"] = str(red_team)
+    result["benign"] = str(benign) if benign is not None else "shipped benign set"
+    if plot is not None:
+        from cai.report import frontier_plot
+
+        plot.parent.mkdir(parents=True, exist_ok=True)
+        plot.write_bytes(base64.b64decode(frontier_plot(result["models"], result["reference"])))
+    emit(result, as_json, out_json, frontier_tables)
