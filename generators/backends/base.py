@@ -106,7 +106,7 @@ _REGISTRY: dict[str, str | Callable[..., Backend]] = {
 _OPTIONS: dict[str, str | type[BaseModel] | None] = {
     "transformers": "cai.generators.backends.options:TransformersOptions",
     "vllm": "cai.generators.backends.options:VLLMOptions",
-    "openai": "cai.generators.backends.openai_backend:OpenAIOptions",
+    "openai": "cai.generators.backends.options:OpenAIOptions",
 }
 
 

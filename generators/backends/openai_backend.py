@@ -40,7 +40,7 @@ import os
 import re
 import threading
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
 import openai
@@ -54,61 +54,11 @@ from ..default_model import DEFAULT_ALIASES, resolve_model
 from ..types import ChoiceScores, Completion, Prompt, SamplingParams
 from .base import Capabilities, parse_options
 from .engine_utils import ChoicePlan, StepResult, finish_reason, floor_logprob, request_seed
+from .options import DEFAULT_BASE_URL, OpenAIOptions
 
-DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
 _STATUS_PREFIX = re.compile(r"^Error code: \d+ - ")  # the client's own prefix; we say the status once
 CONTINUE = {"continue_final_message": True, "add_generation_prompt": False}  # vLLM's chat extras
 NO_LOGPROBS = "the server returned no log-probs (with options.logprobs: false letters are parsed from text)"
-
-
-class OpenAIOptions(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    base_url: str | None = Field(
-        None, description=f"Server URL ending in /v1; else OPENAI_BASE_URL, else {DEFAULT_BASE_URL}."
-    )
-    api_key: SecretStr | None = Field(None, description="Else OPENAI_API_KEY; local servers take any value.")
-    served_model_name: str | None = Field(
-        None, description="The name the server knows the model by; default: the model, or the only one served."
-    )
-    endpoint: Literal["chat", "completions"] = Field(
-        "chat",
-        description="How chats are sent for generation: `chat` lets the server apply its chat "
-        "template; `completions` sends the tokens rendered here (needs a local tokenizer).",
-    )
-    tokenizer: str | None = Field(
-        None, description="Local tokenizer (path or hub id); default: the model's, when local."
-    )
-    local_tokenizer: bool = Field(True, description="False: never tokenize here; the server does it all.")
-    concurrency: int = Field(16, ge=1, description="Requests in flight at once.")
-    max_retries: int = Field(5, ge=0, description="Retries of a request after a 429, 5xx, timeout or lost connection.")
-    timeout: float = Field(
-        120.0, gt=0, description="Seconds one attempt may take in all: connecting, waiting and reading the whole body."
-    )
-    deadline: float | None = Field(
-        None,
-        gt=0,
-        description="Seconds an item may take across its attempts and the waits between them, from its first "
-        "request; default: no limit beyond (max_retries + 1) x timeout.",
-    )
-    max_body_bytes: int = Field(
-        32 * 2**20, ge=1024, description="Largest answer read (32 MiB); a bigger one is cut off and fails its item."
-    )
-    backoff: float = Field(1.0, ge=0, description="First retry wait in seconds; doubles each retry, with jitter.")
-    max_backoff: float = Field(30.0, ge=0, description="Longest wait between retries, in seconds.")
-    connect_timeout: float = Field(5.0, gt=0, description="Seconds the start-up reachability check waits.")
-    logprobs_k: int = Field(
-        20, ge=1, le=20, description="Top tokens asked for when scoring; at most what the server allows (often 5)."
-    )
-    logprobs: bool = Field(
-        True, description="False for a server that returns no log-probs: ranking then parses letters from text."
-    )
-    continue_final_message: bool | None = Field(
-        None,
-        description="Whether the server continues a chat that ends with the assistant's message (vLLM does, "
-        "hosted chat APIs refuse). Default: yes for a vLLM server or with a local tokenizer, else no.",
-    )
-    max_model_len: int | None = Field(None, ge=16, description="Context length; default: what the server reports.")
 
 
 def _retryable(error: BaseException) -> bool:

@@ -7,9 +7,9 @@ make records before and after the change pass for one another.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
 from cai.core.identity import OPERATIONAL
 
@@ -17,6 +17,7 @@ from cai.core.identity import OPERATIONAL
 # the scheduler admits reserves KV cache for its whole context, and 128k-token models are common.
 DEFAULT_CONTEXT_CAP = 4096
 FEW_CORES = 8  # on a machine this small, the engine's compute threads get every core
+DEFAULT_BASE_URL = "http://127.0.0.1:8000/v1"  # where `vllm serve` listens by default
 
 
 class TransformersOptions(BaseModel):
@@ -119,3 +120,61 @@ class VLLMOptions(BaseModel):
     engine_args: dict[str, Any] = Field(
         default_factory=dict, description="Further keyword arguments for `vllm.LLM`, passed as given."
     )
+
+
+class OpenAIOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: Annotated[str | None, OPERATIONAL] = Field(
+        None, description=f"Server URL ending in /v1; else OPENAI_BASE_URL, else {DEFAULT_BASE_URL}."
+    )
+    api_key: SecretStr | None = Field(None, description="Else OPENAI_API_KEY; local servers take any value.")
+    served_model_name: str | None = Field(
+        None, description="The name the server knows the model by; default: the model, or the only one served."
+    )
+    endpoint: Literal["chat", "completions"] = Field(
+        "chat",
+        description="How chats are sent for generation: `chat` lets the server apply its chat "
+        "template; `completions` sends the tokens rendered here (needs a local tokenizer).",
+    )
+    tokenizer: str | None = Field(
+        None, description="Local tokenizer (path or hub id); default: the model's, when local."
+    )
+    local_tokenizer: bool = Field(True, description="False: never tokenize here; the server does it all.")
+    concurrency: Annotated[int, OPERATIONAL] = Field(16, ge=1, description="Requests in flight at once.")
+    max_retries: Annotated[int, OPERATIONAL] = Field(
+        5, ge=0, description="Retries of a request after a 429, 5xx, timeout or lost connection."
+    )
+    timeout: Annotated[float, OPERATIONAL] = Field(
+        120.0, gt=0, description="Seconds one attempt may take in all: connecting, waiting and reading the whole body."
+    )
+    deadline: Annotated[float | None, OPERATIONAL] = Field(
+        None,
+        gt=0,
+        description="Seconds an item may take across its attempts and the waits between them, from its first "
+        "request; default: no limit beyond (max_retries + 1) x timeout.",
+    )
+    max_body_bytes: Annotated[int, OPERATIONAL] = Field(
+        32 * 2**20, ge=1024, description="Largest answer read (32 MiB); a bigger one is cut off and fails its item."
+    )
+    backoff: Annotated[float, OPERATIONAL] = Field(
+        1.0, ge=0, description="First retry wait in seconds; doubles each retry, with jitter."
+    )
+    max_backoff: Annotated[float, OPERATIONAL] = Field(
+        30.0, ge=0, description="Longest wait between retries, in seconds."
+    )
+    connect_timeout: Annotated[float, OPERATIONAL] = Field(
+        5.0, gt=0, description="Seconds the start-up reachability check waits."
+    )
+    logprobs_k: int = Field(
+        20, ge=1, le=20, description="Top tokens asked for when scoring; at most what the server allows (often 5)."
+    )
+    logprobs: bool = Field(
+        True, description="False for a server that returns no log-probs: ranking then parses letters from text."
+    )
+    continue_final_message: bool | None = Field(
+        None,
+        description="Whether the server continues a chat that ends with the assistant's message (vLLM does, "
+        "hosted chat APIs refuse). Default: yes for a vLLM server or with a local tokenizer, else no.",
+    )
+    max_model_len: int | None = Field(None, ge=16, description="Context length; default: what the server reports.")
