@@ -21,10 +21,11 @@ from collections.abc import Callable
 from pathlib import Path
 
 from cai.constitution import Constitution, UserError
+from cai.core.layouts import first_human_turn
 from cai.critique.judge import ConstitutionJudge
 from cai.critique.reading import reading_mode
 from cai.generators.backends.base import BackendConfig
-from cai.generators.queries import load_seed_queries, parse_transcript
+from cai.generators.queries import load_seed_queries
 from cai.generators.records import record_id
 
 from .labeler import label_pairs, summarise
@@ -44,13 +45,12 @@ def _first_human_turns(path: Path) -> list[list[dict]] | None:
                 row = json.loads(line)
             except json.JSONDecodeError as e:
                 raise UserError(f"{path}:{lineno}: invalid JSON: {e.msg}") from None
-            text = row.get("chosen") if isinstance(row, dict) else None
-            if not isinstance(text, str) or not text.lstrip("\n").startswith("Human:"):
+            turn = first_human_turn(row)
+            if turn is None:
                 return None if lineno == 1 else out
-            turns = parse_transcript(text)
-            if turns and turns[0]["role"] == "user" and turns[0]["content"] and turns[0]["content"] not in seen:
-                seen.add(turns[0]["content"])
-                out.append(turns[:1])
+            if turn and turn[0]["content"] not in seen:
+                seen.add(turn[0]["content"])
+                out.append(turn)
     return out
 
 

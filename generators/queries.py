@@ -19,6 +19,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import Constitution, UserError, weighted_sample
+from cai.core import layouts
 from cai.core.identity import Source, identity
 from cai.core.ids import digest, record_id
 from cai.core.stage import StageOutput, Task
@@ -217,43 +218,6 @@ def run_query_tasks(
     return run_generation(backend, QueryWriting(c, cfg), tasks, seed)
 
 
-def parse_transcript(text: str) -> list[dict]:
-    """`\\n\\nHuman: ...\\n\\nAssistant: ...` (HH-RLHF) → messages."""
-    parts = re.split(r"\n\n(Human|Assistant): ", "\n\n" + text.lstrip("\n"))
-    msgs = []
-    for speaker, content in zip(parts[1::2], parts[2::2]):
-        msgs.append({"role": "user" if speaker == "Human" else "assistant", "content": content.strip()})
-    return msgs
-
-
-def _messages_from(obj: object, where: str) -> list[dict]:
-    if isinstance(obj, str):
-        return [{"role": "user", "content": obj}]
-    if not isinstance(obj, dict):
-        raise UserError(f"{where}: expected a JSON object")
-    if "messages" in obj or "prompt" in obj:
-        msgs = obj.get("messages", obj.get("prompt"))
-        if isinstance(msgs, str):
-            msgs = [{"role": "user", "content": msgs}]
-    elif "text" in obj:
-        msgs = [{"role": "user", "content": obj["text"]}]
-    elif "chosen" in obj and isinstance(obj["chosen"], str):
-        msgs = parse_transcript(obj["chosen"])
-        while msgs and msgs[-1]["role"] == "assistant":
-            msgs.pop()  # the query is the conversation up to the last human turn
-    else:
-        raise UserError(f"{where}: expected a 'text', 'messages', 'prompt' or 'chosen' field")
-    ok = (
-        isinstance(msgs, list) and msgs and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in msgs)
-    )
-    if not ok:
-        raise UserError(f"{where}: messages must be a non-empty list of {{role, content}} objects")
-    msgs = [{"role": m.get("role", "user"), "content": m["content"].strip()} for m in msgs]
-    if msgs[-1]["role"] != "user" or not msgs[-1]["content"]:
-        raise UserError(f"{where}: the last message must be a non-empty user message")
-    return msgs
-
-
 def load_seed_queries(path: str | Path) -> list[Query]:
     """Read seed queries; a bad line stops with an error naming the file and line."""
     path = Path(path)
@@ -275,7 +239,10 @@ def load_seed_queries(path: str | Path) -> list[Query]:
                     obj = json.loads(line)
                 except json.JSONDecodeError as e:
                     raise UserError(f"{where}: invalid JSON: {e.msg}") from None
-                msgs = _messages_from(obj, where)
+                try:
+                    msgs = layouts.query(obj)
+                except layouts.Malformed as e:
+                    raise UserError(f"{where}: {e}") from None
             qid = record_id("query", "seed", msgs)
             if qid not in seen:
                 seen.add(qid)

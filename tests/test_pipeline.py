@@ -11,7 +11,8 @@ import time
 import pytest
 
 from cai.constitution import UserError
-from cai.generators.queries import Deduplicator, clean_query, load_seed_queries, parse_transcript
+from cai.core.layouts import parse_transcript
+from cai.generators.queries import Deduplicator, clean_query, load_seed_queries
 from tests.cli import cai
 
 CONSTITUTION = """\

@@ -28,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.constitution import UserError, derive_seed
-from cai.generators.queries import parse_transcript
+from cai.core.layouts import Malformed, Skip, conversation, preference, prompt
 
 from .export_files import SPLITS, split_files
 
@@ -128,98 +128,27 @@ def _load_folder_or_hub(where: str, src: DataSource, split: str):
 # One row in any accepted layout → TRL conversational
 
 
-class Skip(Exception):
-    """A well-formed row with nothing to train on; counted with its reason."""
-
-
-def _msgs(value: Any, field_name: str) -> list[dict]:
-    if isinstance(value, str):
-        if value.lstrip("\n").startswith("Human:"):
-            return parse_transcript(value)
-        return [{"role": "user", "content": value.strip()}]
-    if isinstance(value, list) and all(isinstance(m, dict) and isinstance(m.get("content"), str) for m in value):
-        return [{"role": str(m.get("role") or "user"), "content": m["content"].strip()} for m in value]
-    raise Skip(f"'{field_name}' is neither a string nor a list of messages")
-
-
-def _reply(value: Any, field_name: str) -> list[dict]:
-    if isinstance(value, str):
-        return [{"role": "assistant", "content": value.strip()}]
-    msgs = _msgs(value, field_name)
-    if not msgs or msgs[-1]["role"] != "assistant":
-        raise Skip(f"'{field_name}' does not end with an assistant message")
-    return msgs
-
-
-def _last_turn(text: str) -> tuple[str, str]:
-    text = "\n\n" + text.lstrip("\n")
-    cut = text.rfind("\n\nAssistant:")
-    if cut < 0:
-        raise Skip("a transcript has no Assistant turn")
-    return text[:cut], text[cut + len("\n\nAssistant:") :].strip()
-
-
-def _is_transcript(value: Any) -> bool:
-    return isinstance(value, str) and value.lstrip("\n").startswith("Human:") and "\n\nAssistant:" in value
-
-
-def _until_last_user(msgs: list[dict]) -> list[dict]:
-    msgs = list(msgs)
-    while msgs and msgs[-1]["role"] != "user":
-        msgs.pop()
-    if not msgs or not msgs[-1]["content"]:
-        raise Skip("no user turn to prompt with")
-    return msgs
-
-
 def _prefs(row: dict) -> dict:
-    chosen, rejected = row.get("chosen"), row.get("rejected")
-    if row.get("prompt") is not None:
-        prompt = _until_last_user(_msgs(row["prompt"], "prompt"))
-        c, r = _reply(chosen, "chosen"), _reply(rejected, "rejected")
-    elif _is_transcript(chosen) and _is_transcript(rejected):
-        head_c, answer_c = _last_turn(chosen)
-        head_r, answer_r = _last_turn(rejected)
-        if head_c.strip() != head_r.strip():
-            raise Skip("the two transcripts differ before their last Assistant turn")
-        prompt = _until_last_user(parse_transcript(head_c))
-        c, r = [{"role": "assistant", "content": answer_c}], [{"role": "assistant", "content": answer_r}]
-    elif isinstance(chosen, list) and isinstance(rejected, list):
-        c_all, r_all = _reply(chosen, "chosen"), _reply(rejected, "rejected")
-        if c_all[:-1] != r_all[:-1]:
-            raise Skip("the two conversations differ before their last answer")
-        prompt, c, r = _until_last_user(c_all[:-1]), c_all[-1:], r_all[-1:]
-    else:
-        raise Skip("no prompt, and 'chosen'/'rejected' are not conversations to take one from")
-    if not c[-1]["content"] or not r[-1]["content"]:
+    prompt, chosen, rejected = preference(row)
+    if not chosen or not rejected:
         raise Skip("an empty answer")
-    if c[-1]["content"] == r[-1]["content"]:
+    if chosen == rejected:
         raise Skip("the two answers are the same")
     p = row.get("p_chosen")
-    return {"prompt": prompt, "chosen": c, "rejected": r, "p_chosen": float(p) if p is not None else None}
+    return {
+        "prompt": prompt,
+        "chosen": [{"role": "assistant", "content": chosen}],
+        "rejected": [{"role": "assistant", "content": rejected}],
+        "p_chosen": float(p) if p is not None else None,
+    }
 
 
 def _sft(row: dict) -> dict:
-    if row.get("messages") is not None:
-        msgs = _msgs(row["messages"], "messages")
-    elif row.get("prompt") is not None and row.get("completion") is not None:
-        msgs = _msgs(row["prompt"], "prompt") + _reply(row["completion"], "completion")
-    elif _is_transcript(row.get("chosen")):
-        msgs = parse_transcript(row["chosen"])  # the preferred conversation
-    elif _is_transcript(row.get("text")):
-        msgs = parse_transcript(row["text"])
-    else:
-        raise Skip("no 'messages', 'prompt'/'completion' or transcript")
-    if not msgs or msgs[-1]["role"] != "assistant" or not msgs[-1]["content"]:
-        raise Skip("the conversation does not end with an assistant answer")
-    return {"messages": msgs}
+    return {"messages": conversation(row)}
 
 
 def _prompts(row: dict) -> dict:
-    for key in ("prompt", "messages", "chosen", "text"):
-        if row.get(key) is not None:
-            return {"prompt": _until_last_user(_msgs(row[key], key))}
-    raise Skip("no 'prompt', 'messages' or transcript")
+    return {"prompt": prompt(row)}
 
 
 NORMALISE = {"prefs": _prefs, "sft": _sft, "prompts": _prompts}
@@ -266,7 +195,7 @@ def normalise(ds, kind: Kind, src: DataSource, soft: bool, keep: list[str], wher
         base = {"principle_ids": [], "source": src.label, **{k: row[k] for k in keep}, _SKIP: None}
         try:
             out = fn(row)
-        except Skip as s:
+        except (Skip, Malformed) as s:  # one row among many: counted, never the end of a load
             empty = {c: [] for c in MAIN[kind]} | ({"p_chosen": None} if soft else {})
             return {**empty, **base, _SKIP: str(s)}
         ids = row.get("principle_ids")
