@@ -50,6 +50,7 @@ class ConfigChange:
     first_stage: str | None
     sections: list[str] = field(default_factory=list)
     new: bool = False
+    legacy: bool = False  # records made before ids covered only what each stage reads
 
     def redone(self) -> list[str]:
         """Stages whose records the change may replace (from the first affected one on)."""
@@ -159,9 +160,12 @@ def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool]
     else:
         old_text = old_con = None
     last = index[-1] if index else None
+    legacy = last is not None and "identities" not in last and any(has_records.values())
     if last is not None and (
         last.get("digest") == snap.digest or (old_text, old_con) == (snap.config, snap.constitution)
     ):
+        if legacy:
+            return _legacy(root, index, snap, shard, dry)
         if not dry:
             last.setdefault("digest", snap.digest)
             last.setdefault("identities", snap.identities)
@@ -177,10 +181,12 @@ def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool]
                 first_changed(last["identities"], snap.identities),
                 _changed_sections(old_text, snap.config),
             )
+            if old_con != snap.constitution:
+                sections.append("constitution")
         else:
             first, sections = _legacy_first_stage(old_text or "", snap.config, old_con or "", snap.constitution)
     version = (last["version"] if last else 0) + 1
-    change = ConfigChange(version, first, sections, new=True)
+    change = ConfigChange(version, NAMES[0] if legacy else first, sections, new=True, legacy=legacy)
     if dry:
         return change
     entry = _entry(version, first, sections) | {
@@ -191,6 +197,20 @@ def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool]
     index.append(_save(root, entry, snap.config, snap.constitution))
     _write(cfg_path, snap.config)
     _write(con_path, snap.constitution)
+    _mark_shard(root, index, shard)
+    return change
+
+
+def _legacy(root: Path, index: list[dict], snap: Snapshot, shard: str, dry: bool) -> ConfigChange:
+    """A run made before record ids covered only what each stage reads: the same config, kept as a
+    new version so that every stage re-plans under the new ids (and says so once)."""
+    last = index[-1]
+    change = ConfigChange(last["version"] + 1, NAMES[0], ["record ids"], new=True, legacy=True)
+    if dry:
+        return change
+    entry = _entry(change.version, NAMES[0], ["record ids"])
+    entry |= {"digest": snap.digest, "identities": snap.identities, "models": snap.models}
+    index.append(_save(root, entry, snap.config, snap.constitution))
     _mark_shard(root, index, shard)
     return change
 

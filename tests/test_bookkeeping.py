@@ -255,3 +255,23 @@ def test_more_principles_per_pair_reads_only_the_new_ones(tmp_path, k):
     cfg.write_text(CONFIG.replace("comparisons: {principles: 2}", f"comparisons: {{principles: {k}}}"))
     run(cfg, out)
     assert CALLS["letters"] == (0 if k == 1 else 2 * wider)  # the draw of k+1 holds the draw of k
+
+
+def test_a_run_from_before_stage_identities_says_so_once_and_keeps_what_the_new_ids_want(tmp_path):
+    cfg = setup(tmp_path)
+    out = tmp_path / "R"
+    run(cfg, out)
+    files = stage_files(out)
+    index = json.loads((out / "configs" / "index.json").read_text())
+    for entry in index:  # what a run of the earlier cai kept: no identities, no digest
+        for key in ("identities", "digest", "models"):
+            entry.pop(key, None)
+    (out / "configs" / "index.json").write_text(json.dumps(index))
+    manifest = json.loads((out / "manifest.json").read_text())
+    for s in manifest["stages"].values():
+        s.pop("identity")
+    (out / "manifest.json").write_text(json.dumps(manifest))
+    again = run(cfg, out)
+    assert again.change.legacy and again.change.version == 2
+    assert not CALLS and stage_files(out) == files, "every record the new ids want is kept"
+    assert not run(cfg, out).change.legacy, "said once"

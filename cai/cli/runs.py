@@ -71,7 +71,14 @@ def run_config(
         )  # fmt: skip
         try:
             change = pipe.start()
-            if change.new and change.version > 1:
+            if change.legacy:
+                console.print(
+                    "this run was made by an earlier cai, whose record ids hashed the whole constitution and whose "
+                    "samples were seeded per batch; ids now cover only what each stage reads and each item has its "
+                    "own seed, so every stage is planned again: records the new ids want are kept, the others move "
+                    f"to superseded/v{change.version - 1:03d}/ (see --dry-run)"
+                )
+            elif change.new and change.version > 1:
                 console.print(
                     f"config changed ({', '.join(change.sections)}): kept as configs/{change.version:03d}.yaml; "
                     f"stages from {change.first_stage} on keep only the records it still wants"
