@@ -1,19 +1,26 @@
 """Read principle files (YAML, or JSON) and report every problem with its line number.
 
-YAML is parsed twice: once into plain data for pydantic, once into a node tree that keeps line
-marks. Pydantic's error locations (`principles`, 0, `critique`) are walked down that tree to find
+YAML is composed into a node tree that keeps line marks, and the plain data for pydantic is built
+from it. Pydantic's error locations (`principles`, 0, `critique`) are walked down that tree to find
 the line, so a user sees `harmless.yaml:42: principles[3].critique: must not be empty` rather
 than a validation dump.
+
+A user's file is bounded before anything walks it: its size (checked before it is read), its
+nesting, and how far its YAML aliases expand. Past a bound the file is refused with one line.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from pathlib import Path
 from typing import TypeVar
 
 import yaml
 from pydantic import ValidationError
+from yaml.composer import Composer
 
 from .errors import ConstitutionError, UserError
 from .schema import Constitution, ConstitutionProblems, Problem, duplicate_ids
@@ -28,42 +35,236 @@ _MESSAGES = {
 }
 
 
-def read_structured(path: str | Path) -> tuple[object, yaml.Node | None]:
-    """Parse a YAML or JSON file into (data, node tree). Raises UserError naming the line."""
+# ---------------------------------------------------------------------------------------------
+# Bounds on a user's file. A principle or config file is a few kilobytes and a few levels deep;
+# without bounds a small hostile file could keep every command that reads it busy for hours.
+
+MAX_FILE_BYTES = 8 << 20  # 8 MiB, checked before a file is read
+MAX_DEPTH = 64  # mappings and sequences inside each other, aliases expanded
+MAX_ALIAS_NODES = 10_000  # nodes aliases may add, expanded, beyond those the document itself holds
+NESTED = f"nested deeper than {MAX_DEPTH} levels"
+_PURE_PARSER_UP_TO = 256 << 10  # characters; see _loader_for
+
+
+class FileLimitError(UserError):
+    """A file past the size, alias or nesting bound: refused whole, before anything walks it."""
+
+
+class BoundExceeded(yaml.YAMLError):
+    def __init__(self, mark, message: str):
+        super().__init__(message)
+        self.line, self.message = (mark.line + 1 if mark else 1), message
+
+
+class _Bounded(Composer):
+    """PyYAML's composer, refusing nesting past MAX_DEPTH and aliases that expand too far.
+
+    PyYAML lets all of an anchor's aliases share one node, so a "billion laughs" file composes
+    in microseconds; it is every later walk of the tree (duplicate keys, pydantic, line lookup)
+    that expands it. So the bounds are on the tree as those walks see it: each alias adds its
+    target's expanded size and height, measured once per node. Aliases may add up to
+    MAX_ALIAS_NODES nodes more than the document holds, so those walks stay linear in its size."""
+
+    base: type = yaml.SafeLoader
+
+    def __init__(self, stream):
+        self.base.__init__(self, stream)
+        Composer.__init__(self)  # libyaml's loader composes in C and has no anchors of its own
+        self._depth = self._expanded = self._composed = 0
+        self._measured: dict[int, tuple[int, int]] = {}
+
+    def compose_node(self, parent, index):
+        event = self.peek_event()
+        if isinstance(event, yaml.AliasEvent):
+            target = self.anchors.get(event.anchor)
+            if target is not None:  # else PyYAML's own "undefined alias" error
+                size, height = self._measure(target, event.start_mark)
+                if self._depth + height > MAX_DEPTH:
+                    raise BoundExceeded(event.start_mark, f"{NESTED} (through alias *{event.anchor})")
+                self._expanded += size
+                if self._expanded > MAX_ALIAS_NODES + self._composed:
+                    raise BoundExceeded(
+                        event.start_mark,
+                        f"too many YAML aliases (they expand to {self._expanded} nodes, "
+                        f"over {MAX_ALIAS_NODES} more than the {self._composed} written)",
+                    )
+            return super().compose_node(parent, index)
+        self._composed += 1
+        if isinstance(event, yaml.ScalarEvent):
+            return super().compose_node(parent, index)
+        if self._depth >= MAX_DEPTH:
+            raise BoundExceeded(event.start_mark, NESTED)
+        self._depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+    def _measure(self, node: yaml.Node, mark) -> tuple[int, int]:
+        """(nodes, nesting) of `node` with its aliases expanded; its subtree is complete and bounded."""
+        known = self._measured.get(id(node))
+        if known is not None:
+            return known
+        if node.end_mark is None:  # still being composed: the alias is inside its own anchor
+            raise BoundExceeded(mark, "a YAML alias inside the node it names (a recursive document)")
+        if isinstance(node, yaml.ScalarNode):
+            known = (1, 0)
+        else:
+            children = node.value if isinstance(node, yaml.SequenceNode) else [x for kv in node.value for x in kv]
+            parts = [self._measure(c, mark) for c in children]
+            known = (1 + sum(n for n, _ in parts), 1 + max((h for _, h in parts), default=0))
+        self._measured[id(node)] = known
+        return known
+
+
+class _PureLoader(_Bounded, yaml.SafeLoader):
+    base = yaml.SafeLoader
+
+
+_FastLoader = _PureLoader
+if getattr(yaml, "__with_libyaml__", False):
+
+    class _FastLoader(_Bounded, yaml.CSafeLoader):  # libyaml's events, this composer
+        base = yaml.CSafeLoader
+
+
+def _loader_for(text: str) -> _Bounded:
+    """PyYAML's pure-Python parser names the offending character in its messages, libyaml's does
+    not but is five times faster: the one for every file a person writes, the other for big ones."""
+    return (_PureLoader if len(text) <= _PURE_PARSER_UP_TO else _FastLoader)(text)
+
+
+def compose_bounded(text: str) -> yaml.Node | None:
+    loader = _loader_for(text)
+    try:
+        return loader.get_single_node()
+    finally:
+        loader.dispose()
+
+
+def load_bounded(text: str) -> tuple[yaml.Node | None, object]:
+    """(node tree, data). A merge key (`<<`) rewrites the nodes it is built from, and the tree must
+    keep the user's lines, so a document with one is parsed a second time for its data."""
+    loader = _loader_for(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        if "<<" not in text:
+            return node, loader.construct_document(node)
+    finally:
+        loader.dispose()
+    again = _loader_for(text)
+    try:
+        return node, again.get_single_data()
+    finally:
+        again.dispose()
+
+
+# A string (its closing quote optional, so an unclosed one ends the scan rather than restarting it
+# at every later quote), or a bracket.
+_JSON_TOKEN = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]', re.S)
+
+
+def json_depth_over(text: str) -> int | None:
+    """The line where JSON text nests past MAX_DEPTH, for the JSON that YAML cannot compose."""
+    depth = 0
+    for m in _JSON_TOKEN.finditer(text):
+        c = m.group()
+        if c in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return text.count("\n", 0, m.start()) + 1
+        elif c in "]}":
+            depth -= 1
+    return None
+
+
+def _mib(n: int) -> str:
+    return f"{n / (1 << 20):g} MiB"
+
+
+def _too_big(source: object, size: int) -> str:
+    return f"{source}: {size} bytes, over the {_mib(MAX_FILE_BYTES)} limit for a principle or config file"
+
+
+def read_limited(path: str | Path) -> bytes:
+    """A user's file, its size checked before it is read: a huge one is refused, not loaded."""
     path = Path(path)
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size > MAX_FILE_BYTES:
+                raise FileLimitError(_too_big(path, size))
+            data = f.read(MAX_FILE_BYTES + 1)
     except FileNotFoundError:
         raise UserError(f"{path}: file not found") from None
     except IsADirectoryError:
         raise UserError(f"{path}: is a directory, expected a file") from None
+    except PermissionError:
+        raise UserError(f"{path}: permission denied") from None
+    if len(data) > MAX_FILE_BYTES:  # a pipe, or a file that grew: no size to check beforehand
+        raise FileLimitError(f"{path}: over the {_mib(MAX_FILE_BYTES)} limit for a principle or config file")
+    return data
+
+
+def read_structured(path: str | Path) -> tuple[object, yaml.Node | None]:
+    """Parse a YAML or JSON file into (data, node tree). Raises UserError naming the line."""
+    path = Path(path)
+    data = read_limited(path)
+    try:
+        text = data.decode("utf-8")
     except UnicodeDecodeError as e:
         raise UserError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    text = text.replace("\r\n", "\n").replace("\r", "\n")  # as a text-mode read would
     return parse_text(text, str(path), as_json=path.suffix.lower() == ".json")
 
 
 def parse_text(text: str, source: str, as_json: bool = False) -> tuple[object, yaml.Node | None]:
     """`read_structured` on text already in memory (an editor's buffer); `source` names it in errors."""
+    if len(text) > MAX_FILE_BYTES // 4 and len(text.encode("utf-8", "surrogatepass")) > MAX_FILE_BYTES:
+        raise FileLimitError(_too_big(source, len(text.encode("utf-8", "surrogatepass"))))
     if as_json:
+        try:
+            node = compose_bounded(text)
+        except BoundExceeded as e:
+            raise FileLimitError(f"{source}:{e.line}: {e.message}") from None
+        except yaml.YAMLError:
+            node = None  # valid JSON that YAML rejects: data is fine, only line numbers are lost
+            line = json_depth_over(text)
+            if line is not None:
+                raise FileLimitError(f"{source}:{line}: {NESTED}") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as e:
             raise UserError(f"{source}:{e.lineno}: invalid JSON: {e.msg}") from None
-        try:
-            node = yaml.compose(text, Loader=yaml.SafeLoader)
-        except yaml.YAMLError:
-            node = None  # valid JSON that YAML rejects: data is fine, only line numbers are lost
+        except ValueError as e:  # an integer too long for Python to convert
+            raise UserError(f"{source}{_line_of_long_number(text)}: invalid JSON: {_first_clause(e)}") from None
         return data, node
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = load_bounded(text)
+    except BoundExceeded as e:
+        raise FileLimitError(f"{source}:{e.line}: {e.message}") from None
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark or e.context_mark
         line = mark.line + 1 if mark else 1
         raise UserError(f"{source}:{line}: invalid YAML: {e.problem or e.context}") from None
     except yaml.YAMLError as e:
         raise UserError(f"{source}: invalid YAML: {e}") from None
+    except ValueError as e:  # a date such as 2024-13-01, or an integer too long for Python to convert
+        raise UserError(f"{source}{_line_of_long_number(text)}: invalid YAML: {_first_clause(e)}") from None
     return data, node
+
+
+def _first_clause(e: ValueError) -> str:
+    return str(e).split(";")[0]
+
+
+def _line_of_long_number(text: str) -> str:
+    """`:LINE` of the first number longer than Python converts, if that is what failed ("" if not)."""
+    limit = sys.get_int_max_str_digits()  # 0: no limit, so no number failed
+    m = re.search(rf"\d{{{limit + 1},}}", text) if limit else None
+    return ":" + str(text.count("\n", 0, m.start()) + 1) if m else ""
 
 
 def field_name(loc: tuple) -> str:
