@@ -18,16 +18,20 @@ from starlette.testclient import TestClient
 
 from cai.constitution import library_path
 from cai.constitution.lint import lint_file
+from cai.constitution.loader import MAX_FILE_BYTES
 from cai.generators import BackendConfig, Completion, register_backend
 from cai.studio.app import Studio, guarded
 from cai.studio.document import edit
+from cai.studio.guard import cookie_name
 from cai.studio.jobs import available
 from cai.studio.models import Models
 from tests.cli import cai
 from tests.judges import FollowsWording
+from tests.test_hostile_files import HOSTILE, MALFORMED
 
 PORT = 8123
 BASE = f"http://127.0.0.1:{PORT}"
+TOKEN = "t0ken-for-tests"
 
 
 @pytest.fixture
@@ -37,9 +41,11 @@ def rules(tmp_path) -> Path:
     return f
 
 
-def client(file: Path, token: str | None = None, host: str = "127.0.0.1") -> TestClient:
-    studio = Studio(file=file, host=host, port=PORT, token=token)
-    return TestClient(guarded(studio), base_url=f"http://{host}:{PORT}")
+def client(file: Path, host: str = "127.0.0.1", send_token: bool = True) -> TestClient:
+    """The app as the server runs it; the page's calls carry the token (a header here, a cookie in a browser)."""
+    studio = Studio(file=file, host=host, port=PORT, token=TOKEN)
+    headers = {"x-studio-token": TOKEN} if send_token else None
+    return TestClient(guarded(studio), base_url=f"http://{host}:{PORT}", headers=headers)
 
 
 def loaded(c: TestClient, path: str | None = None) -> dict:
@@ -244,16 +250,110 @@ def test_only_the_page_it_served_may_call_it(rules):
     assert page.headers["referrer-policy"] == "no-referrer"
 
 
-def test_a_token_guards_a_non_loopback_studio(rules):
-    c = client(rules, token="s3cret", host="192.0.2.10")
-    assert c.get("/api/info").status_code == 403
-    assert c.get("/", params={"token": "wrong"}).status_code == 403
-    page = c.get("/", params={"token": "s3cret", "file": "rules.yaml"}, follow_redirects=False)
-    assert page.status_code == 303 and page.headers["location"] == "/?file=rules.yaml"  # out of the address bar
-    assert "cai_studio_token=s3cret" in page.headers["set-cookie"] and "HttpOnly" in page.headers["set-cookie"]
-    assert c.get("/").status_code == 200 and c.get("/api/info").status_code == 200  # the cookie travels along
+# Every request, loopback or not, every path: (method, path, JSON body)
+REQUESTS = [
+    ("GET", "/", None),
+    ("GET", "/?file=secret.yaml", None),
+    ("GET", "/api/info", None),
+    ("GET", "/api/doc", None),
+    ("GET", "/api/doc?path=secret.yaml", None),
+    ("POST", "/api/lint", {"text": "name: x\n"}),
+    ("POST", "/api/diff", {"text": "name: x\n"}),
+    ("POST", "/api/edit", {"text": "name: x\n", "op": "add"}),
+    ("POST", "/api/save", {"path": "made.yaml", "text": "name: x\n", "base": ""}),
+    ("POST", "/api/save", {"path": "secret.yaml", "text": "name: mine\n", "base": ""}),
+    ("POST", "/api/try", {"text": "name: x\n", "message": "hi"}),
+    ("POST", "/api/compare", {"text": "name: x\n"}),
+    ("GET", "/static/studio.js", None),
+    ("GET", "/static/index.html", None),
+    ("GET", "/static/vendor/codemirror/codemirror.min.js", None),
+    ("GET", "/favicon.ico", None),
+    ("GET", "/no/such/page", None),
+]
+
+
+def _ask(c: TestClient, method: str, path: str, body: dict | None, **kw):
+    return c.request(method, path, json=body, **kw) if body is not None else c.request(method, path, **kw)
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "192.0.2.10"])
+def test_no_request_is_answered_without_the_token(rules, host):
+    secret = rules.with_name("secret.yaml")
+    secret.write_text("name: private\nprinciples:\n  - id: p\n    comparison: Which is better?\n")
+    secret.chmod(0o600)
+    c = client(rules, host=host, send_token=False)
+    wrong = [
+        {"headers": {"x-studio-token": "wrong"}},
+        {"params": {"token": TOKEN[:-1]}},
+        {"headers": {"cookie": f"{cookie_name(PORT)}={TOKEN}x"}},
+    ]
+    for method, path, body in REQUESTS:
+        for kw in ({}, {"headers": {"cookie": f"{cookie_name(PORT + 1)}={TOKEN}"}}):  # another studio's cookie
+            r = _ask(c, method, path, body, **kw)
+            assert r.status_code == 401, (method, path, r.status_code, r.text)
+            assert "token" in r.json()["error"] and "private" not in r.text and "set-cookie" not in r.headers
+        for kw in wrong:
+            r = _ask(c, method, path, body, **kw)
+            assert r.status_code == 403 and "wrong token" in r.json()["error"], (method, path, kw, r.text)
+    assert secret.read_text().startswith("name: private") and not rules.with_name("made.yaml").exists()
+
+    # The same requests with the token are answered as the page expects.
+    ok = client(rules, host=host)
+    assert ok.get("/api/doc", params={"path": "secret.yaml"}).json()["text"].startswith("name: private")
+    assert ok.post("/api/lint", json={"text": secret.read_text()}).json()["ok"]
+    assert ok.get("/static/studio.js").status_code == 200
+    r = ok.post("/api/save", json={"path": "made.yaml", "text": secret.read_text(), "base": ""})
+    assert r.status_code == 200 and rules.with_name("made.yaml").exists()
+
+
+def test_the_printed_url_gives_the_page_a_cookie_it_then_uses(rules):
+    c = client(rules, send_token=False)
+    page = c.get("/", params={"token": TOKEN, "file": "rules.yaml"}, follow_redirects=False)
+    assert page.status_code == 200 and "/static/studio.js" in page.text
+    cookie = page.headers["set-cookie"]
+    assert cookie.startswith(f"{cookie_name(PORT)}={TOKEN};")
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie and "Path=/" in cookie
+    # From here on the browser sends only the cookie: the page, its files and its calls all work.
+    for method, path, body in REQUESTS[:5] + [("POST", "/api/lint", {"text": "name: x\n"}), REQUESTS[12]]:
+        assert _ask(c, method, path, body).status_code == 200, (method, path)
+    assert "set-cookie" not in c.get("/").headers  # only a request carrying the token in its URL sets it
     c.cookies.clear()
-    assert c.get("/api/info", headers={"x-studio-token": "s3cret"}).status_code == 200
+    assert c.get("/api/info").status_code == 401
+    assert c.get("/api/info", headers={"x-studio-token": TOKEN}).status_code == 200
+    assert "set-cookie" not in c.get("/", params={"token": "wrong"}, headers={"x-studio-token": TOKEN}).headers
+
+
+def test_hostile_files_get_a_4xx_from_the_studio_at_once(rules):
+    """The files of tests/test_hostile_files.py, on disk and as the editor's text: each request is
+    refused with the loader's located line (no 500, no hang: the client gives up after 10 s)."""
+    folder = rules.parent
+    for name, (text, _, _) in HOSTILE.items():
+        (folder / name).write_text(text)
+    with open(folder / "huge.yaml", "wb") as f:
+        f.truncate(MAX_FILE_BYTES + 1)
+    with serving(Studio(file=rules), timeout=10) as http:
+        for name, (text, line, says) in HOSTILE.items():
+            requests = [
+                ("GET", "/api/doc", {"params": {"path": name}}),
+                ("POST", "/api/lint", {"json": {"path": name, "text": text}}),
+                ("POST", "/api/edit", {"json": {"path": name, "text": text, "op": "add"}}),
+                ("POST", "/api/save", {"json": {"path": name, "text": text, "base": ""}}),
+                ("POST", "/api/try", {"json": {"path": name, "text": text, "message": "hi"}}),
+            ]
+            for method, url, kw in requests:
+                r = http.request(method, url, **kw)
+                assert r.status_code == 422, (name, url, r.status_code, r.text)
+                error = r.json()["error"]
+                assert f"{name}:{line}: " in error and says in error, (name, url, error)
+        for name, (text, line, says) in MALFORMED.items():  # plain errors, at their lines
+            check = http.post("/api/lint", json={"path": name, "text": text}).json()
+            assert not check["ok"] and check["errors"][0]["line"] == line and says in check["errors"][0]["message"]
+        r = http.get("/api/doc", params={"path": "huge.yaml"})
+        assert r.status_code == 422 and f"{MAX_FILE_BYTES + 1} bytes, over the 8 MiB limit" in r.json()["error"]
+        r = http.post("/api/diff", json={"path": "huge.yaml", "text": "name: x\n"})
+        assert r.status_code == 422 and "over the 8 MiB limit" in r.json()["error"]
+        assert http.get("/api/doc").status_code == 200  # and the studio goes on serving
+    assert all((folder / name).read_text() == text for name, (text, _, _) in HOSTILE.items())
 
 
 # ---------------------------------------------------------------------------------------------
@@ -290,8 +390,9 @@ class Held(FollowsWording):
 
 
 @contextmanager
-def serving(studio: Studio):
-    """The studio on a real uvicorn server in this process, on a free loopback port."""
+def serving(studio: Studio, timeout: float = 60):
+    """The studio on a real uvicorn server in this process, on a free loopback port; the client
+    carries the studio's token, as the page does."""
     import uvicorn
 
     from cai.studio.cli import bind
@@ -303,13 +404,15 @@ def serving(studio: Studio):
     thread.start()
     while not server.started:
         time.sleep(0.05)
+    headers = {"x-studio-token": studio.token}
     try:
-        with httpx.Client(base_url=f"http://127.0.0.1:{studio.port}", timeout=60) as http:
+        with httpx.Client(base_url=f"http://127.0.0.1:{studio.port}", headers=headers, timeout=timeout) as http:
             yield http
     finally:
         server.should_exit = True
         thread.join(30)
-        studio.models.close()
+        if studio.models is not None:
+            studio.models.close()
         sock.close()
 
 
@@ -424,14 +527,15 @@ def _own_addresses() -> list[str]:
     return [a for a in out if ":" not in a and not a.startswith("127.")]
 
 
-def _start(*args, timeout: float = 120) -> tuple[subprocess.Popen, str]:
-    """`cai studio ARGS` in the background; its printed URL once it listens."""
+def _start(*args, timeout: float = 120, env: dict | None = None) -> tuple[subprocess.Popen, str]:
+    """`cai studio ARGS` in the background; its printed URL (with its token) once it listens."""
     p = subprocess.Popen(
         [sys.executable, "-m", "cai.cli", "studio", *map(str, args), "--no-open"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
         start_new_session=True,
+        env={**os.environ, **(env or {})},
     )
     deadline = time.monotonic() + timeout
     line = ""
@@ -454,8 +558,8 @@ def _stop(p: subprocess.Popen) -> None:
 def test_default_bind_is_loopback_only_and_a_busy_port_is_one_line(rules):
     p, url = _start(rules, "--port", "0")
     try:
-        port = int(url.rsplit(":", 1)[1].strip("/"))
-        assert url == f"http://127.0.0.1:{port}/"
+        port = int(url.split("/?token=")[0].rsplit(":", 1)[1])
+        assert url.startswith(f"http://127.0.0.1:{port}/?token=")
         with socket.create_connection(("127.0.0.1", port), timeout=10):
             pass
         for addr in _own_addresses():  # this machine's own non-loopback addresses only
@@ -465,6 +569,42 @@ def test_default_bind_is_loopback_only_and_a_busy_port_is_one_line(rules):
         assert r.returncode == 2 and f"127.0.0.1:{port} is in use" in r.stderr
     finally:
         _stop(p)
+
+
+def test_the_running_studio_refuses_local_requests_without_its_token(rules, tmp_path):
+    """What another user of the machine could try against the port: nothing is answered, and the
+    token is in no log (only in the URL on the terminal)."""
+    rules.chmod(0o600)
+    cache = tmp_path / "cache"
+    p, url = _start(rules, "--port", "0", env={"XDG_CACHE_HOME": str(cache)})
+    base, token = url.split("/?token=")
+    assert len(token) >= 32
+    try:
+        with httpx.Client(base_url=base, timeout=30) as http:
+            for path in ("/", "/api/info", "/api/doc", "/api/doc?path=rules.yaml", "/static/studio.js"):
+                r = http.get(path)
+                assert r.status_code == 401 and "token" in r.json()["error"], (path, r.text)
+            r = http.post("/api/lint", json={"text": "name: x\n"})
+            assert r.status_code == 401
+            r = http.post("/api/save", json={"path": "new.yaml", "text": "name: x\n", "base": ""})
+            assert r.status_code == 401 and not rules.with_name("new.yaml").exists()
+            assert http.get("/api/doc", headers={"x-studio-token": token[::-1]}).status_code == 403
+
+            page = http.get(url)  # the printed URL: the page, and a cookie for all the rest
+            assert page.status_code == 200 and "studio.js" in page.text
+            assert http.get("/api/doc").json()["text"] == rules.read_text()
+            assert http.get("/static/studio.js").status_code == 200
+        # A request the server logs (a malformed one), with the token in it.
+        with socket.create_connection(("127.0.0.1", int(base.rsplit(":", 1)[1])), timeout=10) as raw:
+            raw.sendall(f"GET /?token={token} HTTP/1.1\r\nHost: 127.0.0.1\r\nBad Header\x01\r\n\r\n".encode())
+            raw.recv(4096)
+    finally:
+        _stop(p)
+    out, err = p.communicate(timeout=30)
+    assert "Invalid HTTP request" in err and token not in err
+    written = [f for f in (*cache.rglob("*"), *rules.parent.rglob("*")) if f.is_file() and f != rules]
+    assert all(token not in f.read_text(errors="replace") for f in written), written
+    assert rules.stat().st_mode & 0o777 == 0o600
 
 
 # ---------------------------------------------------------------------------------------------
@@ -527,8 +667,11 @@ def test_the_page_edits_lints_tries_and_saves(rules, browser, default_model_dir,
     p, url = _start(rules, "--port", "0", "--max-new-tokens", "24")
     d = browser
     try:
-        d.get(url)
+        d.get(url)  # the printed URL, with its token
         _wait(d, "the file to load and lint clean", lambda d: _lint_state(d) == "ok")
+        assert "token" not in d.current_url  # kept as a cookie its scripts cannot read, not in the address bar
+        (cookie,) = d.get_cookies()
+        assert cookie["httpOnly"] and cookie["sameSite"] == "Strict" and _js(d, "return document.cookie") == ""
         assert _js(d, "return window.studioEditor.getValue()") == rules.read_text()
         assert d.find_element(By.CSS_SELECTOR, "#principles tr[data-id='general-harm']")
 

@@ -8,22 +8,21 @@ disk no longer has that digest. Errors are JSON bodies `{"error": "one line"}` w
 
 from __future__ import annotations
 
-import hmac
+import secrets
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Literal
-from urllib.parse import urlencode
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse, RedirectResponse, StreamingResponse
+from fastapi.responses import HTMLResponse, JSONResponse, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.exceptions import HTTPException
 
 from . import document as doc
-from .guard import COOKIE, Guard
+from .guard import Guard, cookie_name
 
 STATIC = Path(str(resources.files("cai.studio") / "static"))
 MAX_TEXT = 512 * 1024  # characters of principle file in one request
@@ -40,12 +39,12 @@ PAGE_HEADERS = {
 
 @dataclass
 class Studio:
-    """What the server was started with."""
+    """What the server was started with. The token is made here unless given: there is no studio without one."""
 
     file: Path
     host: str = "127.0.0.1"
     port: int = 0
-    token: str | None = None
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
     pairs: Path | None = None
     models: object | None = None  # cai.studio.models.Models; None: the page offers no model work
     jobs: dict = field(default_factory=dict)  # "try" / "compare" → callables building a job (see jobs.py)
@@ -112,14 +111,14 @@ def create_app(studio: Studio) -> FastAPI:
         return JSONResponse({"error": str(e.detail)}, status_code=e.status_code, headers=e.headers)
 
     @app.get("/", response_class=HTMLResponse)
-    async def index(token: str | None = None, file: str | None = None):
-        if studio.token is not None and token and hmac.compare_digest(token.encode(), studio.token.encode()):
-            # Trade the URL's token for a cookie, and take it out of the address bar and history.
-            back = RedirectResponse("/" + (f"?{urlencode({'file': file})}" if file else ""), status_code=303)
-            back.set_cookie(COOKIE, token, httponly=True, samesite="strict")
-            return back
+    async def index(token: str | None = None):
         page = HTMLResponse((STATIC / "index.html").read_text(encoding="utf-8"))
         page.headers.update(PAGE_HEADERS)
+        if token is not None and secrets.compare_digest(token.encode(), studio.token.encode()):
+            # The page's files and calls then carry the token in a cookie its scripts cannot read and
+            # no other site's request gets; its script takes the token out of the address bar. Served
+            # here, not behind a redirect: a browser sent from elsewhere drops a strict cookie there.
+            page.set_cookie(cookie_name(studio.port), token, httponly=True, samesite="strict", path="/")
         return page
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
@@ -203,5 +202,5 @@ def create_app(studio: Studio) -> FastAPI:
 
 
 def guarded(studio: Studio) -> Guard:
-    """The app behind the host, token, content-type and size checks: what the server runs."""
+    """The app behind the token, host, content-type and size checks: what the server runs."""
     return Guard(create_app(studio), studio.host, studio.port, studio.token)

@@ -53,13 +53,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def url_of(host: str, port: int, token: str | None) -> str:
+def url_of(host: str, port: int, token: str) -> str:
     shown = host
     if host in ("0.0.0.0", "::"):
         shown = socket.gethostname()
     elif ":" in host and not host.startswith("["):
         shown = f"[{host}]"
-    return f"http://{shown}:{port}/" + (f"?token={token}" if token else "")
+    return f"http://{shown}:{port}/?token={token}"
 
 
 def studio(
@@ -72,13 +72,15 @@ def studio(
     port: Annotated[int, typer.Option(min=0, max=65535, help="Port to listen on; 0 picks a free one.")] = 8765,
     host: Annotated[
         str,
-        typer.Option(help="Address to listen on. Anything but loopback requires the token printed in the URL."),
+        typer.Option(help="Address to listen on (default: loopback only). Every request needs the URL's token."),
     ] = "127.0.0.1",
     open_browser: Annotated[bool, typer.Option("--open/--no-open", help="Open the page in a browser.")] = True,
     limit: Annotated[int | None, typer.Option(min=1, help="Compare on the first N pairs of --pairs.")] = 32,
     max_new_tokens: Annotated[int, typer.Option(min=8, help="Longest answer, critique or revision in a try.")] = 160,
 ) -> None:
-    """A local web page to edit a principle file: live lint, principles, try, compare with saved, diff."""
+    """A local web page to edit a principle file: live lint, principles, try, compare with saved, diff.
+
+    It prints (and opens) a URL carrying a token; it refuses every request without that token."""
     try:
         import fastapi  # noqa: F401
         import ruamel.yaml  # noqa: F401
@@ -86,20 +88,19 @@ def studio(
     except ModuleNotFoundError as e:
         raise UserError(f"cai studio needs {e.name}: pip install 'cai[studio]'") from None
 
-    from cai.cli_eval import _feedback
+    from cai.cli.options import feedback_config
     from cai.generators import BackendConfig
 
     from .app import Studio, guarded
-    from .guard import is_loopback
     from .models import Models
 
     file = _file(file)
     if pairs is not None and not pairs.is_file():
         raise UserError(f"--pairs: {pairs}: file not found")
-    fb = _feedback(feedback, None, None, None) if feedback is not None else None
+    fb = feedback_config(feedback) if feedback is not None else None
     sock = bind(host, port)
     port = sock.getsockname()[1]
-    token = None if is_loopback(host.strip("[]")) else secrets.token_urlsafe(24)
+    token = secrets.token_urlsafe(24)  # other users of this machine can reach loopback too
     models = Models(BackendConfig(), fb)
     jobs = _jobs(max_new_tokens, limit)
     s = Studio(file=file, host=host, port=port, token=token, pairs=pairs, models=models, jobs=jobs)

@@ -22,7 +22,7 @@ from pathlib import Path
 from cai.constitution import Constitution, UserError
 from cai.constitution.diff import diff_constitutions
 from cai.constitution.lint import lint_text
-from cai.constitution.loader import line_of, parse_text
+from cai.constitution.loader import FileLimitError, line_of, parse_text, read_limited
 
 SUFFIXES = (".yaml", ".yml", ".json")
 
@@ -37,6 +37,12 @@ class StudioError(Exception):
 
 def digest(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def digest_of(path: Path) -> str:
+    """The digest of a file on disk, read in blocks: a huge file is not held in memory to be refused."""
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 @dataclass(frozen=True)
@@ -97,9 +103,13 @@ def principle_rows(text: str, source: str, as_json: bool, c: Constitution) -> li
 
 
 def check(text: str, source: str, as_json: bool = False) -> dict:
-    """Errors and warnings of unsaved text at their lines, and its principles when it validates."""
+    """Errors and warnings of unsaved text at their lines, and its principles when it validates.
+
+    A text past the loader's size, nesting or alias bounds is refused whole (422), not linted."""
     try:
         c, warnings = lint_text(text, source, as_json)
+    except FileLimitError as e:
+        raise StudioError(422, e.problems[0]) from None
     except UserError as e:
         return {"ok": False, "errors": [_located(p, source) for p in e.problems], "warnings": [], "principles": []}
     return {
@@ -116,13 +126,15 @@ def validated(text: str, source: str, as_json: bool, what: str = "the editor's t
     """The constitution the text holds, or a 422 naming its first problem."""
     try:
         return lint_text(text, source, as_json)[0]
+    except FileLimitError as e:
+        raise StudioError(422, e.problems[0]) from None
     except UserError as e:
         raise StudioError(422, f"{what} does not validate: {e.problems[0]}") from None
 
 
 def diff(path: Path, source: str, text: str) -> dict:
     """What the editor's text changes against the file on disk: in meaning, and line by line."""
-    on_disk = path.read_text(encoding="utf-8") if path.exists() else ""
+    on_disk = load(path)[0]
     lines = list(difflib.unified_diff(on_disk.splitlines(), text.splitlines(), "on disk", "editor", lineterm=""))
     out: dict = {"lines": lines, "changes": None, "note": None}
     if not path.exists():
@@ -145,10 +157,14 @@ _save_lock = threading.Lock()
 
 
 def load(path: Path) -> tuple[str, str]:
-    """(text, base): base is the digest a later save must still find on disk ("" if no file)."""
+    """(text, base): base is the digest a later save must still find on disk ("" if no file).
+    A file over the loader's size limit is refused before it is read."""
     if not path.exists():
         return "", ""
-    data = path.read_bytes()
+    try:
+        data = read_limited(path)
+    except UserError as e:
+        raise StudioError(422, e.problems[0]) from None
     try:
         return data.decode("utf-8").replace("\r\n", "\n"), digest(data)
     except UnicodeDecodeError as e:
@@ -182,14 +198,17 @@ def save(path: Path, source: str, text: str, base: str) -> dict:
 
     The text is written as typed, so comments, key order and quoting are the user's own. A file
     that does not validate is not written: a run reading it would stop on it."""
-    result = check(text, source, is_json(path))
+    try:
+        result = check(text, source, is_json(path))
+    except StudioError as e:  # past the loader's bounds
+        raise StudioError(e.status, f"not saved: {e.message}") from None
     if not result["ok"]:
         first = result["errors"][0]["text"]
         raise StudioError(422, f"not saved: fix the errors first ({first})")
     if not path.parent.is_dir():
         raise StudioError(400, f"not saved: {source}: its folder does not exist")
     with _save_lock:
-        current = digest(path.read_bytes()) if path.exists() else ""
+        current = digest_of(path) if path.exists() else ""
         if current != base:
             what = "was created" if not base else ("was deleted" if not current else "changed")
             raise StudioError(
@@ -274,6 +293,8 @@ def edit(text: str, source: str, as_json: bool, op: str, pid: str | None = None,
     """The text with one principle added, removed, moved or re-weighted, formatting kept."""
     try:
         data, _ = parse_text(text, source, as_json)  # unparsable text gets the loader's located message
+    except FileLimitError as e:
+        raise StudioError(422, e.problems[0]) from None
     except UserError as e:
         raise StudioError(422, f"fix the file first: {e.problems[0]}") from None
     if as_json:

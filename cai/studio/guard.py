@@ -1,11 +1,13 @@
 """Who may talk to the studio, and how much they may send.
 
-The studio can write files, so a request must come from the page it served:
+The studio reads and writes the files of whoever started it, so a request must come from the
+page it served:
 
+- every request, on loopback too, carries the token printed once in the URL: in the URL itself
+  (the first load), in the cookie that first load sets, or in an `X-Studio-Token` header. Other
+  users of the machine can reach a loopback port; they cannot read the terminal or the cookie;
 - bound to loopback (the default), the Host header must name that loopback address, which
   stops another web site from reaching it through a DNS name it re-points at 127.0.0.1;
-- bound to another address (`--host`), every request needs the token printed once in the URL;
-  the page trades it for a cookie on first load;
 - a POST must carry JSON (a cross-site form cannot send that without asking first, and the
   studio answers no such question) and, where the browser names an Origin, come from this host;
 - a body over the limit is refused before it is read to the end.
@@ -13,16 +15,20 @@ The studio can write files, so a request must come from the page it served:
 
 from __future__ import annotations
 
-import hmac
 import ipaddress
 import json
-from http.cookies import SimpleCookie
+import secrets
 from urllib.parse import parse_qs
 
 from fastapi import HTTPException
 
 MAX_BODY = 1 << 20  # bytes; a principle file is a few kilobytes
 COOKIE = "cai_studio_token"
+
+
+def cookie_name(port: int) -> str:
+    """A browser keeps one cookie jar per host, whatever the port: two studios need two names."""
+    return f"{COOKIE}_{port}"
 
 
 def is_loopback(host: str) -> bool:
@@ -51,21 +57,33 @@ async def send_json(send, status: int, message: str, headers: list | None = None
 class Guard:
     """ASGI middleware enforcing the rules above on every HTTP request."""
 
-    def __init__(self, app, host: str, port: int, token: str | None, max_body: int = MAX_BODY):
-        self.app, self.token, self.max_body = app, token, max_body
-        self.loopback = token is None
+    def __init__(self, app, host: str, port: int, token: str, max_body: int = MAX_BODY):
+        if not token:
+            raise ValueError("the studio needs a token")
+        self.app, self.token, self.max_body = app, token.encode(), max_body
+        self.cookie = cookie_name(port)
+        self.loopback = is_loopback(host.strip("[]"))
         names = {host, "localhost", "127.0.0.1", "[::1]"} if self.loopback else set()
         self.hosts = {f"{h}:{port}" for h in names} | names
 
-    def _token_ok(self, scope, headers: dict) -> bool:
-        if self.token is None:
-            return True
+    def _given(self, scope, headers: dict) -> list[str]:
+        """Every token the request offers. The cookie header is split by hand: other pages on this
+        host may have set cookies that the standard parser gives up on, losing ours with them."""
         given = [headers.get("x-studio-token", "")]
-        given += parse_qs(scope.get("query_string", b"").decode()).get("token", [])
-        cookie = SimpleCookie(headers.get("cookie", ""))
-        if COOKIE in cookie:
-            given.append(cookie[COOKIE].value)
-        return any(hmac.compare_digest(g.encode(), self.token.encode()) for g in given if g)
+        given += parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token", [])
+        for part in headers.get("cookie", "").split(";"):
+            name, _, value = part.strip().partition("=")
+            if name == self.cookie:
+                given.append(value.strip('"'))
+        return [g for g in given if g]
+
+    def _refusal(self, scope, headers: dict) -> tuple[int, str] | None:
+        given = self._given(scope, headers)
+        if not given:
+            return 401, "this studio needs its token: open it with the URL it printed"
+        if not any(secrets.compare_digest(g.encode(), self.token) for g in given):
+            return 403, "wrong token: open the studio with the URL it printed"
+        return None
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -74,8 +92,9 @@ class Guard:
         host = headers.get("host", "")
         if self.loopback and host not in self.hosts:
             return await send_json(send, 403, f"unexpected Host {host!r}: open the studio at the address it printed")
-        if not self._token_ok(scope, headers):
-            return await send_json(send, 403, "missing or wrong token: open the studio with the URL it printed")
+        refusal = self._refusal(scope, headers)
+        if refusal is not None:
+            return await send_json(send, *refusal)
         if scope["method"] == "POST":
             origin = headers.get("origin")
             if origin is not None and origin.split("://", 1)[-1] != host:

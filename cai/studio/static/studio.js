@@ -3,6 +3,11 @@
 
 const $ = (sel) => document.querySelector(sel);
 const params = new URLSearchParams(location.search);
+if (params.has("token")) {  // the server has set it as a cookie: keep it out of the address bar and history
+  params.delete("token");
+  const rest = params.toString();
+  history.replaceState(null, "", location.pathname + (rest ? `?${rest}` : ""));
+}
 const state = { path: params.get("file") || null, base: "", saved: "", json: false, check: null };
 
 function el(tag, attrs = {}, ...children) {
@@ -54,7 +59,12 @@ function lintText(text, update) {
     if (text !== editor.getValue()) return;  // a newer text is on its way
     showCheck(check);
     update(annotations(check));
-  }, (err) => notice(`lint: ${err.message}`));
+  }, (err) => {  // e.g. a text past the size, nesting or alias bounds: refused whole, at its line
+    if (text !== editor.getValue()) return;
+    notice(`lint: ${err.message}`);
+    $("#lint-status").dataset.state = "errors";
+    $("#lint-status").textContent = "refused";
+  });
 }
 
 function annotations(check) {
