@@ -40,6 +40,12 @@ def export_run(out: Path, dest: Path | None = None, fmt: str | None = None) -> d
 
 
 def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str, int]:
+    torn = run.torn_lines()
+    if torn:
+        raise UserError(
+            f"{torn[0]}: the last line is cut (the run was stopped mid-write, or is still writing); "
+            "rerun `cai run` on it to repair the file, then export"
+        )
     cfg, c = run.config, run.constitution
     queries: Iterable[Query] = run.records("queries")
     duplicates = None

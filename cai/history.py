@@ -26,6 +26,7 @@ from cai.constitution import UserError
 
 from .lock import RunLock
 from .stages import NAMES, stages_of_role, stages_reading
+from .store import writing
 
 
 @dataclass
@@ -253,5 +254,6 @@ def lagging_shards(root: Path) -> list[str]:
 
 def _write(path: Path, text: str) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
+    with writing(path):
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)

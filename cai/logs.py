@@ -57,19 +57,32 @@ class _Sink:
         return getattr(self._f, name)
 
 
+def _open_log(folder: Path | None, create: bool):
+    """FOLDER/cai.log for appending; the user's log folder where FOLDER is not there (and not to
+    be made) or cannot be written (a read-only run being exported)."""
+    for where in ([Path(folder)] if folder is not None else []) + [default_log_dir()]:
+        try:
+            if create or where == default_log_dir():
+                where.mkdir(parents=True, exist_ok=True)
+            return open(where / LOG_NAME, "a", encoding="utf-8", buffering=1)  # noqa: SIM115 - closed by the caller
+        except OSError:
+            continue
+    return open(os.devnull, "a", encoding="utf-8")  # noqa: SIM115
+
+
 @contextmanager
-def library_output(folder: Path | None) -> Iterator[Path | None]:
-    """Send stderr (library logs, warnings, their progress bars) to FOLDER/cai.log while inside."""
+def library_output(folder: Path | None, create: bool = True) -> Iterator[Path | None]:
+    """Send stderr (library logs, warnings, their progress bars) to FOLDER/cai.log while inside.
+    `create=False`: a folder that does not exist is not made for the log (a command that only reads)."""
     if VERBOSE["on"]:
         yield None
         return
     for k, v in _PROGRESS_ENV.items():
         os.environ.setdefault(k, v)
-    folder = Path(folder) if folder is not None else default_log_dir()
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / LOG_NAME
     old = sys.stderr
-    with open(path, "a", encoding="utf-8", buffering=1) as f:
+    f = _open_log(folder, create)
+    path = Path(f.name)
+    with f:
         sink = _Sink(f)
         moved = _retarget_handlers(old, sink)
         sys.stderr = sink  # type: ignore[assignment]

@@ -142,7 +142,11 @@ class Pipeline:
         if plan.hydrate is not None:
             step.todo = [plan.hydrate(t) for t in step.todo]
         runner = StageRunner(self.store, self.executor, self.console, self.cfg.batch_size)
-        stats = runner.run(step)
+        try:
+            stats = runner.run(step)
+        except BaseException:  # a signal, an interrupt, a full disk: `cai status` must not say "running"
+            self.store.set_state(stage.name, "stopped")
+            raise
         self.stats.append(stats)
         return step.wanted
 

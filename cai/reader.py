@@ -10,7 +10,6 @@ million pairs has hundreds of thousands of answers, and export needs only two of
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from functools import cached_property
 from pathlib import Path
@@ -24,10 +23,11 @@ from cai.constitution.loader import read_structured, validate_model
 from .config import RunConfig
 from .refs import LineFile
 from .stages import STAGES, text_fields
-from .store import RunStore, record_id_of
+from .store import RunStore, read_manifest, record_id_of
 
 M = TypeVar("M", bound=BaseModel)
 
+NEWLINE = b"\n"
 STAGE_RECORDS: dict[str, type[BaseModel]] = {s.name: s.record for s in STAGES}
 
 
@@ -104,6 +104,21 @@ class RunReader:
     def texts(self) -> TextIndex:
         return TextIndex(self.store, text_fields())
 
+    def torn_lines(self) -> list[str]:
+        """`FILE:LINE` of each stage file whose last line was cut (a run stopped mid-write): its
+        record is not read, and what links to it would silently go missing."""
+        out = []
+        for stage in (*STAGE_RECORDS, "errors"):
+            for path in self.store.stage_paths(stage, all_shards=True):
+                with open(path, "rb") as f:
+                    size = f.seek(0, 2)
+                    if size == 0 or (f.seek(size - 1) >= 0 and f.read(1) == NEWLINE):
+                        continue
+                    f.seek(0)
+                    lines = sum(block.count(NEWLINE) for block in iter(lambda: f.read(1 << 20), b""))
+                    out.append(f"{path}:{lines + 1}")
+        return out
+
     def errors(self) -> list[dict]:
         """Every shard's error records (`errors.jsonl`, `errors.shard-i-of-n.jsonl`)."""
         return [row for path in self.store.stage_paths("errors", all_shards=True) for _, row in self.store.rows(path)]
@@ -118,13 +133,7 @@ class RunReader:
 
     def manifests(self) -> dict[str, dict]:
         """Each shard's manifest, keyed by its file name."""
-        out = {}
-        for path in sorted(self.root.glob("manifest*.json")):
-            try:
-                out[path.name] = json.loads(path.read_text(encoding="utf-8"))
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}:{e.lineno}: invalid JSON: {e.msg}") from None
-        return out
+        return {path.name: read_manifest(path) for path in sorted(self.root.glob("manifest*.json"))}
 
     def stages(self) -> dict[str, dict]:
         """Per stage, the shards' manifests added up (records, tokens, errors; seconds is the slowest shard's)."""

@@ -33,7 +33,21 @@ class LineFile:
         if self._f is None:
             self._f = open(self.path, "rb")  # noqa: SIM115 - kept open for many reads, closed by close()
         self._f.seek(offset)
-        return json.loads(self._f.readline())
+        line = self._f.readline()
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            where = f"{self.path}:{self._lineno(offset)}"
+            raise UserError(
+                f"{where}: corrupt record ({e.msg}); remove the line and rerun the run to remake it"
+            ) from None
+        if not isinstance(row, dict):
+            raise UserError(f"{self.path}:{self._lineno(offset)}: corrupt record (not an object)")
+        return row
+
+    def _lineno(self, offset: int) -> int:
+        with open(self.path, "rb") as f:
+            return f.read(offset).count(b"\n") + 1
 
     @property
     def opened(self) -> bool:

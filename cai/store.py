@@ -7,19 +7,57 @@ so the next append starts clean. Records are never rewritten, so nothing is writ
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
 from pydantic import BaseModel
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 M = TypeVar("M", bound=BaseModel)
 _ID_PREFIX = b'{"id":"'
+
+
+@contextmanager
+def writing(path: Path) -> Iterator[None]:
+    """What the disk refuses (full, read-only, immutable, no permission) as one line naming the file.
+
+    Records are appended whole and fsynced, so what was written before stays; a line cut by a full
+    disk is the torn last line a rerun repairs."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise UserError(f"{path}: no space left on device; free some and rerun: nothing written is lost") from None
+        raise UserError(f"{path}: cannot write ({e.strerror or e})") from None
+
+
+def read_manifest(path: Path) -> dict:
+    """A manifest, checked: a corrupt or hand-edited one is one line naming it, not a traceback."""
+    try:
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{path}:{e.lineno}: corrupt manifest ({e.msg}); delete it and rerun: it is rebuilt") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"{path}: cannot read the manifest ({e})") from None
+    stages = m.get("stages") if isinstance(m, dict) else None
+    if not isinstance(stages, dict) or not all(isinstance(s, dict) for s in stages.values()):
+        raise UserError(
+            f"{path}: not a manifest (expected an object with 'stages'); delete it and rerun: it is rebuilt"
+        )
+    for name, s in stages.items():
+        for key in ("records", "planned", "tokens", "errors", "config_version"):
+            if s.get(key) is not None and not isinstance(s[key], int):
+                raise UserError(f"{path}: stages.{name}.{key}: expected a whole number; delete the file and rerun")
+        if s.get("seconds") is not None and not isinstance(s["seconds"], int | float):
+            raise UserError(f"{path}: stages.{name}.seconds: expected a number; delete the file and rerun")
+    return m
 
 
 def record_id_of(line: bytes, path: Path, lineno: int) -> str:
@@ -50,7 +88,7 @@ class RunStore:
         size = path.stat().st_size
         if size == 0:
             return
-        with open(path, "r+b") as f:
+        with writing(path), open(path, "r+b") as f:
             f.seek(size - 1)
             if f.read(1) == b"\n":
                 return
@@ -140,13 +178,18 @@ class RunStore:
     def _append(self, path: Path, rows: list[str]) -> None:
         if not rows:
             return
-        with open(path, "a", encoding="utf-8") as f:
+        with writing(path), open(path, "a", encoding="utf-8") as f:
             f.write("".join(r + "\n" for r in rows))
             f.flush()
             os.fsync(f.fileno())
 
     def append(self, stage: str, records: list[BaseModel]) -> None:
         self._append(self.stage_path(stage), [r.model_dump_json() for r in records])
+
+    def set_state(self, stage: str, state: str) -> None:
+        """Mark a stage's state (`stopped` when a signal ends the run) if the manifest has it."""
+        if stage in self.manifest()["stages"]:
+            self.update_manifest(stage, state=state)
 
     def append_errors(self, stage: str, errors: list[dict]) -> None:
         rows = [
@@ -202,11 +245,15 @@ class RunStore:
             target.parent.mkdir(parents=True, exist_ok=True)
             self._append(target, [line.decode().rstrip("\n") for line in aside])
         tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "wb") as f:
-            f.writelines(keep + back)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            try:
+                with open(tmp, "wb") as f:
+                    f.writelines(keep + back)
+                    f.flush()
+                    os.fsync(f.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return len(back), len(aside)
 
     def ids_in(self, path: Path) -> set[str]:
@@ -218,7 +265,7 @@ class RunStore:
 
     def manifest(self) -> dict:
         if self.manifest_path.exists():
-            return json.loads(self.manifest_path.read_text())
+            return read_manifest(self.manifest_path)
         return {"created": time.strftime("%Y-%m-%dT%H:%M:%S"), "stages": {}}
 
     def update_manifest(self, stage: str, **fields) -> None:
@@ -229,5 +276,6 @@ class RunStore:
         s.update(fields)
         s["updated"] = m["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S")
         tmp = self.manifest_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(m, indent=2))
-        os.replace(tmp, self.manifest_path)
+        with writing(self.manifest_path):
+            tmp.write_text(json.dumps(m, indent=2))
+            os.replace(tmp, self.manifest_path)

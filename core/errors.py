@@ -13,3 +13,9 @@ class UserError(Exception):
     def __init__(self, message: str, problems: list[str] | None = None):
         super().__init__(message)
         self.problems = problems or [message]
+
+
+class RunFailed(UserError):
+    """The command ran, but nothing it was asked to make was made (every task of a stage failed)."""
+
+    exit_code = 1

@@ -20,49 +20,7 @@ from cai.cli import app
 from cai.config import load_config
 from cai.pipeline import Pipeline
 from cai.stages import NAMES, OTHER_RECORD_FILES
-from tests.testing_utils import CALLS, records
-
-CONSTITUTION = """\
-name: tiny
-principles:
-  - id: kind
-    critique: Say how the reply could be kinder.
-    revision: Rewrite the reply to be kinder.
-    comparison: Which reply is kinder?
-  - id: honest
-    critique: Say what in the reply is not true.
-    revision: Rewrite the reply so it is true.
-    comparison: Which reply is more honest?
-  - id: brief
-    comparison: Which reply is shorter and still complete?
-traits:
-  - id: curious
-    text: I ask about what I do not know.
-    questions: ["What is a star made of?"]
-query_generation:
-  examples: ["How do I tell my friend their cooking is bad?", "Is it ok to lie on a CV?"]
-"""
-SEEDS = "What should I say to a grieving friend?\nHow do I return a gift politely?\nCan I read my partner's texts?\n"
-CONFIG = """\
-constitution: tiny.yaml
-seed: 3
-batch_size: 4
-policy: {backend: scripted}
-queries: {per_principle: 2, seed_file: seeds.txt}
-responses: {samples: 3}
-revisions: {rounds: 1, few_shot: 0}
-comparisons: {principles: 2}
-"""
-
-
-def setup(folder: Path, config: str = CONFIG, **extra: str) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder / "tiny.yaml").write_text(CONSTITUTION)
-    (folder / "seeds.txt").write_text(SEEDS)
-    for name, text in extra.items():
-        (folder / name).write_text(text)
-    (folder / "run.yaml").write_text(config)
-    return folder / "run.yaml"
+from tests.testing_utils import CALLS, CONFIG, CONSTITUTION, records, setup
 
 
 def run(config: Path | str, out: Path, **kw) -> Pipeline:
@@ -155,7 +113,7 @@ def test_editing_one_principle_reads_only_the_readings_under_it(tmp_path):
     assert to_read == expected and reused == 4 * len(under) - expected
     assert not (out / "superseded").exists(), "a dry run moves nothing"
     done = run(cfg, out)
-    assert CALLS == {"letters": expected}, "the rerun reads exactly the readings under the edited principle"
+    assert {"letters": expected} == CALLS, "the rerun reads exactly the readings under the edited principle"
     stats = {s.stage: s for s in done.stats}
     assert stats["comparisons"].read == expected and stats["comparisons"].reused == reused
     kept = {c["id"] for c in records(out, "comparisons")}

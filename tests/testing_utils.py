@@ -14,7 +14,11 @@ import hashlib
 import importlib.util
 import json
 import math
+import os
 import shutil
+import subprocess
+import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -36,6 +40,19 @@ require_chromium = pytest.mark.skipif(
 )
 
 
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cai_scripted(*args, timeout: float = 300, wait: bool = True, env: dict | None = None, cwd=None):
+    """`cai ARGS` in a subprocess that has the scripted backend registered (as a plugin would)."""
+    code = "import tests.testing_utils; from cai.cli import main; main()"
+    cmd = [sys.executable, "-c", code, *map(str, args)]
+    env = {**os.environ, "COLUMNS": "200", "PYTHONPATH": str(REPO), **(env or {})}
+    if not wait:
+        return subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.run(cmd, env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+
+
 def read_jsonl(path: Path) -> list[dict]:
     path = Path(path)
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
@@ -46,10 +63,84 @@ def records(run: Path, stage: str) -> list[dict]:
     return read_jsonl(Path(run) / f"{stage}.jsonl")
 
 
-WORDS = (
-    "the a kind honest reply answer friend help because careful we could maybe think ask clear simple "
-    "gently true safe plan idea first then also never always today question thanks sure"
-).split()
+# A small run on the scripted backend: two critique principles, a comparison-only one, a trait.
+CONSTITUTION = """\
+name: tiny
+principles:
+  - id: kind
+    critique: Say how the reply could be kinder.
+    revision: Rewrite the reply to be kinder.
+    comparison: Which reply is kinder?
+  - id: honest
+    critique: Say what in the reply is not true.
+    revision: Rewrite the reply so it is true.
+    comparison: Which reply is more honest?
+  - id: brief
+    comparison: Which reply is shorter and still complete?
+traits:
+  - id: curious
+    text: I ask about what I do not know.
+    questions: ["What is a star made of?"]
+query_generation:
+  examples: ["How do I tell my friend their cooking is bad?", "Is it ok to lie on a CV?"]
+"""
+SEEDS = "What should I say to a grieving friend?\nHow do I return a gift politely?\nCan I read my partner's texts?\n"
+CONFIG = """\
+constitution: tiny.yaml
+seed: 3
+batch_size: 4
+policy: {backend: scripted}
+queries: {per_principle: 2, seed_file: seeds.txt}
+responses: {samples: 3}
+revisions: {rounds: 1, few_shot: 0}
+comparisons: {principles: 2}
+"""
+
+
+def setup(folder: Path, config: str = CONFIG, **extra: str) -> Path:
+    """A small run's files (constitution, seeds, config) in `folder`; returns the config's path."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "tiny.yaml").write_text(CONSTITUTION)
+    (folder / "seeds.txt").write_text(SEEDS)
+    for name, text in extra.items():
+        (folder / name).write_text(text)
+    (folder / "run.yaml").write_text(config)
+    return folder / "run.yaml"
+
+
+WORDS = [
+    "the",
+    "a",
+    "kind",
+    "honest",
+    "reply",
+    "answer",
+    "friend",
+    "help",
+    "because",
+    "careful",
+    "we",
+    "could",
+    "maybe",
+    "think",
+    "ask",
+    "clear",
+    "simple",
+    "gently",
+    "true",
+    "safe",
+    "plan",
+    "idea",
+    "first",
+    "then",
+    "also",
+    "never",
+    "always",
+    "today",
+    "question",
+    "thanks",
+    "sure",
+]
 
 CALLS: Counter = Counter()  # what every ScriptedBackend was asked, by kind: generate items, letters
 
@@ -63,11 +154,13 @@ class ScriptedBackend:
 
     name = "scripted"
 
-    def __init__(self, model: str = "scripted", fail: str | None = None, **options):
+    def __init__(self, model: str = "scripted", fail: str | None = None, delay: float = 0.0, **options):
         self.model = model
         self.fail = fail  # a word: prompts containing it fail, as an over-long prompt would
+        self.delay = delay  # seconds per call, for a test that needs a run to be caught in the middle
 
     def generate(self, chats, params, seeds=None):
+        time.sleep(self.delay)
         out = []
         for i, chat in enumerate(chats):
             CALLS["generate"] += 1

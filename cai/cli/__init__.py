@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from cai.core.errors import UserError
+from cai.lock import on_terminate
 from cai.logs import VERBOSE
 from cai.studio.cli import studio
 
@@ -46,7 +47,8 @@ app.command("studio")(studio)
 def main() -> None:
     sys.argv = runs.optional_ray_address(sys.argv)
     try:
-        app()
+        with on_terminate(lambda: typer.echo("terminated", err=True)):  # SIGTERM unwinds: locks released
+            app()
     except UserError as e:
         for line in e.problems:
             typer.echo(line, err=True)

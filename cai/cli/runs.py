@@ -90,9 +90,23 @@ def run_config(
         finally:
             pipe.close()
         console.print(summary_table(stats))
+        _every_task_failed(stats, pipe.store)
         if only is None and pipe.shard[1] == 1:
             counts = export_run(out)
             console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {out / 'datasets'}")
+
+
+def _every_task_failed(stats, store) -> None:
+    """A stage that ran and made nothing at all ends the command non-zero, naming its first error."""
+    from cai.core.errors import RunFailed
+
+    for s in stats:
+        if s.errors and not s.records:
+            first = next(iter(store.failures(s.stage).values()), {}).get("error", "?")
+            raise RunFailed(
+                f"{s.stage}: every task failed ({s.errors} errors; the first: {first}); "
+                f"see {store.root / 'errors.jsonl'}, then rerun to retry"
+            )
 
 
 def optional_ray_address(argv: list[str]) -> list[str]:
@@ -173,7 +187,7 @@ def export(
     """Write TRL datasets (SFT, preferences, prompts) and a dataset card from every shard of a run."""
     from cai.export import export_run
 
-    with library_output(run_dir):
+    with library_output(run_dir, create=False):
         counts = export_run(run_dir, dest, fmt)
     where = dest or run_dir / "datasets"
     console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {where}")
