@@ -296,7 +296,9 @@ def test_cai_eval_labeler_on_a_hosted_api(tmp_path, mode):
         r = CliRunner().invoke(app, [*args, "--feedback", str(fb), "--principles", "2", "--json"])
         inline = ["--feedback-backend", "openai", "--feedback-model", MODEL]
         inline += ["--feedback-option", f"base_url={server.base_url}"]
-        inline += [f"--feedback-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in options.items()]
+        inline += [
+            f"--feedback-option={k}={json.dumps(v) if not isinstance(v, str) else v}" for k, v in options.items()
+        ]
         s = CliRunner().invoke(app, [*args, *inline, "--feedback-option", f"api_key={KEY}", "--principles", "2"])
     assert r.exit_code == 0, r.output
     res = json.loads(r.stdout[r.stdout.index("{") :])
@@ -313,7 +315,9 @@ def test_feedback_mistakes_are_one_line_exit_2(tmp_path):
     r = cai("eval", "labeler", "--pairs", pairs, "--feedback", tmp_path / "missing.yaml")
     assert r.returncode == 2 and r.stderr.strip() == f"--feedback: {tmp_path / 'missing.yaml'}: file not found"
     r = cai("eval", "labeler", "--pairs", pairs, "--feedback-backend", "nope")
-    assert r.returncode == 2 and r.stderr.strip().startswith("--feedback-backend: unknown backend 'nope'; choose one of")
+    assert r.returncode == 2 and r.stderr.strip().startswith(
+        "--feedback-backend: unknown backend 'nope'; choose one of"
+    )
     bad = tmp_path / "fb.yaml"
     bad.write_text("backend: openai\nmodle: x\n")
     r = cai("eval", "policy", "--model", "m", "--baseline", "b", "--prompts", pairs, "--feedback", bad)

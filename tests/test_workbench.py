@@ -182,7 +182,16 @@ def test_compare_command_with_a_registered_backend(tmp_path):
             f"  - id: honest\n    comparison: {HONEST}\n"
         )
     pairs = pairs_file(tmp_path, short_wins())
-    args = ["constitution", "compare", str(old), str(new), "--pairs", str(pairs), "--feedback-backend", "follows-wording"]
+    args = [
+        "constitution",
+        "compare",
+        str(old),
+        str(new),
+        "--pairs",
+        str(pairs),
+        "--feedback-backend",
+        "follows-wording",
+    ]
     args += ["--cache", str(tmp_path / "cache"), "--ablate"]
     r = CliRunner().invoke(app, [*args, "--json"])
     assert r.exit_code == 0, r.output
