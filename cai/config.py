@@ -12,8 +12,9 @@ from typing import Annotated
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, ConstitutionError, UserError, load_constitution
-from cai.constitution.loader import read_structured, validate_model
+from cai.constitution import Constitution, ConstitutionError, load_constitution
+from cai.core.errors import UserError
+from cai.core.files import read_structured, validate_model
 from cai.core.identity import OPERATIONAL, ROLE, Source
 from cai.critique import ComparisonConfig, RevisionConfig
 from cai.critique.introspect import IntrospectionConfig

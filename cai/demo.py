@@ -8,7 +8,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.panel import Panel
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 
 def run_demo(console: Console, config: Path, out: Path, limit: int | None = None, train: bool = True) -> None:

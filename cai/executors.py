@@ -15,8 +15,8 @@ from typing import Any, Literal, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
+from cai.core.stage import StageOutput, Task
 from cai.generators import BackendConfig, load_backend
-from cai.generators.records import StageOutput, Task
 
 Outcome = StageOutput | Exception
 

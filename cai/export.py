@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from pathlib import Path
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.generators.queries import Deduplicator
 from cai.generators.records import Query
 from cai.training.export import build_rows, write_export

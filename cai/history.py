@@ -22,7 +22,7 @@ from pathlib import Path
 
 import yaml
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 from .lock import RunLock
 from .stages import NAMES, stages_of_role, stages_reading

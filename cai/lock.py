@@ -35,7 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 GRACE = 10.0
 

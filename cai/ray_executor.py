@@ -27,9 +27,9 @@ from typing import Any
 
 from rich.console import Console
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
+from cai.core.stage import StageOutput, Task
 from cai.generators import BackendConfig, load_backend
-from cai.generators.records import StageOutput, Task
 
 from .executors import ExecutorConfig, Outcome, StageCall
 from .logs import _PROGRESS_ENV, VERBOSE

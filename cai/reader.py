@@ -17,8 +17,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
-from cai.constitution import Constitution, UserError, load_constitution
-from cai.constitution.loader import read_structured, validate_model
+from cai.constitution import Constitution, load_constitution
+from cai.core.errors import UserError
+from cai.core.files import read_structured, validate_model
 
 from .config import RunConfig
 from .refs import LineFile

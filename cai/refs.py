@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.critique.records import Revision
 from cai.generators.records import Query, Response
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import jinja2
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.critique.records import Comparison, Revision
 from cai.generators.records import Query, Response
 

@@ -22,8 +22,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
+from cai.core.files import read_structured
+
 from .errors import UserError
-from .loader import read_structured, validate
+from .loader import validate
 from .schema import Constitution
 
 Format = Literal["auto", "cai", "cai-paper", "cai-paper-ranking", "cai-paper-few-shot", "hf-recipe"]

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .loader import line_of, parse_text, read_structured, resolve_path, validate
+from cai.core.files import line_of, parse_text, read_structured
+
+from .loader import resolve_path, validate
 from .schema import Constitution
 
 LONG_TEXT = 600  # characters; longer requests crowd a small model's context

@@ -19,8 +19,10 @@ from __future__ import annotations
 import json
 from typing import Literal
 
-from cai.constitution import Constitution, UserError, weighted_sample
-from cai.generators.records import Query, record_id
+from cai.constitution import Constitution, weighted_sample
+from cai.core.errors import UserError
+from cai.core.ids import record_id
+from cai.generators.records import Query
 from cai.generators.templates import render
 
 from .rank import pool_for, ranking_principles

@@ -33,8 +33,8 @@ from typing import TYPE_CHECKING, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.constitution import Principle, derive_seed, weighted_sample
-from cai.core.ids import record_id
+from cai.constitution import Principle, weighted_sample
+from cai.core.ids import derive_seed, record_id
 from cai.generators.backends.base import capabilities
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams

@@ -11,12 +11,13 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from cai.constitution import Constitution, UserError
+from cai.constitution import Constitution
+from cai.core.errors import UserError
+from cai.core.ids import record_id
 from cai.critique.distill import leak_reason
 from cai.critique.rank import trait_principle
 from cai.critique.reading import reading_mode
 from cai.generators.backends.base import BackendConfig
-from cai.generators.records import record_id
 
 from .labeler import Reading, label_pairs
 from .pairs import LabeledPair

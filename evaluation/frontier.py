@@ -20,13 +20,14 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
-from cai.constitution import Constitution, UserError
+from cai.constitution import Constitution
+from cai.core.errors import UserError
+from cai.core.ids import record_id
 from cai.core.layouts import first_human_turn
 from cai.critique.judge import ConstitutionJudge
 from cai.critique.reading import reading_mode
 from cai.generators.backends.base import BackendConfig
 from cai.generators.queries import load_seed_queries
-from cai.generators.records import record_id
 
 from .labeler import label_pairs, summarise
 from .pairs import LabeledPair

@@ -17,7 +17,8 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass
 from typing import Literal
 
-from cai.constitution import Constitution, derive_seed
+from cai.constitution import Constitution
+from cai.core.ids import derive_seed
 from cai.critique.rank import pool_for
 from cai.critique.reading import PairReading, PairToRead, ReadingConfig, read_pairs, seats
 from cai.generators.records import Query

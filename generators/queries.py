@@ -18,8 +18,9 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, UserError, weighted_sample
+from cai.constitution import Constitution, weighted_sample
 from cai.core import layouts
+from cai.core.errors import UserError
 from cai.core.identity import Source, identity
 from cai.core.ids import digest, record_id
 from cai.core.stage import StageOutput, Task

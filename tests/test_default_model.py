@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.generators import default_model
 
 

@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.evaluation.labeler import Reading, calibration, label_pairs, order_consistency, position_bias, summarise
 from cai.evaluation.pairs import LabeledPair, load_pairs, prompt_options, read_pairs, write_pairs
 from cai.evaluation.policy import benign_prompts, refusal_summary, win_rate

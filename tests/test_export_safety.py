@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.training.export import write_export
 from tests.cli import cai
 from tests.test_export import write_run

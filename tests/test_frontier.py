@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from cai.constitution import UserError, load_constitution
+from cai.constitution import load_constitution
+from cai.core.errors import UserError
 from cai.evaluation.frontier import helpful_principles, red_team_prompts
 from cai.report import frontier_plot
 from cai.tables import frontier_tables

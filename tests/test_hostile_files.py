@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from cai.constitution import UserError
 from cai.constitution.lint import lint_text
-from cai.constitution.loader import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES
+from cai.core.errors import UserError
+from cai.core.files import MAX_ALIAS_NODES, MAX_DEPTH, MAX_FILE_BYTES
 from tests.cli import cai
 
 QUICK = 20  # seconds: the subprocess timeout, far above a refusal, far below a hang

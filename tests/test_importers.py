@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from cai.constitution import UserError, import_constitution, load_constitution
+from cai.constitution import import_constitution, load_constitution
+from cai.core.errors import UserError
 
 
 def test_cai_paper_layout(tmp_path):

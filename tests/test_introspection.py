@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.constitution import UserError, load_constitution
+from cai.constitution import load_constitution
+from cai.core.errors import UserError
 from cai.critique.distill import leak_reason
 from cai.critique.introspect import (
     IntrospectionConfig,

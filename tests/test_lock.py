@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.lock import GRACE, RunLock, on_terminate
 
 CONTENDER = textwrap.dedent(

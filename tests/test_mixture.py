@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.training.config import load_train_config
 from cai.training.export import write_export
 from cai.training.mixture import DataSource, draw, load_mixture, plan_counts

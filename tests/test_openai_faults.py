@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from cai.constitution.errors import UserError
+from cai.core.errors import UserError
 from cai.generators.backends.engine_utils import request_seed
 from cai.generators.backends.openai_backend import OpenAIBackend
 from cai.generators.types import SamplingParams

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.core.layouts import parse_transcript
 from cai.generators.queries import Deduplicator, clean_query, load_seed_queries
 from tests.cli import cai

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from cai.constitution import UserError, dump_constitution, load_constitution
+from cai.constitution import dump_constitution, load_constitution
+from cai.core.errors import UserError
 from cai.generators.records import Query
 from cai.lock import RunLock
 from cai.store import RunStore

@@ -18,7 +18,7 @@ from starlette.testclient import TestClient
 
 from cai.constitution import library_path
 from cai.constitution.lint import lint_file
-from cai.constitution.loader import MAX_FILE_BYTES
+from cai.core.files import MAX_FILE_BYTES
 from cai.generators import BackendConfig, Completion, register_backend
 from cai.studio.app import Studio, guarded
 from cai.studio.document import edit

@@ -10,7 +10,7 @@ import random
 
 import pytest
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.training.config import load_train_config
 from tests.cli import cai
 

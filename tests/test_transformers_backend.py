@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from cai.constitution import UserError, load_constitution
+from cai.constitution import load_constitution
+from cai.core.errors import UserError
 from cai.evaluation.labeler import label_pairs
 from cai.evaluation.pairs import load_pairs
 from cai.generators import SamplingParams, load_backend

@@ -11,7 +11,7 @@ from transformers import Trainer
 from transformers.modeling_outputs import CausalLMOutput
 from trl import DPOTrainer
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 from cai.training.dpo import SUPPORTED_TRL, check_trl_internals
 
 

@@ -14,7 +14,8 @@ import pytest
 from typer.testing import CliRunner
 
 from cai.cli import app
-from cai.constitution import Constitution, UserError, library_path, load_constitution
+from cai.constitution import Constitution, library_path, load_constitution
+from cai.core.errors import UserError
 from cai.critique.cache import ReadingCache, backend_identity
 from cai.evaluation.pairs import LabeledPair
 from cai.generators import register_backend

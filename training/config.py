@@ -14,8 +14,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.constitution import UserError
-from cai.constitution.loader import read_structured, validate_model
+from cai.core.errors import UserError
+from cai.core.files import read_structured, validate_model
 from cai.generators import BackendConfig
 from cai.generators.default_model import check_model
 

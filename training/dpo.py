@@ -28,7 +28,7 @@ import torch
 import trl
 from trl import DPOTrainer
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 # The TRL releases whose internals this module was written against; pyproject.toml pins the same.
 SUPPORTED_TRL = ">=1.16,<1.17"

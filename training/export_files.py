@@ -24,7 +24,7 @@ from typing import Literal
 
 import yaml
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 SPLITS = ("train_sft", "test_sft", "train_prefs", "test_prefs", "train_prompts", "test_prompts")
 ROW_GROUP = 10_000

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 from .export_files import split_files
 

@@ -27,7 +27,8 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from cai.constitution import UserError, derive_seed
+from cai.core.errors import UserError
+from cai.core.ids import derive_seed
 from cai.core.layouts import Malformed, Skip, conversation, preference, prompt
 
 from .export_files import SPLITS, split_files

@@ -11,7 +11,8 @@ import math
 from pathlib import Path
 from typing import Any
 
-from cai.constitution import UserError, load_constitution
+from cai.constitution import load_constitution
+from cai.core.errors import UserError
 from cai.generators import load_backend, resolve_model
 
 from .config import COMMON_DEFAULTS, TrainConfig, trl_args

@@ -74,7 +74,7 @@ def key_values(items: list[str] | None, flag: str) -> dict:
 
 def _backend_file(path: Path, flag: str, role: str):
     """A backend config file, or a run config whose `role` model is meant."""
-    from cai.constitution.loader import read_structured, validate_model
+    from cai.core.files import read_structured, validate_model
     from cai.generators import BackendConfig
 
     if not path.is_file():
@@ -111,7 +111,7 @@ def policy_config(policy: Path | None, feedback: Path | None, fb):
     if policy is not None:
         return _backend_file(policy, "--policy", "policy")
     if feedback is not None:
-        from cai.constitution.loader import read_structured
+        from cai.core.files import read_structured
 
         data, _ = read_structured(feedback)
         if isinstance(data, dict) and "constitution" in data:

@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 from .document import SUFFIXES
 

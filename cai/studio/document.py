@@ -19,10 +19,11 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from cai.constitution import Constitution, UserError
+from cai.constitution import Constitution
 from cai.constitution.diff import diff_constitutions
 from cai.constitution.lint import lint_text
-from cai.constitution.loader import FileLimitError, line_of, parse_text, read_limited
+from cai.core.errors import UserError
+from cai.core.files import FileLimitError, line_of, parse_text, read_limited
 
 SUFFIXES = (".yaml", ".yml", ".json")
 

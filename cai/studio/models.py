@@ -16,7 +16,7 @@ from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-from cai.constitution import UserError
+from cai.core.errors import UserError
 
 log = logging.getLogger("cai.studio")
 

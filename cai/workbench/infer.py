@@ -27,8 +27,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from cai.constitution import Constitution, Principle, UserError, derive_seed
+from cai.constitution import Constitution, Principle
 from cai.constitution.importers import text_id
+from cai.core.errors import UserError
+from cai.core.ids import derive_seed, record_id
 from cai.critique.cache import ReadingCache
 from cai.critique.rank import ranking_principles
 from cai.critique.reading import ReadingConfig
@@ -36,7 +38,6 @@ from cai.evaluation.labeler import Reading, agreement, order_consistency, positi
 from cai.evaluation.pairs import LabeledPair
 from cai.generators.backends.base import capabilities
 from cai.generators.queries import Deduplicator
-from cai.generators.records import record_id
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 from cai.store import RunStore

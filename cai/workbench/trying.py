@@ -14,7 +14,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cai.constitution import Constitution, Principle, UserError, derive_seed, load_constitution, weighted_sample
+from cai.constitution import Constitution, Principle, load_constitution, weighted_sample
+from cai.core.errors import UserError
+from cai.core.ids import derive_seed, record_id
 from cai.critique.cache import ReadingCache
 from cai.critique.rank import ranking_principles, trait_principle
 from cai.critique.reading import PairToRead, ReadingConfig, read_pairs, reading_mode, seats
@@ -26,7 +28,6 @@ from cai.critique.revise import (
     revision_chat,
     usable_revision,
 )
-from cai.generators.records import record_id
 from cai.generators.types import SamplingParams
 
 OnStep = Callable[[str, dict], None]

@@ -47,7 +47,7 @@ import openai
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential, wait_random
 
-from cai.constitution.errors import UserError
+from cai.core.errors import UserError
 
 from ..chat import choice_token_ids, context_error, encode, ends_with_assistant
 from ..default_model import DEFAULT_ALIASES, resolve_model

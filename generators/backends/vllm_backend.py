@@ -31,7 +31,7 @@ from typing import Any
 
 import vllm
 
-from cai.constitution.errors import UserError
+from cai.core.errors import UserError
 
 from ..chat import choice_token_ids, encode_batch
 from ..default_model import resolve_model
