@@ -6,8 +6,10 @@ draws one rich bar with the step, the latest loss (or reward) and the time left,
 
 from __future__ import annotations
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import Progress
 from transformers import TrainerCallback
+
+from cai.core.progress import progress
 
 
 class RichProgress(TrainerCallback):
@@ -17,16 +19,9 @@ class RichProgress(TrainerCallback):
         self.bar = None
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.progress = Progress(
-            TextColumn(f"[bold]{self.label:<12}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TextColumn("{task.fields[metric]}"),
-            TimeElapsedColumn(),
-            TimeRemainingColumn(),
-        )
+        self.progress = progress(self.label)
         self.progress.start()
-        self.bar = self.progress.add_task(self.label, total=state.max_steps, metric="")
+        self.bar = self.progress.add_task(self.label, total=state.max_steps, note="")
 
     def on_step_end(self, args, state, control, **kwargs):
         if self.progress is not None:
@@ -37,7 +32,7 @@ class RichProgress(TrainerCallback):
             return
         shown = [f"{k} {logs[k]:.4g}" for k in ("loss", "reward") if isinstance(logs.get(k), (int, float))]
         if shown:
-            self.progress.update(self.bar, metric=" ".join(shown))
+            self.progress.update(self.bar, note=" ".join(shown))
 
     def on_train_end(self, args, state, control, **kwargs):
         if self.progress is not None:
