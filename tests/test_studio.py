@@ -28,6 +28,7 @@ from cai.studio.models import Models
 from tests.cli import cai
 from tests.judges import FollowsWording
 from tests.test_hostile_files import HOSTILE, MALFORMED
+from tests.testing_utils import CHROMIUM
 
 PORT = 8123
 BASE = f"http://127.0.0.1:{PORT}"
@@ -610,7 +611,6 @@ def test_the_running_studio_refuses_local_requests_without_its_token(rules, tmp_
 # ---------------------------------------------------------------------------------------------
 # The page in a real browser, with the embedded model
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMEDRIVER = shutil.which("chromedriver")
 # The README's screenshot is taken here when asked for: STUDIO_SCREENSHOT=docs/studio.png
 SCREENSHOT = os.environ.get("STUDIO_SCREENSHOT")

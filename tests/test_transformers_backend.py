@@ -1,7 +1,6 @@
 """The transformers backend on the real embedded model."""
 
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,10 +11,10 @@ from cai.evaluation.labeler import label_pairs
 from cai.evaluation.pairs import load_pairs
 from cai.generators import SamplingParams, load_backend
 from cai.generators.backends import BackendConfig
+from tests.testing_utils import HH, require_hh
 
 pytestmark = pytest.mark.slow
 
-HH = Path(__file__).resolve().parents[2] / "shared" / "data" / "hh-rlhf-harmless-base-test.jsonl.gz"
 
 CHATS = [
     [{"role": "user", "content": "What is the capital of France?"}],
@@ -120,7 +119,7 @@ def unshared(default_model_dir):
     backend.close()
 
 
-@pytest.mark.skipif(not HH.exists(), reason="HH-RLHF test file not present")
+@require_hh
 def test_labeler_p_chosen_is_the_same_with_and_without_prefix_sharing(hf_backend, unshared):
     """Real HH-RLHF pairs through the labeler: 2k readings per pair share the conversation."""
     pairs, _ = load_pairs(HH, 3)
