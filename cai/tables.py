@@ -127,3 +127,41 @@ def plan_table(rows, change) -> Table:
             todo += f" ({r.readings[0]} letters to read, {r.readings[1]} from earlier records)"
         t.add_row(r.stage, str(r.planned) + more, str(r.kept), str(r.aside), todo, str(r.failed))
     return t
+
+
+def _rate(v: dict | None) -> str:
+    if not v or v.get("value") is None:
+        return "-"
+    low, high = v["ci95"]
+    return f"{v['value']:.3f} [{low:.3f}, {high:.3f}] n={v['n']}"
+
+
+def judge_tables(r: dict):
+    """`cai eval judge`: accuracy, failures, calibration, position bias and per-category accuracy."""
+    fb = r["feedback"]
+    t = Table("metric", "value", title=f"judge on {r['items_file']}")
+    orders = "/".join(map(str, r["orders_used"]))
+    t.add_row("items", f"{r['items']} ({r['n']} scored), each read in {orders} option orders")
+    t.add_row("feedback", f"{fb['backend']}:{fb['model']}, letters by {fb['reading']} ({_kinds(r)})")
+    t.add_row("accuracy", _rate(r["accuracy"]))
+    t.add_row("failures", f"{r['failures']}" + (f" (first: {r['first_error']})" if r["first_error"] else ""))
+    t.add_row("skipped rows", str(r["skipped"]))
+    for k in ("ties", "mean_confidence", "ece", "floored_readings", "seconds"):
+        t.add_row(k, fmt(r.get(k)))
+    yield t
+    pb = r["position_bias"]
+    t = Table("position", "share of readings", "chance", title=f"position bias ({pb['readings']} readings)")
+    for letter, v in pb["letters"].items():
+        t.add_row(f"({letter})", fmt(v["share"]), fmt(v["chance"]))
+    yield t
+    if r.get("by_category"):
+        t = Table("right category", "accuracy", "failed", title="accuracy per category")
+        for cat, v in r["by_category"].items():
+            t.add_row(cat, _rate(v), str(v["failures"]))
+        yield t
+    ece = "-" if r["ece"] is None else f"{r['ece']:.3f}"
+    t = Table("confidence", "items", "mean confidence", "accuracy", title=f"reliability (ECE {ece})")
+    for row in r["reliability"]:
+        if row["count"]:
+            t.add_row(row["bin"], str(row["count"]), fmt(row["confidence"]), fmt(row["accuracy"]))
+    yield t

@@ -11,6 +11,7 @@ someone else chose:
 - the Constitutional AI paper's multiple-choice evaluations: a `prompt` holding a conversation, a
   question and options `(A) ...`, `(B) ...`, `corrects`/`incorrects` naming option letters, and in
   the pairwise files `text_correct`/`text_incorrect` transcripts ending in the right and wrong answer;
+  in its classification files the options rate the conversation (harmful or ethical, which harm);
 - the open CAI recipe's rows, which are TRL's conversational ones.
 
 Every reader here raises `Skip` for a well-formed row that holds nothing usable (its reason is
@@ -253,6 +254,38 @@ def multiple_choice(row: dict) -> list[Triple]:
     if missing:
         raise Skip(f"the prompt has no option ({missing[0]})")
     return [(conversation, options[g], options[b]) for g in correct for b in incorrect]
+
+
+def classification(row: dict) -> tuple[list[dict], str, list[str], list[int]]:
+    """(conversation, question, options in letter order, indices of the right ones) from a row of
+    the paper's classification files (harmful or ethical; which kind of harm).
+
+    There the options rate the whole conversation, which ends with the assistant's turn; a row
+    whose options answer the conversation instead (it ends with the human's turn) is a pair of
+    answers for the labeler eval, and is skipped here.
+    """
+    if "prompt" not in row:
+        if "text_correct" in row or "text_incorrect" in row:
+            raise Skip("a pairwise row without options (its answers are transcripts)")
+        raise Malformed("'corrects' needs a 'prompt' with the conversation, the question and the options")
+    if not isinstance(row["prompt"], str):
+        raise Malformed("'prompt' must be a string holding the conversation and the options")
+    if "corrects" not in row:
+        raise Malformed("'prompt' needs 'corrects': the letters of the right options, such as [\" (B)\"]")
+    correct = letters(row["corrects"], "corrects")
+    incorrect = letters(row["incorrects"], "incorrects") if "incorrects" in row else []
+    conversation, question, options = prompt_options(row["prompt"])
+    if conversation[-1]["role"] != "assistant":
+        raise Skip("the options answer the conversation instead of rating it")
+    keys = list(options)
+    if keys != [chr(65 + k) for k in range(len(keys))]:
+        raise Skip("the options are not lettered (A), (B), ... in order")
+    missing = [k for k in correct + incorrect if k not in options]
+    if missing:
+        raise Skip(f"the prompt has no option ({missing[0]})")
+    if set(correct) & set(incorrect):
+        raise Skip(f"option ({sorted(set(correct) & set(incorrect))[0]}) is both correct and incorrect")
+    return conversation, question, [options[k] for k in keys], sorted({keys.index(k) for k in correct})
 
 
 def labelled_pairs(row: Any) -> list[Triple]:

@@ -161,6 +161,119 @@ def read_letters(backend, questions: list[LetterQuestion], mode: Mode | None = N
 
 
 # ---------------------------------------------------------------------------------------------
+# One letter of k: multiple-choice options (A, B, C, ...)
+
+OPTION_LETTERS = [chr(ord("A") + i) for i in range(26)]
+
+
+@dataclass(frozen=True)
+class OptionQuestion:
+    """A question answered with one of `k` letters, A first: the user's message, the assistant's
+    words right before the letter (prefill), and an argument the judge already wrote."""
+
+    user: str
+    prefix: str
+    k: int
+    reasoning: str | None = None
+
+    @property
+    def letters(self) -> list[str]:
+        return OPTION_LETTERS[: self.k]
+
+
+@dataclass(frozen=True)
+class OptionsReading:
+    """Each letter's probability, renormalised over the question's k letters."""
+
+    probs: dict[str, float] = field(default_factory=dict)
+    logp: dict[str, float] = field(default_factory=dict)
+    floored: list[str] = field(default_factory=list)
+    mode: Mode = "prefill"
+    answer: str | None = None
+    tokens: int = 0
+    error: str | None = None
+
+
+def options_text(messages: list[dict], question: str | None, options: list[str]) -> str:
+    """A conversation, a question about it and its options lettered (A), (B), ... in this order."""
+    return render(
+        "cai.critique", "options.jinja", messages=messages, question=question, options=options, letters=OPTION_LETTERS
+    )
+
+
+def option_chat(q: OptionQuestion, mode: Mode) -> list[dict]:
+    """The chat that asks `q` of a backend that reads letters in `mode` (see `letter_chat`)."""
+    if mode == "prefill":
+        prefix = render("cai.critique", "choice_prefix.jinja", reasoning=q.reasoning, prefix=q.prefix)
+        return [{"role": "user", "content": q.user}, {"role": "assistant", "content": prefix}]
+    ask = render("cai.critique", "letter_of.jinja", letters=q.letters)
+    if not q.reasoning:
+        return [{"role": "user", "content": f"{q.user}\n\n{ask}"}]
+    return [
+        {"role": "user", "content": q.user},
+        {"role": "assistant", "content": q.reasoning},
+        {"role": "user", "content": ask},
+    ]
+
+
+def letter_probs(logp: dict[str, float], letters: list[str]) -> dict[str, float]:
+    """Each letter's probability renormalised over `letters`; uniform when none is visible."""
+    values = [logp.get(c, -math.inf) for c in letters]
+    top = max(values)
+    if top == -math.inf:
+        return {c: 1.0 / len(letters) for c in letters}
+    weights = [math.exp(v - top) for v in values]
+    total = sum(weights)
+    return {c: w / total for c, w in zip(letters, weights)}
+
+
+def parse_option(text: str, letters: list[str]) -> str | None:
+    """The letter of `letters` a short answer gives: a bare one ("C", "C.", "(C) Theft"), else a
+    bracketed (C) anywhere, else one named as "option C" or "the answer is C"; None otherwise.
+    A capital that starts a word ("A clear case", "I think") is not taken for a letter."""
+    span = f"[A-{letters[-1]}]"
+    patterns = (
+        rf"^\W*({span})(?:[^\w\s]|\s*$)",
+        rf"\(({span})\)",
+        rf"\b(?i:reply|answer|option|choice)(?:\s+is)?\W{{0,3}}({span})\b",
+    )
+    for pattern in patterns:
+        m = re.search(pattern, text.strip())
+        if m:
+            return m.group(1)
+    return None
+
+
+def read_options(backend, questions: list[OptionQuestion], mode: Mode | None = None) -> list[OptionsReading]:
+    """Read each question's letter out of its k the way the backend can (as `read_letters` reads
+    A or B): next-token or first-token log-probs of every letter, or a parsed greedy answer."""
+    mode = mode or reading_mode(backend)
+    out: list[OptionsReading | None] = [None] * len(questions)
+    if mode == "parsed":
+        params = SamplingParams(temperature=0, max_new_tokens=PARSE_MAX_NEW_TOKENS)
+        chats = [option_chat(q, mode) for q in questions]
+        for i, (q, (comp,)) in enumerate(zip(questions, backend.generate(chats, params) if chats else [])):
+            letter = None if comp.error else parse_option(comp.text, q.letters)
+            if comp.error or letter is None:
+                error = comp.error or f"no letter {q.letters[0]}-{q.letters[-1]} in {comp.text!r}"
+                out[i] = OptionsReading(mode=mode, answer=comp.text or None, tokens=comp.tokens, error=error)
+            else:
+                probs = {c: float(c == letter) for c in q.letters}
+                out[i] = OptionsReading(probs=probs, mode=mode, answer=comp.text, tokens=comp.tokens)
+        return out  # type: ignore[return-value]
+    for k in sorted({q.k for q in questions}):  # one call per letter set: a backend scores one set at a time
+        idx = [i for i, q in enumerate(questions) if q.k == k]
+        letters = OPTION_LETTERS[:k]
+        for i, s in zip(idx, backend.choice_logprobs([option_chat(questions[i], mode) for i in idx], letters)):
+            if s.error:
+                out[i] = OptionsReading(mode=mode, error=s.error)
+            else:
+                floored = [c for c in letters if c in getattr(s, "floored", [])]
+                out[i] = OptionsReading(probs=letter_probs(s, letters), logp=dict(s), floored=floored, mode=mode)
+    return out  # type: ignore[return-value]
+
+
+# ---------------------------------------------------------------------------------------------
 # Pairs: k principles × both orders
 
 

@@ -120,3 +120,82 @@ class FollowsWording:
                 continue
             out.append(ChoiceScores({"A": self.hi if a_wins else self.lo, "B": self.lo if a_wins else self.hi}))
         return out
+
+
+# Multiple-choice judges: the options are shown one a line as "(A) text", "(B) text", ...
+_OPTION_LINE = re.compile(r"^\(([A-Z])\) (.*)$", re.M)
+
+
+def _question(prompt) -> str:
+    return prompt if isinstance(prompt, str) else prompt[0]["content"]
+
+
+class FirstLetter:
+    """Answers (A) to every multiple-choice question, whatever the options: pure position bias."""
+
+    name, model = "first-letter", "first-letter"
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params):
+        return [[Completion(text="(A)", tokens=3)] for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        rest = math.log(0.3 / (len(choices) - 1))
+        return [ChoiceScores({c: math.log(0.7) if c == "A" else rest for c in choices}) for _ in prompts]
+
+
+class KnowsAnswers:
+    """Knows the right option of each conversation it is given (`key`: a phrase of the conversation
+    → the right option's text) and gives its letter `confidence` wherever it is shown, the rest
+    shared by the other letters; a conversation it does not know is read as uniform. `capabilities`
+    makes it read letters as a hosted API would (no prefill; no log-probs: a parsed answer)."""
+
+    name, model = "knows-answers", "knows-answers"
+
+    def __init__(self, key: dict[str, str], confidence: float = 0.9, capabilities=None):
+        self.key, self.confidence = key, confidence
+        if capabilities is not None:
+            self.capabilities = capabilities
+
+    def close(self):
+        pass
+
+    def _right(self, prompt) -> str | None:
+        text = _question(prompt)
+        right = next((v for phrase, v in self.key.items() if phrase in text), None)
+        return next((letter for letter, option in _OPTION_LINE.findall(text) if option == right), None)
+
+    def generate(self, chats, params):
+        return [[Completion(text=f"The answer is ({self._right(c) or '?'}).", tokens=6)] for c in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            right = self._right(p)
+            if right is None:
+                out.append(ChoiceScores({c: 0.0 for c in choices}))
+                continue
+            rest = math.log((1 - self.confidence) / (len(choices) - 1))
+            out.append(ChoiceScores({c: math.log(self.confidence) if c == right else rest for c in choices}))
+        return out
+
+
+class FailsOn:
+    """Another judge whose backend fails every prompt holding `word`, as an over-long prompt fails."""
+
+    def __init__(self, judge, word: str):
+        self.judge, self.word = judge, word
+        self.name, self.model = f"fails-on-{word}", judge.model
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params):
+        out = self.judge.generate(chats, params)
+        return [[Completion.failed("prompt too long")] if self.word in _question(c) else o for c, o in zip(chats, out)]
+
+    def choice_logprobs(self, prompts, choices):
+        out = self.judge.choice_logprobs(prompts, choices)
+        return [ChoiceScores(error="prompt too long") if self.word in _question(p) else s for p, s in zip(prompts, out)]

@@ -309,3 +309,82 @@ def eval_frontier(
         plot.parent.mkdir(parents=True, exist_ok=True)
         plot.write_bytes(base64.b64decode(frontier_plot(result["models"], result["reference"])))
     emit(result, as_json, out_json, frontier_tables)
+
+
+@app.command("judge")
+def eval_judge(
+    items: Annotated[
+        Path,
+        typer.Option(
+            "--items",
+            help="Multiple-choice items: the CAI paper's classification JSONL (HarmfulVsEthical, "
+            "HarmfulnessClassification) or {messages|prompt, question, options, answer} rows (.gz ok).",
+        ),
+    ],
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N usable items.")] = None,
+    orders: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Option orders (rotations) per item; default: every rotation up to 4, evenly spaced past it."
+        ),
+    ] = None,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    max_failures: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="Exit 1 when a larger share of the items fails to read.")
+    ] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seeds the rotations' start (past 4 options) and tie-breaks.")] = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Accuracy of the feedback model as a judge of conversations, on multiple-choice items."""
+    import sys
+    import time
+
+    from cai.core.errors import RunFailed
+    from cai.critique.reading import reading_mode
+    from cai.evaluation.judgement import item_to_json, judge_items, read_items, summarise
+    from cai.generators import load_backend
+    from cai.tables import judge_tables
+
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    read = read_items(items, limit)
+    if read.skipped:
+        typer.echo(f"{items}: {read.summary()}", err=True)
+    start = time.perf_counter()
+    results = []
+    console = Console(file=sys.stderr)  # the terminal's, before library output is sent to the log
+    with progress("judge", console, disable=as_json) as bar, library_output(_log_dir(out_json)):
+        task = bar.add_task("judge", total=len(read.items), note="")
+        b = load_backend(fb)
+        try:
+            reading = reading_mode(b)
+            for i in range(0, len(read.items), 16):
+                batch = read.items[i : i + 16]
+                results += judge_items(b, batch, orders, seed, reading)
+                bar.update(task, advance=len(batch), note=f"{sum(r.error is not None for r in results)} failed")
+        finally:
+            b.close()
+    summary = summarise(results)
+    total = summary["items"]
+    if summary["failures"] / total > max_failures:
+        raise RunFailed(
+            f"{items}: {summary['failures']} of {total} items failed to read (more than --max-failures "
+            f"{max_failures:g}); first: {summary['first_error']}"
+        )
+    result = {
+        "kind": "judge",
+        "items_file": str(items),
+        "orders": orders,  # None: every rotation up to DEFAULT_ORDERS
+        "orders_used": sorted({len(r.readings) for r in results}),
+        "seed": seed,
+        "feedback": {"backend": fb.backend, "model": fb.model, "reading": reading},
+        "skipped": len(read.skipped),
+        "skipped_reasons": read.reasons(),
+        "seconds": round(time.perf_counter() - start, 1),
+        **summary,
+        "per_item": [item_to_json(r) for r in results],
+    }
+    emit(result, as_json, out_json, judge_tables)
