@@ -45,8 +45,20 @@ class RunConfig(BaseModel):
         description="A principle file (relative to this config) or a shipped name."
     )
     seed: int = Field(0, description="Seeds every sampled choice; with the inputs it fixes every record id.")
-    batch_size: Annotated[int, OPERATIONAL] = Field(
-        32, ge=1, description="Work items per model call; also the most a kill can lose."
+    batch_size: Annotated[int | None, OPERATIONAL] = Field(
+        None,
+        ge=1,
+        description="Requests per call to a backend with no engine queue (transformers; default: its own batch_size) "
+        "and tasks per Ray chunk (default 256). vLLM and the OpenAI backend take every pending request: their own "
+        "limits (max_num_seqs, concurrency) decide how many are in flight.",
+    )
+    write_every: Annotated[int, OPERATIONAL] = Field(
+        64,
+        ge=1,
+        description="Records written together; with write_seconds, the most a kill can lose beyond what is in flight.",
+    )
+    write_seconds: Annotated[float, OPERATIONAL] = Field(
+        10.0, gt=0, description="Seconds at most between two writes of a stage's finished records."
     )
     retries: Annotated[int, OPERATIONAL] = Field(
         2, ge=0, description="Reruns retry a task whose error may pass (server down, timeout, OOM) this many times."

@@ -1,9 +1,10 @@
-"""Where a stage's batches run: in this process, or on a pool of Ray actors across a cluster.
+"""Where a stage's tasks run: streamed through a backend in this process, or in chunks on a pool
+of Ray actors across a cluster (each actor streaming its chunk through its own backend).
 
 The pipeline alone plans, skips finished work and writes the run directory; an executor only
-turns batches of tasks into `StageOutput`s, handing them back in batch order. So ids, resume,
-shards and exports do not depend on where the model ran, and a worker that dies costs only the
-batch it held. Ray is imported only when a run asks for it.
+turns tasks into `StageOutput`s and hands them back as they finish. So ids, resume, shards and
+exports do not depend on where the model ran, and a worker that dies costs only what it held.
+Ray is imported only when a run asks for it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from rich.console import Console
 
 from cai.core.stage import StageOutput, Task
 from cai.generators import BackendConfig, load_backend
+from cai.generators.streaming import collect
 
 Outcome = StageOutput | Exception
 
@@ -45,29 +47,35 @@ class ExecutorConfig(BaseModel):
 
 @dataclass(frozen=True)
 class StageCall:
-    """A stage function with all but the backend and the batch bound: what a worker runs.
+    """A stage function with all but the backend and the tasks bound: what a worker runs.
 
-    Stage functions take `(backend, *before, tasks, *after)`; they are module-level and their
-    arguments are plain data, so a call pickles to another process as it is."""
+    Stage functions take `(backend, *before, tasks, *after)` and return each task's output as it
+    finishes; they are module-level and their arguments are plain data, so a call pickles to
+    another process as it is."""
 
-    fn: Callable[..., StageOutput]
+    fn: Callable[..., Iterator[tuple[Task, StageOutput]]]
     backend: BackendConfig
     before: tuple = ()
     after: tuple = ()
 
-    def __call__(self, backend: Any, tasks: list[Task]) -> StageOutput:
+    def __call__(self, backend: Any, tasks: list[Task]) -> Iterator[tuple[Task, StageOutput]]:
         return self.fn(backend, *self.before, tasks, *self.after)
+
+    def whole(self, backend: Any, tasks: list[Task]) -> StageOutput:
+        """Every task's output joined: what a worker sends back for a chunk."""
+        return collect(self(backend, tasks))
 
 
 class Executor(Protocol):
-    def map(self, call: StageCall, batches: list[list[Task]]) -> Iterator[tuple[list[Task], Outcome]]:
-        """Each batch with its output, or the exception that ended it, in batch order."""
+    def stream(self, call: StageCall, tasks: list[Task], chunk: int) -> Iterator[tuple[list[Task], Outcome]]:
+        """Tasks with their output as they finish (one at a time, or a chunk at a time), or the
+        exception that ended the tasks listed with it."""
 
     def close(self) -> None: ...
 
 
 class LocalExecutor:
-    """Today's path: each batch in this process, backends loaded once and kept."""
+    """In this process: every task streamed through one backend, loaded once and kept."""
 
     def __init__(self, console: Console | None = None):
         self.console = console or Console()
@@ -80,18 +88,17 @@ class LocalExecutor:
             self._backends[key] = load_backend(bc)
         return self._backends[key]
 
-    def map(self, call: StageCall, batches: list[list[Task]]) -> Iterator[tuple[list[Task], Outcome]]:
-        for batch in batches:
-            if not batch:
-                yield batch, StageOutput()
-                continue
-            backend = self.backend(call.backend)  # a load error ends the run, it is no batch's failure
-            try:
-                out = call(backend, batch)
-            except Exception as e:
-                yield batch, e
-            else:
-                yield batch, out
+    def stream(self, call: StageCall, tasks: list[Task], chunk: int) -> Iterator[tuple[list[Task], Outcome]]:
+        if not tasks:
+            return
+        backend = self.backend(call.backend)  # a load error ends the run, it is no task's failure
+        left = {t.id: t for t in tasks}
+        try:
+            for task, out in call(backend, tasks):
+                left.pop(task.id, None)
+                yield [task], out
+        except Exception as e:
+            yield list(left.values()), e
 
     def close(self) -> None:
         for b in self._backends.values():

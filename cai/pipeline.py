@@ -141,7 +141,10 @@ class Pipeline:
             self.store.reconcile(stage.name, step.move, step.restore, self._kept_version(stage))
         if plan.hydrate is not None:
             step.todo = [plan.hydrate(t) for t in step.todo]
-        runner = StageRunner(self.store, self.executor, self.console, self.cfg.batch_size)
+        cfg = self.cfg
+        runner = StageRunner(
+            self.store, self.executor, self.console, cfg.batch_size, cfg.write_every, cfg.write_seconds
+        )
         try:
             stats = runner.run(step)
         except BaseException:  # a signal, an interrupt, a full disk: `cai status` must not say "running"

@@ -53,7 +53,7 @@ class Replica:
 
     def run(self, call: StageCall, tasks: list[Task]) -> StageOutput:
         self.ready()
-        return call(self.backend, tasks)
+        return call.whole(self.backend, tasks)  # the chunk streamed through this replica's backend
 
 
 @dataclass
@@ -282,6 +282,10 @@ class RayExecutor:
             pool.ever_ready = True
 
     # -- batches -----------------------------------------------------------------------------------
+
+    def stream(self, call: StageCall, tasks: list[Task], chunk: int) -> Iterator[tuple[list[Task], Outcome]]:
+        """Chunks of the tasks to the replicas, each streamed through the replica's backend."""
+        yield from self.map(call, [tasks[k : k + chunk] for k in range(0, len(tasks), chunk)])
 
     def map(self, call: StageCall, batches: list[list[Task]]) -> Iterator[tuple[list[Task], Outcome]]:
         if not any(batches):

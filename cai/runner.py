@@ -1,9 +1,9 @@
-"""Running one planned stage: its tasks in batches through the executor, records appended after each.
+"""Running one planned stage: its tasks streamed through the executor, records appended in groups.
 
 The pipeline decides what a stage has to do (`Step`, a pure plan the dry run prints as it is);
-this module only does it: hands the batches to the executor, writes each batch's records and
-errors as one append, keeps the stage's manifest entry current (so `cai status` elsewhere sees a
-consistent stage), and shows one progress bar.
+this module only does it: hands every task to the executor at once, writes what finishes in
+small groups (each one append), keeps the stage's manifest entry current (so `cai status`
+elsewhere sees a consistent stage), and shows one progress bar.
 """
 
 from __future__ import annotations
@@ -90,11 +90,24 @@ class Step:
 
 
 class StageRunner:
-    def __init__(self, store: RunStore, executor: Executor, console: Console, batch_size: int):
+    """Streams a stage's tasks through the executor and writes what comes back in small groups: at
+    `write_every` records or after `write_seconds`, whichever comes first. A kill loses only what
+    was in flight or not yet written; a resume redoes exactly that."""
+
+    def __init__(
+        self,
+        store: RunStore,
+        executor: Executor,
+        console: Console,
+        batch_size: int | None,
+        write_every: int = 64,
+        write_seconds: float = 10.0,
+    ):
         self.store = store
         self.executor = executor
         self.console = console
-        self.batch_size = batch_size
+        self.chunk = batch_size or 256  # tasks a Ray replica streams at a time
+        self.write_every, self.write_seconds = write_every, write_seconds
 
     def run(self, step: Step) -> StageStats:
         t0 = time.perf_counter()
@@ -104,16 +117,33 @@ class StageRunner:
         base = (before.get("tokens", 0), before.get("seconds", 0.0))
         closed = {t.id for t in step.plan.tasks if t.id in step.failures and self._finished(t, step.done)}
         self._manifest(step, stats, closed, base, 0.0, "running" if step.todo else "done")
-        bs = self.batch_size
-        batches = [step.todo[k : k + bs] for k in range(0, len(step.todo), bs)]
+        ready = [t for t in step.todo if t.ready is not None]
+        model = [t for t in step.todo if t.ready is None]
         with progress(name, self.console, disable=not step.todo) as bar:
             task = bar.add_task(name, total=len(step.todo), note="0 tok")
-            call_batches = [[t for t in b if t.ready is None] for b in batches]
-            outcomes = self.executor.map(step.plan.call, call_batches) if step.plan.call else _no_calls(call_batches)
-            for batch, (model_tasks, outcome) in zip(batches, outcomes):
-                self._write(step, batch, self._result(batch, model_tasks, outcome), stats, closed)
-                bar.update(task, advance=len(batch), note=f"{stats.tokens} tok")
-                self._manifest(step, stats, closed, base, time.perf_counter() - t0, "running")
+            group: list[tuple[list[Task], StageOutput]] = []
+            last = time.monotonic()
+
+            def flush() -> None:
+                nonlocal last
+                if group:
+                    tasks = [t for ts, _ in group for t in ts]
+                    self._write(step, tasks, StageOutput().extend_all(out for _, out in group), stats, closed)
+                    bar.update(task, advance=len(tasks), note=f"{stats.tokens} tok")
+                    self._manifest(step, stats, closed, base, time.perf_counter() - t0, "running")
+                    group.clear()
+                last = time.monotonic()
+
+            if ready:
+                group.append((ready, StageOutput(records=[t.ready for t in ready])))
+                flush()
+            outcomes = self.executor.stream(step.plan.call, model, self.chunk) if model else iter(())
+            for tasks, outcome in outcomes:
+                group.append((tasks, self._result(tasks, outcome)))
+                size = sum(len(ts) for ts, _ in group)
+                if size >= self.write_every or time.monotonic() - last >= self.write_seconds:
+                    flush()
+            flush()
         stats.records = len(step.done)
         stats.seconds = time.perf_counter() - t0
         self._manifest(step, stats, closed, base, stats.seconds if step.todo else 0.0, "done")
@@ -124,15 +154,14 @@ class StageRunner:
         return all(o in done for o in t.outputs)
 
     @staticmethod
-    def _result(batch: list[Task], model_tasks: list[Task], outcome) -> StageOutput:
-        result = StageOutput(records=[t.ready for t in batch if t.ready is not None])
-        if isinstance(outcome, Exception):
-            if not transient_exception(outcome):
-                raise outcome
-            for t in model_tasks:  # the whole call failed; a rerun tries it again
-                result.fail(t, f"{type(outcome).__name__}: {first_line(outcome)}", "transient")
-        else:
-            result.extend(outcome)
+    def _result(tasks: list[Task], outcome) -> StageOutput:
+        if not isinstance(outcome, Exception):
+            return outcome
+        if not transient_exception(outcome):
+            raise outcome
+        result = StageOutput()
+        for t in tasks:  # what was in flight when the engine failed; a rerun tries it again
+            result.fail(t, f"{type(outcome).__name__}: {first_line(outcome)}", "transient")
         return result
 
     def _write(self, step: Step, batch: list[Task], result: StageOutput, stats: StageStats, closed: set) -> None:
@@ -169,8 +198,3 @@ class StageRunner:
             identity=step.identity,
             state=state,
         )
-
-
-def _no_calls(batches: list[list[Task]]):
-    for b in batches:
-        yield b, StageOutput()

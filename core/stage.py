@@ -64,6 +64,11 @@ class StageOutput:
     def fail(self, task: Task, message: str, kind: ErrorKind | None = None) -> None:
         self.errors.append({"task_id": task.id, "error": message, "kind": kind or error_kind(message)})
 
+    def extend_all(self, others) -> StageOutput:
+        for other in others:
+            self.extend(other)
+        return self
+
     def extend(self, other: StageOutput) -> StageOutput:
         self.records += other.records
         self.errors += other.errors

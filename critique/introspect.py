@@ -18,6 +18,7 @@ reason and never exported. Both kinds are about the character, so naming a trait
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -25,10 +26,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import Constitution, Trait
 from cai.core.identity import ROLE, identity
-from cai.core.ids import digest, record_id
+from cai.core.ids import derive_seed, digest, record_id
 from cai.core.stage import StageOutput, Task
 from cai.generators import BackendConfig
-from cai.generators.generation import generate_each
+from cai.generators.streaming import Request, TaskFailed, TaskSteps, stage_stream
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
@@ -142,13 +143,9 @@ def exported(dialogue: list[str]) -> list[dict]:
     return messages if messages[-1]["role"] == "assistant" else messages[:-1]
 
 
-def run_introspection_tasks(
-    backend, c: Constitution, tasks: list[Task[IntrospectionTarget]], cfg: IntrospectionConfig, seed: int
-) -> StageOutput:
-    """Reflections in one call; dialogues turn by turn, every dialogue of the batch at once."""
-    out = StageOutput()
-    if not tasks:
-        return out
+def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionConfig, seed: int):
+    """A reflection is one answer; a dialogue is `turns` answers, the two instances taking turns,
+    each turn seeded by the task and the turn."""
     system_id = f"constitution:{c.content_hash()}" if cfg.with_constitution else None
     params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.max_new_tokens)
 
@@ -160,45 +157,46 @@ def run_introspection_tasks(
             trait_id=t.trait_id,
             index=t.index,
             messages=messages,
-            model=backend.model,
+            model=backend_model,
             tokens=tokens,
             system_prompt_id=system_id,
             dropped=dropped,
         )
 
-    reflect = [t for t in tasks if t.data.kind == "reflection"]
-    prompts = [reflection_prompt(c, t.data) for t in reflect]
-    chats = [_system(c, cfg, False) + [{"role": "user", "content": p}] for p in prompts]
-    for task, prompt, (comp,) in zip(reflect, prompts, generate_each(backend, reflect, chats, params, seed, 0)):
+    def reflection(task: Task[IntrospectionTarget]) -> TaskSteps:
+        prompt = reflection_prompt(c, task.data)
+        chat = _system(c, cfg, False) + [{"role": "user", "content": prompt}]
+        ((comp,),) = yield [Request(chat, params, seed=derive_seed(seed, task.id, 0))]
         if comp.error:
-            out.fail(task, comp.error)
-            continue
-        out.tokens += comp.tokens
+            raise TaskFailed(comp.error)
         text = comp.text.strip()
         why = leak_reason(text, c, names=False) or (None if text else "empty")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
-        out.records.append(record(task, messages, comp.tokens, why))
-    talks = [t for t in tasks if t.data.kind == "interaction"]
-    dialogues = {t.id: [opener(c, t.data)] for t in talks}
-    tokens = dict.fromkeys(dialogues, 0)
-    dropped: dict[str, str | None] = dict.fromkeys(dialogues)
-    live = list(talks)
-    for turn in range(cfg.turns):
-        parity = (turn + 1) % 2  # who writes message turn + 1: the opener's answerer on odd indices
-        chats = [_system(c, cfg, True) + seen_by(dialogues[t.id], parity) for t in live]
-        still = []
-        for task, (comp,) in zip(live, generate_each(backend, live, chats, params, seed, turn + 1)):
+        return StageOutput(records=[record(task, messages, comp.tokens, why)], tokens=comp.tokens)
+
+    def dialogue(task: Task[IntrospectionTarget]) -> TaskSteps:
+        turns, tokens, dropped = [opener(c, task.data)], 0, None
+        for turn in range(cfg.turns):
+            parity = (turn + 1) % 2  # who writes message turn + 1: the opener's answerer on odd indices
+            chat = _system(c, cfg, True) + seen_by(turns, parity)
+            ((comp,),) = yield [Request(chat, params, seed=derive_seed(seed, task.id, turn + 1))]
             if comp.error:
-                out.fail(task, comp.error)
-                continue
+                raise TaskFailed(comp.error)
             text = comp.text.strip()
-            out.tokens += comp.tokens
-            tokens[task.id] += comp.tokens
-            dialogues[task.id].append(text)
-            if dropped[task.id] is None:
-                dropped[task.id] = leak_reason(text, c, names=False) or (None if text else f"turn {turn + 1} is empty")
-            still.append(task)
-        live = still
-    for task in live:
-        out.records.append(record(task, exported(dialogues[task.id]), tokens[task.id], dropped[task.id]))
-    return out
+            tokens += comp.tokens
+            turns.append(text)
+            if dropped is None:
+                dropped = leak_reason(text, c, names=False) or (None if text else f"turn {turn + 1} is empty")
+        return StageOutput(records=[record(task, exported(turns), tokens, dropped)], tokens=tokens)
+
+    def steps(task: Task[IntrospectionTarget]) -> TaskSteps:
+        return reflection(task) if task.data.kind == "reflection" else dialogue(task)
+
+    return steps
+
+
+def run_introspection_tasks(
+    backend, c: Constitution, tasks: list[Task[IntrospectionTarget]], cfg: IntrospectionConfig, seed: int
+) -> Iterator[tuple[Task, StageOutput]]:
+    """Reflections and dialogues, each task streamed on its own."""
+    return stage_stream(backend, tasks, introspection_steps(backend.model, c, cfg, seed))

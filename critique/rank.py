@@ -8,7 +8,7 @@ and turns its readings into `Comparison` records with the soft label `p_chosen`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Container
+from collections.abc import Callable, Container, Iterator
 from dataclasses import dataclass
 from itertools import combinations
 from typing import Annotated, Any, Literal
@@ -20,8 +20,9 @@ from cai.core.identity import SELECTS, Source, identity
 from cai.core.ids import record_id
 from cai.core.stage import StageOutput, Task
 from cai.generators.records import Query
+from cai.generators.streaming import stage_stream
 
-from .reading import PairToRead, ReadingConfig, draw_principles, question, read_pairs
+from .reading import PairToRead, ReadingConfig, draw_principles, question, read_pair, reading_mode
 from .records import Comparison
 
 
@@ -178,48 +179,46 @@ def plan_comparison_tasks(
     return tasks
 
 
-def run_comparison_tasks(
-    backend, c: Constitution, tasks: list[Task[PairInput]], cfg: ComparisonConfig, seed: int
-) -> StageOutput:
-    out = StageOutput()
-    model = f"{backend.name}:{backend.model}"
-    pairs = [
-        PairToRead(
-            t.data.key,
-            t.data.query.messages,
-            t.data.first.text,
-            t.data.second.text,
-            pool_for(c, t.data.query),
-            known=t.data.known,
-            model=model,
-        )
-        for t in tasks
-    ]
-    for t, r in zip(tasks, read_pairs(backend, pairs, cfg, seed)):
-        out.tokens += r.tokens
-        out.reused += r.reused
-        out.read += len(r.judgements) - r.reused
+def comparison_steps(c: Constitution, cfg: ComparisonConfig, seed: int, model: str, mode):
+    """A pair's readings (the reading core's steps), then its `Comparison` with the soft label."""
+
+    def steps(t: Task[PairInput]):
+        pair = PairToRead(
+            t.data.key, t.data.query.messages, t.data.first.text, t.data.second.text, pool_for(c, t.data.query),
+            known=t.data.known, model=model,
+        )  # fmt: skip
+        r = yield from read_pair(pair, cfg, seed, mode)
+        out = StageOutput(tokens=r.tokens, reused=r.reused, read=len(r.judgements) - r.reused)
         if r.error is not None:
             out.fail(t, r.error)
-            continue
+            return out
         first, second = t.data.first, t.data.second
         p_first = r.p_first
         chosen, rejected = (first, second) if p_first >= 0.5 else (second, first)
-        out.records.append(
-            Comparison(
-                id=t.id,
-                query_id=t.data.query.id,
-                first_id=first.id,
-                second_id=second.id,
-                kind=t.data.kind,
-                method=cfg.method,
-                principle_ids=sorted({j.principle_id for j in r.judgements}),
-                judgements=r.judgements,
-                p_first=p_first,
-                chosen_id=chosen.id,
-                rejected_id=rejected.id,
-                p_chosen=max(p_first, 1 - p_first),
-                order_consistent=r.order_consistent,
-            )
+        comparison = Comparison(
+            id=t.id,
+            query_id=t.data.query.id,
+            first_id=first.id,
+            second_id=second.id,
+            kind=t.data.kind,
+            method=cfg.method,
+            principle_ids=sorted({j.principle_id for j in r.judgements}),
+            judgements=r.judgements,
+            p_first=p_first,
+            chosen_id=chosen.id,
+            rejected_id=rejected.id,
+            p_chosen=max(p_first, 1 - p_first),
+            order_consistent=r.order_consistent,
         )
-    return out
+        out.records.append(comparison)
+        return out
+
+    return steps
+
+
+def run_comparison_tasks(
+    backend, c: Constitution, tasks: list[Task[PairInput]], cfg: ComparisonConfig, seed: int
+) -> Iterator[tuple[Task, StageOutput]]:
+    """Every pair streamed through the backend; each comparison as soon as its readings are back."""
+    model = f"{backend.name}:{backend.model}"
+    return stage_stream(backend, tasks, comparison_steps(c, cfg, seed, model, reading_mode(backend)))

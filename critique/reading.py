@@ -35,7 +35,9 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.constitution import Principle, weighted_sample
 from cai.core.ids import derive_seed, record_id
+from cai.core.stage import Task
 from cai.generators.backends.base import capabilities
+from cai.generators.streaming import Request, drive
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
@@ -127,37 +129,43 @@ def parse_letter(text: str) -> str | None:
     return None
 
 
-def read_letters(backend, questions: list[LetterQuestion], mode: Mode | None = None) -> list[LetterReading]:
-    """Read each question's letter the way the backend can: next-token or first-token log-probs,
-    or a parsed greedy answer."""
-    if not questions:
-        return []
-    mode = mode or reading_mode(backend)
+def letter_requests(questions: list[LetterQuestion], mode: Mode) -> list[Request]:
+    """The model calls that read these questions' letters in `mode`."""
     chats = [letter_chat(q, mode) for q in questions]
     if mode == "parsed":
         params = SamplingParams(temperature=0, max_new_tokens=PARSE_MAX_NEW_TOKENS)
-        out = []
-        for (comp,) in backend.generate(chats, params):
-            if comp.error:
-                out.append(LetterReading(mode=mode, error=comp.error))
-                continue
-            letter = parse_letter(comp.text)
-            if letter is None:
-                out.append(
-                    LetterReading(mode=mode, answer=comp.text, tokens=comp.tokens, error=f"no A or B in {comp.text!r}")
-                )
-            else:
-                p = 1.0 if letter == "A" else 0.0
-                out.append(LetterReading(p_a=p, mode=mode, answer=comp.text, tokens=comp.tokens))
-        return out
-    out = []
-    for s in backend.choice_logprobs(chats, LETTERS):
-        if s.error:
-            out.append(LetterReading(mode=mode, error=s.error))
-        else:
-            floored = [c for c in LETTERS if c in getattr(s, "floored", [])]
-            out.append(LetterReading(p_a=prob_a(s), logp=dict(s), floored=floored, mode=mode))
-    return out
+        return [Request(chat, params) for chat in chats]
+    return [Request(chat, choices=tuple(LETTERS)) for chat in chats]
+
+
+def letter_from(result, mode: Mode) -> LetterReading:
+    """A letter reading from what its request gave back."""
+    if mode == "parsed":
+        (comp,) = result
+        if comp.error:
+            return LetterReading(mode=mode, error=comp.error)
+        letter = parse_letter(comp.text)
+        if letter is None:
+            return LetterReading(mode=mode, answer=comp.text, tokens=comp.tokens, error=f"no A or B in {comp.text!r}")
+        return LetterReading(p_a=1.0 if letter == "A" else 0.0, mode=mode, answer=comp.text, tokens=comp.tokens)
+    if result.error:
+        return LetterReading(mode=mode, error=result.error)
+    floored = [c for c in LETTERS if c in getattr(result, "floored", [])]
+    return LetterReading(p_a=prob_a(result), logp=dict(result), floored=floored, mode=mode)
+
+
+def read_letters(backend, questions: list[LetterQuestion], mode: Mode | None = None) -> list[LetterReading]:
+    """Read each question's letter the way the backend can: next-token or first-token log-probs,
+    or a parsed greedy answer. One call for all of them."""
+    if not questions:
+        return []
+    mode = mode or reading_mode(backend)
+    requests = letter_requests(questions, mode)
+    if mode == "parsed":
+        results = backend.generate([r.prompt for r in requests], requests[0].params)
+    else:
+        results = backend.choice_logprobs([r.prompt for r in requests], LETTERS)
+    return [letter_from(r, mode) for r in results]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -416,37 +424,20 @@ def _cached_letter(v: dict) -> tuple[str | None, LetterReading]:
     return v.get("reasoning"), letter
 
 
-def read_pairs(
-    backend,
-    pairs: list[PairToRead],
-    cfg: ReadingConfig,
-    seed: int,
-    mode: Mode | None = None,
-    cache: ReadingCache | None = None,
-) -> list[PairReading]:
-    """Read every pair under `cfg.principles` sampled principles in both orders, in one batch.
-
-    With a `ReadingCache` (critique/cache.py), readings already on disk are taken from it and only
-    the others reach the backend; those that work are stored."""
-    mode = mode or reading_mode(backend)
-    results = [PairReading() for _ in pairs]
-    plan = []  # (pair index, principle, order, reply shown as A, reply shown as B)
-    for i, pair in enumerate(pairs):
-        for p in draw_principles(pair.pool, cfg.principles, seed, pair.key):
-            plan.append((i, p, "ab", pair.first, pair.second))
-            plan.append((i, p, "ba", pair.second, pair.first))
+def read_pair(pair: PairToRead, cfg: ReadingConfig, seed: int, mode: Mode, cache: ReadingCache | None = None):
+    """One pair's readings as task steps (`generators/streaming.py`): the arguments first (CoT),
+    then every letter, each batch of requests at once. Readings found in the cache or in the
+    pair's `known` readings are not asked again; the new ones that work go to the cache."""
+    result = PairReading()
+    plan = []  # (principle, order, reply shown as A, reply shown as B)
+    for p in draw_principles(pair.pool, cfg.principles, seed, pair.key):
+        plan += [(p, "ab", pair.first, pair.second), (p, "ba", pair.second, pair.first)]
     settings = reading_settings(cfg, seed)
-    run_keys = [
-        reading_key(pairs[i].model, settings, pairs[i].key, order, p) if pairs[i].model else None
-        for i, p, order, _, _ in plan
-    ]
-    reused: list[Judgement | None] = [
-        (pairs[i].known or {}).get(rk) if rk else None for (i, *_), rk in zip(plan, run_keys)
-    ]
+    run_keys = [reading_key(pair.model, settings, pair.key, o, p) if pair.model else None for p, o, _, _ in plan]
+    reused = [(pair.known or {}).get(rk) if rk else None for rk in run_keys]
     cot = cfg.method == "cot"
     questions = [
-        LetterQuestion(comparison_text(pairs[i].messages, p, a, b, cot=cot), COMPARISON_PREFIX)
-        for i, p, _, a, b in plan
+        LetterQuestion(comparison_text(pair.messages, p, a, b, cot=cot), COMPARISON_PREFIX) for p, _, a, b in plan
     ]
     reasons: list[str | None] = [None] * len(plan)
     letters: list[LetterReading | None] = [None] * len(plan)
@@ -460,37 +451,35 @@ def read_pairs(
             reasons[k], letters[k] = j.reasoning, _known_letter(j)
     fresh = [k for k in range(len(plan)) if letters[k] is None]
     if cot and fresh:
-        params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens, seed=derive_seed(seed, "cot"))
+        params = SamplingParams(temperature=0, max_new_tokens=cfg.cot_max_new_tokens)
         chats = [[{"role": "user", "content": questions[k].user}] for k in fresh]
-        for k, (comp,) in zip(fresh, backend.generate(chats, params)):
-            r = results[plan[k][0]]
+        answers = yield [Request(chat, params, seed=derive_seed(seed, "cot")) for chat in chats]
+        for k, (comp,) in zip(fresh, answers):
             if comp.error:
-                r.error = r.error or comp.error
+                result.error = result.error or comp.error
             else:
-                r.tokens += comp.tokens
+                result.tokens += comp.tokens
                 reasons[k] = comp.text.strip()
-    todo = [k for k in fresh if results[plan[k][0]].error is None]
-    asked = [LetterQuestion(questions[k].user, COMPARISON_PREFIX, reasons[k]) for k in todo]
-    for k, letter in zip(todo, read_letters(backend, asked, mode)):
-        letters[k] = letter
+    if result.error is None and fresh:
+        asked = [LetterQuestion(questions[k].user, COMPARISON_PREFIX, reasons[k]) for k in fresh]
+        for k, got in zip(fresh, (yield letter_requests(asked, mode))):
+            letters[k] = letter_from(got, mode)
     lo, hi = cfg.cot_clamp
     new: list[tuple[str, dict]] = []
-    fresh_set = set(fresh)
     for k, letter in enumerate(letters):
-        i, p, order, _, _ = plan[k]
-        r = results[i]
-        if letter is None:  # its pair failed before the letter was asked for
+        p, order, _, _ = plan[k]
+        if letter is None:  # the pair failed before the letter was asked for
             continue
-        r.tokens += letter.tokens
+        result.tokens += letter.tokens
         if letter.error:
-            r.error = r.error or letter.error
+            result.error = result.error or letter.error
             continue
-        if cache is not None and k in fresh_set:
+        if cache is not None and k in fresh:
             stored = {"p_a": letter.p_a, "logp": letter.logp, "floored": letter.floored, "mode": letter.mode}
             new.append((keys[k], {**stored, "answer": letter.answer, "reasoning": reasons[k]}))
         raw = letter.p_a if order == "ab" else 1.0 - letter.p_a  # P(the pair's first reply is better)
-        r.reused += reused[k] is not None
-        r.judgements.append(
+        result.reused += reused[k] is not None
+        result.judgements.append(
             Judgement(
                 key=run_keys[k],
                 principle_id=p.id,
@@ -506,7 +495,27 @@ def read_pairs(
         )
     if cache is not None:
         cache.store(new)
-    for r in results:
-        if r.error is not None:
-            r.judgements = []
-    return results
+    if result.error is not None:
+        result.judgements = []
+    return result
+
+
+def read_pairs(
+    backend,
+    pairs: list[PairToRead],
+    cfg: ReadingConfig,
+    seed: int,
+    mode: Mode | None = None,
+    cache: ReadingCache | None = None,
+) -> list[PairReading]:
+    """Read every pair under `cfg.principles` sampled principles in both orders, all of them
+    streamed through the backend at once; results in the order of `pairs`.
+
+    With a `ReadingCache` (critique/cache.py), readings already on disk are taken from it and only
+    the others reach the backend; those that work are stored."""
+    mode = mode or reading_mode(backend)
+    tasks = [Task(str(i), pair, []) for i, pair in enumerate(pairs)]
+    out: list[PairReading | None] = [None] * len(pairs)
+    for task, reading in drive(backend, tasks, lambda t: read_pair(t.data, cfg, seed, mode, cache)):
+        out[int(task.id)] = reading
+    return out  # type: ignore[return-value]

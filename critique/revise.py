@@ -1,24 +1,26 @@
 """SL-CAI: critique an answer under a sampled principle, revise it, repeat.
 
-All tasks of a batch advance round by round together, so each round is two batched generate
-calls (critiques, then revisions) however many answers are in flight. The constitution's
-worked examples are replayed as earlier chat turns of the same shape as the real request.
+Each answer advances on its own (a critique, then a revision, round after round), streamed
+through the backend with every other answer in flight, so no answer waits for a slower one's
+round. The constitution's worked examples are replayed as earlier chat turns of the same shape
+as the real request.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from cai.constitution import Constitution, FewShot, Principle, weighted_sample
 from cai.core.identity import identity
-from cai.core.ids import digest, record_id
+from cai.core.ids import derive_seed, digest, record_id
 from cai.core.stage import StageOutput, Task
-from cai.generators.generation import generate_each
 from cai.generators.queries import jaccard
 from cai.generators.records import Query, Response
+from cai.generators.streaming import Request, TaskFailed, TaskSteps, stage_stream
 from cai.generators.templates import render
 from cai.generators.types import SamplingParams
 
@@ -127,51 +129,33 @@ def usable_revision(revision: str, critique: str) -> bool:
     return bool(revision) and jaccard(revision, critique) < COPY_THRESHOLD
 
 
-def run_revision_tasks(
-    backend, c: Constitution, tasks: list[Task[RevisionInput]], cfg: RevisionConfig, seed: int
-) -> StageOutput:
-    """Round by round, every live task of the batch at once: its critiques in one call, then its
-    revisions in one call. Each call is `format_input → model → format_output` per task, seeded by
-    the task's id, the round and the step."""
-    out = StageOutput()
-    if not tasks or cfg.rounds == 0:
-        return out
-    current = {t.id: t.data.response.text for t in tasks}
-    rounds: dict[str, list[Round]] = {t.id: [] for t in tasks}
-    plans = {t.id: round_principles(c, t.id, cfg.rounds, seed) for t in tasks}
+def revision_steps(c: Constitution, cfg: RevisionConfig, seed: int):
+    """One answer's rounds: a critique under the round's principle, then a revision, each one
+    request seeded by the task, the round and the step; the next round starts from the last
+    usable revision."""
     crit_params = SamplingParams(
         temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens
     )
     rev_params = crit_params.model_copy(update={"max_new_tokens": cfg.revision_max_new_tokens})
-    live = list(tasks)
-    for r in range(cfg.rounds):
-        if not live:
-            break
-        prompts = []
-        for t in live:
-            p = plans[t.id][r]
-            conversation = list(t.data.query.messages) + [{"role": "assistant", "content": current[t.id]}]
-            prompts.append(critique_chat(c, p, conversation, examples_for(c, p, cfg.few_shot, f"{seed}/{t.id}/{r}")))
-        crits = [comps[0] for comps in generate_each(backend, live, prompts, crit_params, seed, r, "critique")]
-        rev_prompts, rev_tasks = [], []
-        for t, prompt, crit in zip(live, prompts, crits):
+
+    def steps(task: Task[RevisionInput]) -> TaskSteps:
+        q, resp = task.data.query, task.data.response
+        current, rounds, tokens = resp.text, [], 0
+        for r, p in enumerate(round_principles(c, task.id, cfg.rounds, seed)):
+            conversation = list(q.messages) + [{"role": "assistant", "content": current}]
+            prompt = critique_chat(c, p, conversation, examples_for(c, p, cfg.few_shot, f"{seed}/{task.id}/{r}"))
+            ((crit,),) = yield [Request(prompt, crit_params, seed=derive_seed(seed, task.id, r, "critique"))]
             if crit.error:
-                out.fail(t, f"round {r + 1} critique: {crit.error}")
-                continue
-            rev_prompts.append(revision_chat(prompt, crit.text.strip(), plans[t.id][r]))
-            rev_tasks.append((t, crit))
-        revised = [t for t, _ in rev_tasks]
-        revs = [comps[0] for comps in generate_each(backend, revised, rev_prompts, rev_params, seed, r, "revision")]
-        live = []
-        for (t, crit), rev in zip(rev_tasks, revs):
+                raise TaskFailed(f"round {r + 1} critique: {crit.error}")
+            ask = revision_chat(prompt, crit.text.strip(), p)
+            ((rev,),) = yield [Request(ask, rev_params, seed=derive_seed(seed, task.id, r, "revision"))]
             if rev.error:
-                out.fail(t, f"round {r + 1} revision: {rev.error}")
-                continue
+                raise TaskFailed(f"round {r + 1} revision: {rev.error}")
             text = clean_revision(rev.text)
             kept = usable_revision(text, crit.text)
-            rounds[t.id].append(
+            rounds.append(
                 Round(
-                    principle_id=plans[t.id][r].id,
+                    principle_id=p.id,
                     critique=crit.text.strip(),
                     revision=text,
                     critique_raw=crit.text,
@@ -180,24 +164,25 @@ def run_revision_tasks(
                     kept=kept,
                 )
             )
-            out.tokens += crit.tokens + rev.tokens
-            if kept:
-                current[t.id] = text
-            live.append(t)
-    failed = {e["task_id"] for e in out.errors}
-    for t in tasks:
-        if t.id in failed:
-            continue
-        q, resp = t.data.query, t.data.response
-        out.records.append(
-            Revision(
-                id=t.id,
-                response_id=resp.id,
-                query_id=q.id,
-                initial=resp.text,
-                rounds=rounds[t.id],
-                final=current[t.id],
-                principle_ids=[rd.principle_id for rd in rounds[t.id]],
-            )
+            tokens += crit.tokens + rev.tokens
+            current = text if kept else current
+        revision = Revision(
+            id=task.id,
+            response_id=resp.id,
+            query_id=q.id,
+            initial=resp.text,
+            rounds=rounds,
+            final=current,
+            principle_ids=[rd.principle_id for rd in rounds],
         )
-    return out
+        return StageOutput(records=[revision], tokens=tokens)
+
+    return steps
+
+
+def run_revision_tasks(
+    backend, c: Constitution, tasks: list[Task[RevisionInput]], cfg: RevisionConfig, seed: int
+) -> Iterator[tuple[Task, StageOutput]]:
+    if cfg.rounds == 0:
+        return iter(())
+    return stage_stream(backend, tasks, revision_steps(c, cfg, seed))

@@ -9,12 +9,14 @@ completion is an error, count tokens.
 Each item gets its own seed, derived from the run's seed and the task's id (and the step, for a
 stage that calls the model several times per task), so the text behind an id does not depend on
 the batch size, a resume, a retry of part of a batch, the shard or the Ray replica it ran on.
+Tasks are streamed through the backend (`streaming.py`): each one's records come back as soon as
+its own answer does.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
 from pydantic import BaseModel
@@ -22,6 +24,7 @@ from pydantic import BaseModel
 from cai.core.ids import derive_seed
 from cai.core.stage import StageOutput, Task
 
+from .streaming import Request, TaskFailed, TaskSteps, stage_stream
 from .types import Chat, Completion, SamplingParams
 
 P = TypeVar("P")
@@ -52,36 +55,44 @@ def item_seeds(seed: int, tasks: Sequence[Task], *step: object) -> list[int]:
     return [derive_seed(seed, t.id, *step) for t in tasks]
 
 
-def generate_each(
-    backend, tasks: Sequence[Task], chats: list[Chat], params: SamplingParams, seed: int, *step: object
-) -> list[list[Completion]]:
-    """`backend.generate` with a seed per task. A backend that takes no per-item seeds (one
-    registered by a user before they existed) gets the first task's, as before."""
+def call_generate(backend, chats: list, params: SamplingParams, seeds: list[int | None]) -> list[list[Completion]]:
+    """`backend.generate` with a seed per chat. A backend that takes no per-item seeds (one
+    registered by a user before they existed) gets the first chat's, as before."""
     if not chats:
         return []
-    seeds = item_seeds(seed, tasks, *step)
+    if any(s is None for s in seeds):
+        return backend.generate(chats, params)
     if _takes_seeds(backend):
         return backend.generate(chats, params, seeds=seeds)
     return backend.generate(chats, params.model_copy(update={"seed": seeds[0]}))
+
+
+def generate_each(
+    backend, tasks: Sequence[Task], chats: list[Chat], params: SamplingParams, seed: int, *step: object
+) -> list[list[Completion]]:
+    """`backend.generate` with a seed per task (and step)."""
+    return call_generate(backend, chats, params, item_seeds(seed, tasks, *step))
 
 
 def first_error(completions: list[Completion]) -> str | None:
     return next((c.error for c in completions if c.error), None)
 
 
-def run_generation(backend, gen: Generation, tasks: list[Task], seed: int) -> StageOutput:
-    """Every task of the batch through `gen`, in one backend call."""
-    out = StageOutput()
-    if not tasks:
-        return out
-    results = generate_each(backend, tasks, [gen.format_input(t) for t in tasks], gen.params(), seed)
-    for task, comps in zip(tasks, results):
+def generation_steps(gen: Generation, seed: int) -> Callable[[Task], TaskSteps]:
+    """A one-request task: its chat, the model's completions, its records."""
+
+    def steps(task: Task) -> TaskSteps:
+        (comps,) = yield [Request(gen.format_input(task), gen.params(), seed=derive_seed(seed, task.id))]
         if (error := first_error(comps)) is not None:
-            out.fail(task, error)
-            continue
-        out.tokens += sum(c.tokens for c in comps)
-        out.records += gen.format_output(task, comps)
-    return out
+            raise TaskFailed(error)
+        return StageOutput(records=list(gen.format_output(task, comps)), tokens=sum(c.tokens for c in comps))
+
+    return steps
+
+
+def run_generation(backend, gen: Generation, tasks: list[Task], seed: int) -> Iterator[tuple[Task, StageOutput]]:
+    """Every task through `gen`, streamed: each task's records as soon as its answer is back."""
+    return stage_stream(backend, tasks, generation_steps(gen, seed))
 
 
 def stripped(c: Completion) -> tuple[str, str | None]:

@@ -277,3 +277,28 @@ def test_greedy_outputs_agree_across_backends(backend_pool):
     assert sum(engine_vs_server) >= len(engine_vs_server) - 1
     same = [(a, b) for [a], [b] in zip(outputs["transformers"], outputs["vllm"]) if a.text == b.text]
     assert all(a.tokens == b.tokens and a.finish_reason == b.finish_reason for a, b in same)
+
+
+def test_a_stream_answers_every_request_as_the_batch_calls_do(backend):
+    """The stream a stage is fed through (the engine's queue, the concurrency window, or batches)
+    gives each request what `generate` and `choice_logprobs` give it, an over-long one failing alone,
+    whatever order the answers finish in."""
+    from cai.generators.streaming import Feed, Request, stream_of
+
+    greedy = SamplingParams(temperature=0, max_new_tokens=8)
+    sampled = SamplingParams(n=2, temperature=1.0, max_new_tokens=6)
+    requests = [Request(p, greedy) for p in PROMPTS] + [Request(PROMPTS[0], sampled, seed=7)]
+    requests += [Request(r, choices=("A", "B")) for r in RANKING] + [Request(OVERLONG, greedy)]
+    feed = Feed(lambda n: None)
+    for i, r in enumerate(requests):
+        feed.put(i, r)
+    got = dict(stream_of(backend, feed))
+    assert sorted(got) == list(range(len(requests)))
+    want = backend.generate(PROMPTS, greedy)
+    assert [got[i][0].text for i in range(len(PROMPTS))] == [w[0].text for w in want]
+    again = backend.generate([PROMPTS[0]], sampled, seeds=[7])[0]
+    assert [c.text for c in got[len(PROMPTS)]] == [c.text for c in again], "one seed, one text"
+    scores = backend.choice_logprobs(RANKING, ["A", "B"])
+    for k, s in enumerate(scores):
+        assert dict(got[len(PROMPTS) + 1 + k]) == pytest.approx(dict(s), abs=1e-3)
+    assert got[len(requests) - 1][0].error and "2048" in got[len(requests) - 1][0].error

@@ -12,6 +12,7 @@ from cai.critique import ComparisonConfig, plan_comparison_tasks, run_comparison
 from cai.critique.rank import Candidate
 from cai.critique.reading import prob_a
 from cai.generators.records import Query
+from cai.generators.streaming import collect
 from cai.generators.types import ChoiceScores
 
 from .judges import JUDGE_C, AlwaysA, PrefersGood
@@ -27,7 +28,7 @@ def _tasks(cfg, first="GOOD answer", second="bad answer", ids=("r-1", "r-2")):
 
 def test_position_bias_cancels_to_one_half():
     cfg = ComparisonConfig(principles=3)
-    out = run_comparison_tasks(AlwaysA(), C, _tasks(cfg), cfg, seed=0)
+    out = collect(run_comparison_tasks(AlwaysA(), C, _tasks(cfg), cfg, seed=0))
     (c,) = out.records
     assert c.p_first == pytest.approx(0.5) and c.p_chosen == pytest.approx(0.5)
     assert len(c.judgements) == 6 and {j.order for j in c.judgements} == {"ab", "ba"}
@@ -37,25 +38,27 @@ def test_position_bias_cancels_to_one_half():
 
 def test_unbiased_judge_gives_confident_label_in_both_orders():
     cfg = ComparisonConfig(principles=2)
-    (c,) = run_comparison_tasks(PrefersGood(), C, _tasks(cfg), cfg, seed=0).records
+    (c,) = collect(run_comparison_tasks(PrefersGood(), C, _tasks(cfg), cfg, seed=0)).records
     assert c.chosen_id == "r-1" and c.p_chosen == pytest.approx(0.95)
     assert all(j.p_first == pytest.approx(0.95) for j in c.judgements)
     assert c.order_consistent
     # swapping which answer comes first changes nothing but the bookkeeping
-    (d,) = run_comparison_tasks(PrefersGood(), C, _tasks(cfg, "bad answer", "GOOD answer"), cfg, seed=0).records
+    (d,) = collect(
+        run_comparison_tasks(PrefersGood(), C, _tasks(cfg, "bad answer", "GOOD answer"), cfg, seed=0)
+    ).records
     assert d.chosen_id == "r-2" and d.p_chosen == pytest.approx(0.95)
 
 
 def test_cot_probabilities_are_clamped_and_raw_kept():
     cfg = ComparisonConfig(method="cot", principles=2)
-    (c,) = run_comparison_tasks(PrefersGood(), C, _tasks(cfg), cfg, seed=0).records
+    (c,) = collect(run_comparison_tasks(PrefersGood(), C, _tasks(cfg), cfg, seed=0)).records
     assert c.p_chosen == pytest.approx(0.6)
     assert all(j.p_first == pytest.approx(0.6) and j.p_first_raw == pytest.approx(0.95) for j in c.judgements)
     assert all(j.reasoning == "One reply is better." for j in c.judgements)
     wide = ComparisonConfig(method="cot", principles=2, cot_clamp=(0.2, 0.8))
-    (w,) = run_comparison_tasks(PrefersGood(), C, _tasks(wide), wide, seed=0).records
+    (w,) = collect(run_comparison_tasks(PrefersGood(), C, _tasks(wide), wide, seed=0)).records
     assert w.p_chosen == pytest.approx(0.8)
-    (b,) = run_comparison_tasks(AlwaysA(), C, _tasks(cfg), cfg, seed=0).records
+    (b,) = collect(run_comparison_tasks(AlwaysA(), C, _tasks(cfg), cfg, seed=0)).records
     assert b.p_chosen == pytest.approx(0.5)
 
 
@@ -90,7 +93,7 @@ def test_failed_reading_fails_the_pair_only():
 
     cfg = ComparisonConfig(principles=1)
     tasks = _tasks(cfg) + _tasks(cfg, "GOOD broken", "bad", ids=("r-3", "r-4"))
-    out = run_comparison_tasks(HalfBroken(), C, tasks, cfg, seed=0)
+    out = collect(run_comparison_tasks(HalfBroken(), C, tasks, cfg, seed=0))
     assert len(out.records) == 1 and [e["task_id"] for e in out.errors] == [tasks[1].id]
 
 
@@ -114,7 +117,7 @@ def test_failed_argument_fails_the_pair_in_the_stage_and_the_eval_alike():
             return [[Completion.failed("server down")] for _ in chats]
 
     cfg = ComparisonConfig(method="cot", principles=1)
-    out = run_comparison_tasks(Silent(), C, _tasks(cfg), cfg, seed=0)
+    out = collect(run_comparison_tasks(Silent(), C, _tasks(cfg), cfg, seed=0))
     assert not out.records and out.errors[0]["error"] == "server down"
     pair = LabeledPair("p", Q.messages, "GOOD answer", "bad answer", "x:1")
     readings, errors = label_pairs(Silent(), C, [pair], method="cot", principles=1)

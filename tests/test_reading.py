@@ -33,6 +33,7 @@ from cai.evaluation.policy import refusal_probabilities
 from cai.generators.backends.base import Capabilities, capabilities
 from cai.generators.backends.openai_backend import OpenAIBackend
 from cai.generators.records import Query
+from cai.generators.streaming import collect
 from tests.cli import cai
 
 from .fake_openai import MODEL, P_OTHER, P_PICKED, FakeServer, hosted_judge
@@ -56,7 +57,7 @@ def hosted(server: FakeServer, **options) -> OpenAIBackend:
 def rank(backend, cfg: ComparisonConfig, first: str = GOOD, second: str = BAD):
     groups = [(Q, [Candidate(id="r-1", text=first), Candidate(id="r-2", text=second)], [])]
     tasks = plan_comparison_tasks(groups, JUDGE_C, cfg, "hosted", seed=0)
-    return tasks, run_comparison_tasks(backend, JUDGE_C, tasks, cfg, seed=0)
+    return tasks, collect(run_comparison_tasks(backend, JUDGE_C, tasks, cfg, seed=0))
 
 
 def chat_requests(server: FakeServer) -> list[dict]:
@@ -200,7 +201,7 @@ def test_pipeline_and_eval_give_the_same_p_chosen():
             q = Query(id=pair.id, messages=pair.context, origin="seed")
             cands = [Candidate(id="c", text=pair.chosen), Candidate(id="r", text=pair.rejected)]
             (t,) = plan_comparison_tasks([(q, cands, [])], JUDGE_C, cfg, "hosted", seed=5)
-            (comp,) = run_comparison_tasks(backend, JUDGE_C, [t], cfg, seed=5).records
+            (comp,) = collect(run_comparison_tasks(backend, JUDGE_C, [t], cfg, seed=5)).records
             (label,) = read_labeled_pairs(backend, JUDGE_C, [pair], cfg, seed=5)
             assert label.p_chosen == pytest.approx(comp.p_chosen, abs=1e-12)
             assert label.p_human == pytest.approx(comp.p_first, abs=1e-12)
@@ -346,7 +347,7 @@ def test_pipeline_and_eval_agree_on_the_embedded_model(hf_backend, method):
     q = Query(id="q-wool", messages=pair.context, origin="seed")
     cands = [Candidate(id="c", text=pair.chosen), Candidate(id="r", text=pair.rejected)]
     (t,) = plan_comparison_tasks([(q, cands, [])], c, cfg, "transformers:default", seed=3)
-    (comp,) = run_comparison_tasks(hf_backend, c, [t], cfg, seed=3).records
+    (comp,) = collect(run_comparison_tasks(hf_backend, c, [t], cfg, seed=3)).records
     (label,) = read_labeled_pairs(hf_backend, c, [pair], cfg, seed=3)
     assert label.reading.error is None and len(label.reading.judgements) == 2 * len(c.principles)
     assert label.p_chosen == pytest.approx(comp.p_chosen, abs=1e-5)

@@ -36,9 +36,11 @@ messages are scrubbed of it.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import os
 import re
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -330,6 +332,48 @@ class OpenAIBackend:
         if greedy and comps:
             comps = [comps[0].model_copy() for _ in range(params.n)]
         return comps
+
+    def stream(self, feed) -> Iterator[tuple[Any, Any]]:
+        """Requests go out as the feed gives them, the concurrency window kept full for the whole
+        stage; results come back in the order they finish, whatever order they went out in."""
+        window: dict[concurrent.futures.Future, tuple[Any, Any]] = {}
+        try:
+            while True:
+                for key, req in feed.take(max(0, self.options.concurrency - len(window))):
+                    window[asyncio.run_coroutine_threadsafe(self._one(req), self._loop)] = (key, req)
+                if not window:
+                    return
+                done, _ = concurrent.futures.wait(window, return_when=concurrent.futures.FIRST_COMPLETED)
+                for f in done:
+                    key, req = window.pop(f)
+                    try:
+                        yield key, f.result()
+                    except Exception as e:  # noqa: BLE001 - one request's failure, not the stream's
+                        yield key, req.failed(self._redact(f"{type(e).__name__}: {e}"))
+        finally:
+            for f in window:
+                f.cancel()
+
+    async def _one(self, req) -> Any:
+        """One request of a stream: an answer, or the choices' log-probs."""
+        if self._sem is None:
+            self._sem = asyncio.Semaphore(self.options.concurrency)
+        if req.choices is None:
+            try:
+                return await self._generate_one(req.prompt, req.params, req.seed)
+            except _Failed as e:
+                return req.failed(str(e))
+        return await self._scores(req.prompt, list(req.choices))
+
+    async def _scores(self, prompt: Prompt, choices: list[str]) -> ChoiceScores:
+        if not self.options.logprobs:
+            return ChoiceScores(error="the server gives no log-probs (options.logprobs: false)")
+        try:
+            if self.tokenizer is None:
+                return await self._score_by_text(prompt, choices)
+            return await self._score_by_tokens(prompt, choices, ChoicePlan(choice_token_ids(self.tokenizer, choices)))
+        except _Failed as e:
+            return ChoiceScores(error=str(e))
 
     def choice_logprobs(self, prompts: list[Prompt], choices: list[str]) -> list[ChoiceScores]:
         plan = ChoicePlan(choice_token_ids(self.tokenizer, choices)) if self.tokenizer is not None else None

@@ -173,6 +173,110 @@ class VLLMBackend:
                 results.append(e)
         return results
 
+    def _sampling(self, params: SamplingParams, seed: int | None, prompt_len: int) -> vllm.SamplingParams:
+        greedy = params.temperature == 0
+        return vllm.SamplingParams(
+            n=1 if greedy else params.n,  # vLLM refuses n > 1 for greedy; every copy is alike
+            temperature=params.temperature,
+            top_p=1.0 if greedy else params.top_p,
+            max_tokens=min(params.max_new_tokens, self.context_length - prompt_len),
+            stop=list(params.stop) or None,
+            seed=seed,
+        )
+
+    def _choice_sampling(self, wanted: list[int]) -> vllm.SamplingParams:
+        if self.options.exact_choices:
+            return vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted), logprob_token_ids=wanted)
+        return vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.options.logprobs_k)
+
+    def stream(self, feed) -> Iterator[tuple[Any, Any]]:
+        """Requests into the engine's queue as the feed gives them, results out as each finishes.
+
+        The engine schedules what it holds (up to max_num_seqs running, the rest waiting), so the
+        feed is kept a scheduler's window ahead of it: a finished sequence's slot is refilled on the
+        next step, never after a batch's slowest answer. A choice request becomes one engine
+        request per step of its choice chain; it is answered when all of them are back."""
+        from .engine_utils import ChoicePlan
+
+        engine = self.llm.llm_engine
+        window = 2 * (engine.vllm_config.scheduler_config.max_num_seqs or 256)
+        parts: dict[str, tuple[Any, int]] = {}  # engine request id -> (our key, step index)
+        waiting: dict[Any, dict] = {}  # our key -> what its engine requests add up to
+        serial = 0
+        while True:
+            for key, req in feed.take(max(0, window - len(parts))):
+                if req.choices is None:
+                    ids, errors = self._encode_all([req.prompt], reserve=1)
+                    if errors:
+                        yield key, req.failed(errors[0])
+                        continue
+                    rows = self._sample_rows(ids[0], req)
+                    waiting[key] = {"req": req, "out": [None] * len(rows), "plan": None}
+                else:
+                    plan = ChoicePlan(choice_token_ids(self.tokenizer, list(req.choices)))
+                    ids, errors = self._encode_all([req.prompt], reserve=max(len(c) for c in plan.choice_ids))
+                    if errors:
+                        yield key, req.failed(errors[0])
+                        continue
+                    rows = [(ids[0] + list(prefix), self._choice_sampling(w)) for prefix, w in plan.steps]
+                    waiting[key] = {"req": req, "out": [None] * len(rows), "plan": plan}
+                failed = self._add(engine, key, rows, parts, serial)
+                serial += len(rows)
+                if failed is not None:
+                    del waiting[key]
+                    yield key, req.failed(f"vLLM: {_first_line(failed)}")
+            if not parts:
+                return
+            for out in engine.step():
+                if not out.finished or out.request_id not in parts:
+                    continue
+                key, j = parts.pop(out.request_id)
+                w = waiting[key]
+                w["out"][j] = out
+                if all(o is not None for o in w["out"]):
+                    del waiting[key]
+                    yield key, self._answer(w)
+
+    def _sample_rows(self, ids: list[int], req) -> list:
+        """The engine requests of one sampled request: its n samples as n requests, the j-th seeded
+        seed + j as vLLM seeds the children of one request, so each finishes (and frees its slot)
+        on its own; a greedy request is decoded once."""
+        params = req.params
+        if params.temperature == 0 or params.n == 1:
+            return [(ids, self._sampling(params.model_copy(update={"n": 1}), req.seed, len(ids)))]
+        one = params.model_copy(update={"n": 1})
+        seeds = [None if req.seed is None else req.seed + j for j in range(params.n)]
+        return [(ids, self._sampling(one, s, len(ids))) for s in seeds]
+
+    @staticmethod
+    def _add(engine, key, rows: list, parts: dict, serial: int) -> Exception | None:
+        """Add one request's rows to the engine; if it refuses one, take back the others."""
+        added = []
+        for j, (row, sampling) in enumerate(rows):
+            rid = f"cai-{serial + j}"
+            try:
+                engine.add_request(rid, {"prompt_token_ids": row}, sampling)
+            except Exception as e:  # noqa: BLE001 - the engine refused this request alone
+                if added:
+                    engine.abort_request(added)
+                for r in added:
+                    parts.pop(r, None)
+                return e
+            parts[rid] = (key, j)
+            added.append(rid)
+        return None
+
+    def _answer(self, w: dict):
+        req, outs = w["req"], w["out"]
+        if w["plan"] is None:
+            comps = [self._completion(o.outputs[0]) for o in outs]
+            return comps if len(comps) == req.params.n else [comps[0].model_copy() for _ in range(req.params.n)]
+        try:
+            steps = [self._step(o, self.options.exact_choices) for o in outs]
+        except ValueError as e:
+            return ChoiceScores(error=f"vLLM: {e}")
+        return w["plan"].combine(list(req.choices), steps)
+
     def generate(
         self, chats: list[Prompt], params: SamplingParams, seeds: list[int] | None = None
     ) -> list[list[Completion]]:
@@ -185,14 +289,7 @@ class VLLMBackend:
         greedy = params.temperature == 0
         todo = [i for i, ids in enumerate(encoded) if ids is not None]
         sampling = [
-            vllm.SamplingParams(
-                n=1 if greedy else params.n,  # vLLM refuses n > 1 for greedy; every copy is alike
-                temperature=params.temperature,
-                top_p=1.0 if greedy else params.top_p,
-                max_tokens=min(params.max_new_tokens, self.context_length - len(encoded[i])),
-                stop=list(params.stop) or None,
-                seed=seeds[i] if seeds is not None else request_seed(params.seed, i),
-            )
+            self._sampling(params, seeds[i] if seeds is not None else request_seed(params.seed, i), len(encoded[i]))
             for i in todo
         ]
         for i, result in zip(todo, self._run([encoded[i] for i in todo], sampling)):
@@ -223,11 +320,7 @@ class VLLMBackend:
         for i in todo:
             for prefix, wanted in plan.steps:
                 rows.append(encoded[i] + list(prefix))
-                sampling.append(
-                    vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=len(wanted), logprob_token_ids=wanted)
-                    if exact
-                    else vllm.SamplingParams(max_tokens=1, temperature=0.0, logprobs=self.options.logprobs_k)
-                )
+                sampling.append(self._choice_sampling(wanted))
         results = self._run(rows, sampling)
         per = len(plan.steps)
         for k, i in enumerate(todo):
