@@ -250,3 +250,76 @@ def slope(x: Sequence[float], y: Sequence[float], seed: int = 0, draws: int = BO
             fits.append(fit)
     fits.sort()
     return Slope(_ols(points), len(points), _quantile(fits, 0.025), _quantile(fits, 0.975))
+
+
+# ---------------------------------------------------------------------------------------------
+# What the policy, character and frontier evals read their rates and tests through
+
+
+def complement(r: Rate) -> Rate:
+    """One minus a rate (harmlessness from harmful compliance), its interval turned over."""
+    if r.value is None:
+        return r
+    return Rate(1.0 - r.value, r.n, 1.0 - r.high, 1.0 - r.low, r.failures, r.method)
+
+
+def failed_share(r: Rate) -> float:
+    """The share of a rate's items left out because they failed (0 for a rate with no items)."""
+    total = r.n + r.failures
+    return r.failures / total if total else 0.0
+
+
+def prompt_means(groups: Sequence[Sequence[float | None]]) -> list[float | None]:
+    """Per prompt, the mean score of its answers that did not fail (None where all failed): the
+    unit a sign test counts, since a prompt's sampled answers are not independent."""
+    out: list[float | None] = []
+    for g in groups:
+        done = [v for v in g if v is not None]
+        out.append(sum(done) / len(done) if done else None)
+    return out
+
+
+def rate_from_json(d: dict) -> Rate:
+    low, high = d.get("ci95") or (None, None)
+    return Rate(d.get("value"), d.get("n", 0), low, high, d.get("failures", 0), d.get("interval", "wilson"))
+
+
+def comparison_from_json(d: dict) -> Comparison:
+    low, high = d.get("ci95") or (None, None)
+    return Comparison(d["test"], d.get("diff"), d.get("p", 1.0), d.get("n", 0), low, high)
+
+
+EXACT_UP_TO = 12  # prompts whose every sign flip is enumerated (4,096); past it, random flips
+
+
+def permutation_test(
+    a: Sequence[Sequence[float | None]], b: Sequence[Sequence[float | None]], seed: int = 0, draws: int = BOOTSTRAP
+) -> Comparison:
+    """Per prompt, A's and B's mean scores over their sampled answers: the paired permutation test
+    of the mean difference (under no difference, each prompt's difference is as likely negated),
+    with the paired bootstrap's interval. Unlike the bootstrap's own p, it stays valid on a handful
+    of prompts: two prompts that both favour A give p = 1/2, not 0."""
+    diffs = [x - y for x, y in zip(prompt_means(a), prompt_means(b)) if x is not None and y is not None]
+    boot = paired_bootstrap(a, b, seed, draws)
+    if not diffs:
+        return Comparison("paired permutation", None, 1.0, 0)
+    observed = abs(sum(diffs)) - 1e-12
+    if len(diffs) <= EXACT_UP_TO:
+        flips = range(2 ** len(diffs))
+        extreme = sum(abs(sum(d if k >> i & 1 else -d for i, d in enumerate(diffs))) >= observed for k in flips)
+        p = extreme / 2 ** len(diffs)
+    else:
+        rng = random.Random(seed)
+        extreme = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed for _ in range(draws))
+        p = (1 + extreme) / (1 + draws)
+    return Comparison("paired permutation", boot.diff, min(1.0, p), len(diffs), boot.low, boot.high)
+
+
+def compare_paired(
+    a: Sequence[Sequence[float | None]], b: Sequence[Sequence[float | None]], seed: int = 0
+) -> Comparison:
+    """McNemar where each prompt has one yes/no outcome per model, else the paired permutation test."""
+    single = all(len(g) <= 1 for g in (*a, *b))
+    if single and all(v in (0, 1, None) for g in (*a, *b) for v in g):
+        return mcnemar([g[0] if g else None for g in a], [g[0] if g else None for g in b])
+    return permutation_test(a, b, seed)
