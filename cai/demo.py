@@ -92,11 +92,13 @@ def train_demo(console: Console, out: Path, examples: Path) -> None:
 
 
 def frontier_demo(console: Console, out: Path, models: list[str]) -> None:
-    """`cai eval frontier` on a few of the run's held-out prompts and of the shipped benign ones."""
+    """`cai eval frontier` on a few of the run's held-out prompts and of the shipped benign ones,
+    with intervals, and one line saying whether the trained model differs beyond noise (on so few
+    prompts it rarely does: the point is to show what a decision needs)."""
     from cai.constitution import load_constitution
     from cai.evaluation.frontier import evaluate_frontier, helpful_principles, red_team_prompts
     from cai.evaluation.policy import benign_chats
-    from cai.tables import frontier_tables
+    from cai.tables import frontier_tables, frontier_verdict
 
     console.rule("cai eval frontier: harmless vs helpful")
     c = load_constitution(out / "constitution.yaml")
@@ -111,6 +113,7 @@ def frontier_demo(console: Console, out: Path, models: list[str]) -> None:
     (out / "eval-frontier.json").write_text(json.dumps(result, indent=2))
     for table in frontier_tables(result):
         console.print(table)
+    console.print(frontier_verdict(result, result["models"][-1]["model"]))
 
 
 def character_demo(console: Console, out: Path, examples: Path) -> None:

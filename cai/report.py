@@ -66,27 +66,38 @@ def curve_plot(series: dict[str, list[tuple[float, float]]], title: str, xlabel:
     return _png(fig)
 
 
+def _interval(row: dict, measure: str, value: float) -> tuple[float, float]:
+    """How far the 95% interval reaches below and above the point (0 where the row has none)."""
+    ci = ((row.get("rates") or {}).get(measure) or {}).get("ci95") or [None, None]
+    low, high = ci
+    return (max(0.0, value - low) if low is not None else 0.0, max(0.0, high - value) if high is not None else 0.0)
+
+
 def frontier_plot(rows: list[dict], reference: str) -> str:
-    """Harmlessness against helpfulness, a point per checkpoint, joined in training order."""
+    """Harmlessness against helpfulness, a point per checkpoint with its 95% intervals as error
+    bars, joined in training order: a step inside the bars is not a step."""
     points = [
-        (r["helpful_win_rate"], r["harmlessness"], r["model"])
+        (r["helpful_win_rate"], r["harmlessness"], r["model"], r)
         for r in rows
         if isinstance(r.get("helpful_win_rate"), (int, float)) and isinstance(r.get("harmlessness"), (int, float))
     ]
     fig, ax = _figure(6.0, 4.5)
     if points:
-        xs, ys, names = zip(*points)
+        xs, ys, names, found = zip(*points)
         ax.plot(xs, ys, color="#999", linewidth=1, zorder=1)
-        for (x0, y0, _), (x1, y1, _) in zip(points, points[1:]):
+        for (x0, y0, _, _), (x1, y1, _, _) in zip(points, points[1:]):
             ax.annotate("", (x1, y1), (x0, y0), arrowprops={"arrowstyle": "->", "color": "#999"})
+        xerr = list(zip(*(_interval(r, "helpfulness", x) for x, r in zip(xs, found))))
+        yerr = list(zip(*(_interval(r, "harmlessness", y) for y, r in zip(ys, found))))
+        ax.errorbar(xs, ys, xerr=xerr, yerr=yerr, fmt="none", ecolor="#bbb", elinewidth=1, capsize=3, zorder=1)
         ax.scatter(xs, ys, c=range(len(points)), cmap="viridis", s=60, zorder=2)
-        for x, y, name in points:
+        for x, y, name in zip(xs, ys, names):
             ax.annotate(Path(name).name or name, (x, y), textcoords="offset points", xytext=(6, 6), fontsize=8)
     ax.set_xlim(-0.02, 1.02)
     ax.set_ylim(-0.02, 1.02)
     ax.set_xlabel(f"helpfulness: win rate against {Path(reference).name or reference}")
     ax.set_ylabel("harmlessness: 1 − harmful-compliance rate")
-    ax.set_title("harmless–helpful frontier")
+    ax.set_title("harmless–helpful frontier (bars: 95% intervals)")
     ax.grid(alpha=0.3)
     return _png(fig)
 
@@ -181,22 +192,128 @@ def _training(root: Path) -> list[dict]:
     return out
 
 
+def _split(v: dict | None) -> tuple[str, str]:
+    """A rate as its value and interval, and what it stands over: ("0.667 [0.21, 0.94]", "3 (1 failed)")."""
+    from cai.tables import rate_text
+
+    text = rate_text(v)
+    head, _, n = text.partition(" n=")
+    return head, (n or str((v or {}).get("n", "-")))
+
+
+def _with_test(v: dict | None, test: dict | None, against: str) -> str:
+    from cai.tables import rate_text, verdict_text
+
+    return rate_text(v) + (f"; vs {against}: {verdict_text(test)}" if test else "")
+
+
+def _failures(failures: dict) -> dict:
+    return {f"failed ({who})": f"{f['answers']} answers, {f['readings']} readings" for who, f in failures.items()}
+
+
+def _policy_display(e: dict, scalars: dict) -> tuple[dict, dict]:
+    """Policy and character evals: each rate with its interval and n, tests and failures as rows."""
+    from cai.tables import rate_text, verdict_text
+
+    rates, tests = e["rates"], e["tests"]
+    scalars["win_rate"] = _with_test(rates["win_rate"], tests["win_rate"], "1/2")
+    for trait, v in (rates.get("win_rate_by_trait") or {}).items():
+        scalars[f"win_rate ({trait})"] = _with_test(v, tests["win_rate_by_trait"].get(trait), "1/2")
+    for who, v in (rates.get("leak_rate") or {}).items():
+        scalars[f"leak_rate ({who})"] = rate_text(v)
+    for k in ("over_refusal", "leak_rate"):
+        if k in tests:
+            scalars[f"{k} (model vs baseline)"] = verdict_text(tests[k])
+    scalars |= _failures(e.get("failures") or {})
+    refusal = {
+        who: {
+            **v,
+            "prompts": f"{v['prompts']}; rate over {_split(rates['over_refusal'][who])[1]}",
+            "refusal_rate": _split(rates["over_refusal"][who])[0],
+        }
+        for who, v in (e.get("over_refusal") or {}).items()
+    }
+    return scalars, refusal
+
+
+def _frontier_rows(e: dict) -> list[dict]:
+    """Frontier rows as the report shows them: each rate with its interval, what it stands over,
+    and each checkpoint's paired test against the first."""
+    from cai.tables import verdict_text
+
+    out = []
+    for row in e["models"]:
+        if "rates" not in row:
+            out.append(row)
+            continue
+        rates, vs = row["rates"], row.get("vs_reference") or {}
+        against = f"; vs {e.get('reference', 'the first')}: "
+        cells = {}
+        for key, count in (("harmful_compliance", "red_team_prompts"), ("over_refusal", "benign_prompts")):
+            value, n = _split(rates[key])
+            cells[key], cells[count] = value, n + (against + verdict_text(vs[key]) if key in vs else "")
+        helpful = _split(rates["helpfulness"])[0]
+        if "helpfulness" in vs:
+            helpful += against + verdict_text(vs["helpfulness"])
+        failed = row.get("failures") or {}
+        name = row["model"] + (
+            f" ({failed['answers']} answers, {failed['readings']} readings failed)" if any(failed.values()) else ""
+        )
+        out.append(
+            {
+                **row,
+                "model": name,
+                "harmful_rate": cells["harmful_compliance"],
+                "red_team_prompts": cells["red_team_prompts"],
+                "harmlessness": _split(rates["harmlessness"])[0],
+                "over_refusal_rate": cells["over_refusal"],
+                "benign_prompts": cells["benign_prompts"],
+                "helpful_win_rate": helpful,
+            }
+        )
+    return out
+
+
+def _labeler_display(e: dict, scalars: dict) -> tuple[dict, dict]:
+    """The labeler's rates with their intervals and n, and its judge-bias battery, as rows."""
+    from cai.tables import LABELER_RATES, bias_rows, interval_text
+
+    rates = e.get("rates") or {}
+    for k in LABELER_RATES:
+        if k in rates:
+            scalars[k] = interval_text(rates[k])
+    per = rates.get("by_principle") or {}
+    by_principle = {
+        pid: {**v, "agreement": interval_text(per[pid]) if pid in per else v.get("agreement")}
+        for pid, v in (e.get("by_principle") or {}).items()
+    }
+    if e.get("bias"):
+        scalars |= {f"judge bias: {check}": finding for check, finding in bias_rows(e)}
+    return scalars, by_principle
+
+
 def _evals(root: Path) -> list[dict]:
     out = []
     for path in sorted(root.glob("eval-*.json")):
         e = _read_json(path) or {}
         e = {k: v for k, v in e.items() if k not in ("per_reading", "samples")}
         scalars = {k: v for k, v in e.items() if not isinstance(v, (dict, list))}
+        over_refusal = e.get("over_refusal") or {}
+        by_principle = e.get("by_principle") or {}
+        if e.get("kind") == "labeler":
+            scalars, by_principle = _labeler_display(e, scalars)
+        if e.get("kind") in ("policy", "character") and "rates" in e:
+            scalars, over_refusal = _policy_display(e, scalars)
         frontier = None
         if e.get("kind") == "frontier" and e.get("models"):
-            frontier = {"rows": e["models"], "plot": frontier_plot(e["models"], e.get("reference", ""))}
+            frontier = {"rows": _frontier_rows(e), "plot": frontier_plot(e["models"], e.get("reference", ""))}
         out.append(
             {
                 "file": path.name,
                 "scalars": scalars,
-                "by_principle": e.get("by_principle") or {},
+                "by_principle": by_principle,
                 "reliability": e.get("reliability") or [],
-                "over_refusal": e.get("over_refusal") or {},
+                "over_refusal": over_refusal,
                 "frontier": frontier,
             }
         )

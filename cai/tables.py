@@ -54,32 +54,104 @@ def reward_model_tables(r: dict):
     yield t
 
 
+def rate_text(v: dict | None) -> str:
+    """A rate as `value [low, high] n=… (k failed)`; the frontier's reference scores 1/2 by definition."""
+    from cai.evaluation.stats import rate_from_json
+
+    if not v:
+        return "-"
+    if v.get("interval") == "reference":
+        return f"{v['value']:.3f} (reference)"
+    r = rate_from_json(v)
+    if r.value is None:
+        return f"- (n=0, {r.failures} failed)" if r.failures else "-"
+    return f"{r.value:.3f} [{r.low:.3f}, {r.high:.3f}] n={r.n}" + (f" ({r.failures} failed)" if r.failures else "")
+
+
+def verdict_text(v: dict | None) -> str:
+    """A paired test as `+diff (test p=…): differs` or `no significant difference`."""
+    if not v or v.get("diff") is None:
+        return "-"
+    verdict = "differs" if v["significant"] else "no significant difference"
+    return f"{v['diff']:+.3f} ({v['test']}, p={v['p']:.3g}): {verdict}"
+
+
+def _failed(f: dict) -> str:
+    return f"{f['answers']} answers, {f['readings']} readings"
+
+
+def _answering(r: dict) -> str:
+    n = r.get("samples_per_prompt", 1)
+    return "greedy, one answer per prompt" if n == 1 else f"{n} answers per prompt at temperature {r['temperature']:g}"
+
+
 def policy_tables(r: dict):
-    t = Table("metric", "value", title=f"{r['model']} vs {r['baseline']} on {r['prompts']} prompts")
-    if "feedback" in r:
-        fb = r["feedback"]
-        t.add_row("feedback", f"{fb['backend']}:{fb['model']}, letters by {fb['reading']} ({_kinds(r)})")
-    for k in ("win_rate", "order_consistency", "identical_answers", "errors"):
-        t.add_row(k, fmt(r[k]))
-    for who, v in r["over_refusal"].items():
-        t.add_row(f"over-refusal ({who}, {v['prompts']} benign prompts)", fmt(v["refusal_rate"]))
+    t = Table(
+        "measure",
+        r["model"],
+        r["baseline"],
+        "paired test",
+        title=f"{r['model']} vs {r['baseline']} on {r['prompts']} prompts",
+    )
+    rates, tests = r["rates"], r["tests"]
+    t.add_row(f"win rate over {r['baseline']}", rate_text(rates["win_rate"]), "", verdict_text(tests["win_rate"]))
+    benign = next(iter(r["over_refusal"].values()))["prompts"]
+    t.add_row(
+        f"over-refusal ({benign} benign prompts)",
+        rate_text(rates["over_refusal"]["model"]),
+        rate_text(rates["over_refusal"]["baseline"]),
+        verdict_text(tests["over_refusal"]),
+    )
+    t.add_row("failed (left out)", _failed(r["failures"]["model"]), _failed(r["failures"]["baseline"]), "")
     yield t
+    u = Table("what", "value", title="how it was read")
+    fb = r["feedback"]
+    u.add_row("feedback", f"{fb['backend']}:{fb['model']}, letters by {fb['reading']} ({_kinds(r)})")
+    u.add_row("answers", _answering(r))
+    for k in ("order_consistency", "identical_answers", "errors"):
+        u.add_row(k, fmt(r[k]))
+    if r.get("first_error"):
+        u.add_row("first error", r["first_error"])
+    yield u
 
 
 def character_tables(r: dict):
-    t = Table("trait", "prompts", "win rate", title=f"{r['model']} vs {r['baseline']} ({r['constitution']})")
-    for trait, rate in r["win_rate_by_trait"].items():
-        t.add_row(trait, str(r["prompts_by_trait"][trait]), fmt(rate))
-    t.add_row("all", str(r["prompts"]), fmt(r["win_rate"]))
+    rates, tests = r["rates"], r["tests"]
+    t = Table(
+        "trait",
+        "prompts",
+        "win rate",
+        "vs 1/2 (sign test)",
+        title=f"{r['model']} vs {r['baseline']} ({r['constitution']})",
+    )
+    for trait, v in rates["win_rate_by_trait"].items():
+        t.add_row(
+            trait, str(r["prompts_by_trait"][trait]), rate_text(v), verdict_text(tests["win_rate_by_trait"][trait])
+        )
+    t.add_row("all", str(r["prompts"]), rate_text(rates["win_rate"]), verdict_text(tests["win_rate"]))
     yield t
-    u = Table("check", "model", "baseline")
+    u = Table("check", r["model"], r["baseline"], "paired test", title=f"answers: {_answering(r)}")
     u.add_row(
         "over-refusal on benign prompts",
-        fmt(r["over_refusal"]["model"]["refusal_rate"]),
-        fmt(r["over_refusal"]["baseline"]["refusal_rate"]),
+        rate_text(rates["over_refusal"]["model"]),
+        rate_text(rates["over_refusal"]["baseline"]),
+        verdict_text(tests["over_refusal"]),
     )
-    u.add_row("answers that leak the character", fmt(r["leak_rate"]["model"]), fmt(r["leak_rate"]["baseline"]))
+    u.add_row(
+        "answers that leak the character",
+        rate_text(rates["leak_rate"]["model"]),
+        rate_text(rates["leak_rate"]["baseline"]),
+        verdict_text(tests["leak_rate"]),
+    )
+    u.add_row("failed (left out)", _failed(r["failures"]["model"]), _failed(r["failures"]["baseline"]), "")
     yield u
+
+
+FRONTIER_MEASURES = {
+    "harmful_compliance": "harmful compliance",
+    "over_refusal": "over-refusal",
+    "helpfulness": "helpfulness",
+}
 
 
 def frontier_tables(r: dict):
@@ -90,18 +162,40 @@ def frontier_tables(r: dict):
         "harmlessness",
         "over-refusal",
         f"helpfulness vs {r['reference']}",
+        "failed (left out)",
         title=f"harmless–helpful frontier ({r['constitution']}; feedback {fb['backend']}:{fb['model']}, "
-        f"letters by {fb['reading']})",
+        f"letters by {fb['reading']}; {_answering(r)})",
     )
     for row in r["models"]:
+        rates = row["rates"]
         t.add_row(
             row["model"],
-            f"{fmt(row['harmful_rate'])} of {row['red_team_prompts']}",
-            fmt(row["harmlessness"]),
-            f"{fmt(row['over_refusal_rate'])} of {row['benign_prompts']}",
-            fmt(row["helpful_win_rate"]),
+            rate_text(rates["harmful_compliance"]),
+            rate_text(rates["harmlessness"]),
+            rate_text(rates["over_refusal"]),
+            rate_text(rates["helpfulness"]),
+            _failed(row["failures"]),
         )
     yield t
+    u = Table("model", *FRONTIER_MEASURES.values(), title=f"each checkpoint against {r['reference']} (paired tests)")
+    for row in r["models"][1:]:
+        vs = row["vs_reference"] or {}
+        u.add_row(row["model"], *(verdict_text(vs.get(k)) for k in FRONTIER_MEASURES))
+    yield u
+
+
+def frontier_verdict(r: dict, model: str) -> str:
+    """One line: does `model` differ from the reference beyond noise, measure by measure?"""
+    row = next(x for x in r["models"] if x["model"] == model)
+    parts = []
+    for key, name in FRONTIER_MEASURES.items():
+        v = (row["vs_reference"] or {}).get(key)
+        if not v or v.get("diff") is None:
+            parts.append(f"{name}: not compared")
+        else:
+            word = "differs" if v["significant"] else "no significant difference"
+            parts.append(f"{name} {v['diff']:+.3f} (p={v['p']:.3g}, {word})")
+    return f"{model} vs {r['reference']}: " + "; ".join(parts)
 
 
 def summary_table(stats) -> Table:

@@ -8,8 +8,8 @@ from markupsafe import escape
 from cai.constitution import load_constitution
 from cai.critique.distill import distill_pairs, leak_reason, teacher_system_prompt
 from cai.critique.rank import pool_for, ranking_principles
-from cai.evaluation.character import leak_rate, per_trait_win_rates, trait_queries
-from cai.evaluation.labeler import Reading
+from cai.evaluation.character import leak_rate, trait_queries
+from cai.evaluation.policy import Wins
 from cai.generators.records import Query, Response
 from tests.cli import cai
 
@@ -79,25 +79,24 @@ def test_distill_pairs_skip_leaky_teachers_and_label_teacher_chosen():
     assert pair.principle_ids == ["curiosity"]
 
 
-def test_per_trait_win_rates_on_constructed_readings():
-    readings = {
-        "curiosity": [
-            Reading(0, "curiosity", 0.9, True),
-            Reading(0, "curiosity", 0.2, False),
-            Reading(1, "curiosity", 0.1, True),
-            Reading(1, "curiosity", 0.8, False),
-        ],
-        "humour": [Reading(0, "humour", 0.3, True), Reading(0, "humour", 0.7, False)],
-    }
-    # curiosity: pair 0 won, pair 1 lost, one more prompt had identical answers (a tie: half)
-    rates = per_trait_win_rates(readings, {"curiosity": 3, "humour": 1, "patience": 2})
-    assert rates["curiosity"] == pytest.approx(0.5)
-    assert rates["humour"] == 0.0
-    assert rates["patience"] == 0.5  # no readings at all: every prompt a tie
+def test_per_trait_win_rates_count_ties_half_and_leave_failures_out():
+    # a trait's prompts: a win, a loss, identical answers (a tie: half), a pair whose reading failed
+    wins = Wins(credits=[[1.0], [0.0], [0.5], [None]], readings=[], identical=1, failed=1)
+    rate, test = wins.stats()
+    assert (rate.value, rate.n, rate.failures, rate.method) == (0.5, 3, 1, "bootstrap")
+    assert (test.test, test.n, test.p, test.significant) == ("sign", 3, 1.0, False)
+    all_won, test = Wins([[1.0]] * 6, [], 0, 0).stats()
+    assert (all_won.value, all_won.method, all_won.low) == (1.0, "wilson", pytest.approx(0.6097, abs=1e-4))
+    assert test.p == pytest.approx(2 * 0.5**6) and test.significant
 
 
 def test_leak_rate_and_trait_queries(tmp_path):
-    assert leak_rate(["fine", "my constitution says", "ok", ""], C) == 0.25
+    leaked = leak_rate(["fine", "my constitution says", "ok", ""], C)
+    assert (leaked.value, leaked.n, leaked.failures) == (0.25, 4, 0)
+    failed = leak_rate(["fine", None, "my instructions say hi"], C)  # a failed answer is left out
+    assert (failed.value, failed.n, failed.failures) == (0.5, 2, 1)
+    sampled = leak_rate([["fine", "ok"], ["my instructions say hi", None]], C)
+    assert (sampled.value, sampled.n, sampled.failures, sampled.method) == (1 / 3, 3, 1, "bootstrap")
     f = tmp_path / "test_prompts.jsonl"
     f.write_text(
         json.dumps({"prompt": [{"role": "user", "content": "a"}], "principle_ids": [C.traits[0].id]})

@@ -108,17 +108,33 @@ def test_eval_labeler(kind, tmp_path, request):
 
 @pytest.mark.parametrize("kind", BACKENDS)
 def test_eval_policy(kind, tmp_path, request, other_policy):
+    """Against the server the trained policy answers there too (--model-backend openai), and the
+    baseline, given as a backend-config file, answers on transformers."""
     fb, reading = feedback_file(tmp_path, kind, "policy", request)
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("How do I boil an egg?\nName a good book for a long train ride.\n")
+    policies = ["--model", other_policy, "--baseline", "default"]
+    if kind == "openai":
+        srv = request.getfixturevalue("server")
+        baseline = tmp_path / "pirate.yaml"
+        baseline.write_text(json.dumps({"backend": "transformers", "model": str(other_policy)}))
+        policies = ["--model", "default", "--model-backend", "openai", "--baseline", baseline]
+        policies += ["--model-option", f"base_url={srv.base_url}", "--model-option", f"api_key={KEY}"]
     res = run_json(
-        "eval", "policy", "--model", other_policy, "--baseline", "default", "--prompts", prompts,
+        "eval", "policy", *policies, "--prompts", prompts,
         "--feedback", fb, "--principles", "1", "--max-new-tokens", "8", "--benign", benign_file(tmp_path),
     )  # fmt: skip
     assert res["feedback"] == {"backend": kind, "model": "default", "reading": reading}
+    if kind == "openai":
+        assert res["policies"]["model"] == {"backend": "openai", "model": "default"}
+        assert res["policies"]["baseline"] == {"backend": "transformers", "model": str(other_policy)}
     assert res["prompts"] == 2 and res["identical_answers"] < 2 and res["errors"] == 0
     assert 0.0 <= res["win_rate"] <= 1.0 and res["reading_kinds"] == {"logprob": 2 * (2 - res["identical_answers"])}
     assert {w: v["prompts"] for w, v in res["over_refusal"].items()} == {w: 2 for w in WHO}
+    assert res["failures"] == {w: {"answers": 0, "readings": 0} for w in WHO}
+    win = res["rates"]["win_rate"]
+    assert win["n"] == 2 and win["failures"] == 0 and win["ci95"][0] <= win["value"] <= win["ci95"][1]
+    assert res["tests"]["win_rate"]["test"] == "sign" and res["tests"]["over_refusal"]["n"] == 2
 
 
 @pytest.mark.parametrize("kind", BACKENDS)
@@ -126,10 +142,17 @@ def test_eval_character(kind, tmp_path, request, other_policy):
     fb, reading = feedback_file(tmp_path, kind, "character", request)
     res = run_json(
         "eval", "character", "--model", other_policy, "--baseline", "default", "--limit", "2",
-        "--feedback", fb, "--max-new-tokens", "8", "--benign", benign_file(tmp_path),
+        "--feedback", fb, "--max-new-tokens", "8", "--benign", benign_file(tmp_path), "--max-failures", "1",
     )  # fmt: skip
     assert res["feedback"] == {"backend": kind, "model": "default", "reading": reading}
     assert res["prompts"] == 2 and 0.0 <= res["win_rate"] <= 1.0
     if reading != "parsed":
         assert res["errors"] == 0  # a parsed letter may be missing from a small model's answer: counted, not fatal
     assert {w: v["prompts"] for w, v in res["over_refusal"].items()} == {w: 2 for w in WHO}
+    win = res["rates"]["win_rate"]
+    assert win["n"] + win["failures"] == 2 and win["failures"] == res["errors"]
+    for who in WHO:
+        refused = res["rates"]["over_refusal"][who]
+        assert refused["n"] + refused["failures"] == 2 and refused["failures"] == res["failures"][who]["readings"] - (
+            res["errors"] if who == "model" else 0
+        )

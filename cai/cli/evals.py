@@ -144,15 +144,70 @@ def eval_reward_model(
     emit(result, as_json, out_json, reward_model_tables)
 
 
+ModelBackendOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--model-backend",
+        help="Backend every policy answers on: transformers (default), vllm or openai. "
+        "A model given as a backend-config YAML file keeps its own.",
+    ),
+]
+ModelOptionOpt = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--model-option", help="Policy backend option key=value (repeatable), for every policy given by name."
+    ),
+]
+SamplesOpt = Annotated[
+    int, typer.Option(min=1, help="Answers per prompt; rates are then bootstrapped over prompts (needs --temperature).")
+]
+TemperatureOpt = Annotated[float, typer.Option(min=0.0, help="Sampling temperature of the policies; 0 is greedy.")]
+MaxFailuresOpt = Annotated[
+    float,
+    typer.Option(
+        min=0.0, max=1.0, help="Exit 1 when a larger share of any rate's items fails (failed answers or readings)."
+    ),
+]
+
+
+def _policies(names: list[str], flag: str, backend: str | None, options: list[str] | None) -> list:
+    """Each model as a policy: a backend-config YAML file as written, a name on --model-backend
+    (transformers by default) with the --model-option options."""
+    from cai.evaluation.policy import Policy
+    from cai.generators import BackendConfig, backend_names
+
+    from .options import _backend_file, key_values
+
+    if backend is not None and backend not in backend_names():
+        raise UserError(f"--model-backend: unknown backend {backend!r}; choose one of {', '.join(backend_names())}")
+    opts = key_values(options, "--model-option")
+    out = []
+    for name in names:
+        if Path(name).suffix.lower() in (".yaml", ".yml", ".json"):
+            cfg = _backend_file(Path(name), flag, "policy")
+            if cfg.backend not in backend_names():
+                raise UserError(
+                    f"{name}: backend: unknown backend {cfg.backend!r}; choose one of {', '.join(backend_names())}"
+                )
+        else:
+            cfg = BackendConfig(backend=backend or "transformers", model=name, options=opts)
+        out.append(Policy(name, cfg))
+    return out
+
+
 @app.command("policy")
 def eval_policy(
-    model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
+    model: Annotated[
+        str, typer.Option("--model", help="The trained policy: path, hub id, served name or backend-config YAML.")
+    ],
     baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
     prompts: Annotated[
         Path,
         typer.Option("--prompts", help="Prompts: .txt (one a line) or .jsonl (text/messages/prompt, HH transcripts)."),
     ],
     constitution: Annotated[str, typer.Option(help="Principle file or shipped name.")] = "harmless",
+    model_backend: ModelBackendOpt = None,
+    model_option: ModelOptionOpt = None,
     feedback: FeedbackOpt = None,
     feedback_backend: FeedbackBackendOpt = None,
     feedback_model: FeedbackModelOpt = None,
@@ -161,38 +216,37 @@ def eval_policy(
     principles: Annotated[int, typer.Option(min=1)] = 2,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    samples: SamplesOpt = 1,
+    temperature: TemperatureOpt = 0.0,
+    max_failures: MaxFailuresOpt = 0.1,
     seed: int = 0,
     as_json: JsonOpt = False,
     out_json: OutJsonOpt = None,
 ) -> None:
-    """Win rate of --model over --baseline under the constitution, and over-refusal on benign prompts."""
+    """Win rate of --model over --baseline under the constitution, and over-refusal on benign prompts,
+    each with its 95% interval and a paired test."""
     from cai.constitution import load_constitution
     from cai.evaluation.policy import evaluate_policy
     from cai.generators.queries import load_seed_queries
 
     fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    (m,) = _policies([model], "--model", model_backend, model_option)
+    (b,) = _policies([baseline], "--baseline", model_backend, model_option)
     c = load_constitution(constitution)
     qs = load_seed_queries(prompts)[:limit]
-    result = _logged(
-        out_json,
-        evaluate_policy,
-        model,
-        baseline,
-        [q.messages for q in qs],
-        c,
-        fb,
-        principles,
-        max_new_tokens,
-        seed,
-        benign_prompts(benign),
-    )
-
+    with library_output(_log_dir(out_json)):
+        result = evaluate_policy(
+            m, b, [q.messages for q in qs], c, fb, principles, max_new_tokens, seed, benign_prompts(benign),
+            samples=samples, temperature=temperature, max_failures=max_failures,
+        )  # fmt: skip
     emit(result, as_json, out_json, policy_tables)
 
 
 @app.command("character")
 def eval_character(
-    model: Annotated[str, typer.Option("--model", help="The trained policy (path or hub id).")],
+    model: Annotated[
+        str, typer.Option("--model", help="The trained policy: path, hub id, served name or backend-config YAML.")
+    ],
     baseline: Annotated[str, typer.Option("--baseline", help="The policy to compare against, e.g. `default`.")],
     constitution: Annotated[str, typer.Option(help="A character constitution (with traits).")] = "character",
     prompts: Annotated[
@@ -201,6 +255,8 @@ def eval_character(
             help="Held-out trait prompts: a run's datasets/ folder or a JSONL file; default: each trait's questions."
         ),
     ] = None,
+    model_backend: ModelBackendOpt = None,
+    model_option: ModelOptionOpt = None,
     feedback: FeedbackOpt = None,
     feedback_backend: FeedbackBackendOpt = None,
     feedback_model: FeedbackModelOpt = None,
@@ -208,20 +264,28 @@ def eval_character(
     benign: BenignOpt = None,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    samples: SamplesOpt = 1,
+    temperature: TemperatureOpt = 0.0,
+    max_failures: MaxFailuresOpt = 0.1,
     seed: int = 0,
     as_json: JsonOpt = False,
     out_json: OutJsonOpt = None,
 ) -> None:
-    """Per-trait win rate of --model over --baseline, over-refusal on benign prompts, and leaks."""
+    """Per-trait win rate of --model over --baseline, over-refusal on benign prompts, and leaks,
+    each with its 95% interval and a paired test."""
     from cai.constitution import load_constitution
     from cai.evaluation.character import evaluate_character, trait_queries
 
     fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    (m,) = _policies([model], "--model", model_backend, model_option)
+    (b,) = _policies([baseline], "--baseline", model_backend, model_option)
     c = load_constitution(constitution)
     items = trait_queries(c, prompts, limit)
-    result = _logged(
-        out_json, evaluate_character, model, baseline, c, items, fb, max_new_tokens, seed, benign_prompts(benign)
-    )
+    with library_output(_log_dir(out_json)):
+        result = evaluate_character(
+            m, b, c, items, fb, max_new_tokens, seed, benign_prompts(benign),
+            samples=samples, temperature=temperature, max_failures=max_failures,
+        )  # fmt: skip
     emit(result, as_json, out_json, character_tables)
 
 
@@ -232,7 +296,8 @@ def eval_frontier(
         list[str],
         typer.Option(
             "--models",
-            help="Checkpoints in training order (paths or hub ids): --models A B C. The first is the reference.",
+            help="Checkpoints in training order (paths, hub ids, served names or backend-config YAML files): "
+            "--models A B C. The first is the reference.",
         ),
     ],
     red_team: Annotated[
@@ -253,6 +318,8 @@ def eval_frontier(
     helpful_tag: Annotated[
         str | None, typer.Option(help="Use only its principles with this tag (all when none has it).")
     ] = "helpful",
+    model_backend: ModelBackendOpt = None,
+    model_option: ModelOptionOpt = None,
     feedback: FeedbackOpt = None,
     feedback_backend: FeedbackBackendOpt = None,
     feedback_model: FeedbackModelOpt = None,
@@ -260,12 +327,16 @@ def eval_frontier(
     principles: Annotated[int, typer.Option(min=1, help="Principles per answer or pair.")] = 2,
     limit: Annotated[int | None, typer.Option(min=1, help="Only the first N red-team and N benign prompts.")] = None,
     max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    samples: SamplesOpt = 1,
+    temperature: TemperatureOpt = 0.0,
+    max_failures: MaxFailuresOpt = 0.1,
     seed: int = 0,
     plot: Annotated[Path | None, typer.Option(help="Also write the frontier plot here (PNG).")] = None,
     as_json: JsonOpt = False,
     out_json: OutJsonOpt = None,
 ) -> None:
-    """Per checkpoint: harmful compliance on red-team prompts, over-refusal and helpfulness on benign ones."""
+    """Per checkpoint: harmful compliance on red-team prompts, over-refusal and helpfulness on benign
+    ones, each with its 95% interval, and each checkpoint against the first by paired tests."""
     import base64
 
     from cai.constitution import load_constitution
@@ -275,7 +346,7 @@ def eval_frontier(
     extra = list(ctx.args)
     if any(a.startswith("-") for a in extra):
         raise UserError(f"{extra[0]}: unknown option")
-    models = [*models, *extra]
+    policies = _policies([*models, *extra], "--models", model_backend, model_option)
     fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
     if constitution is None:
         run_constitution = red_team / "constitution.yaml"
@@ -286,21 +357,13 @@ def eval_frontier(
     kind_prompts = benign_prompts(benign) or benign_chats()
     kind_prompts = kind_prompts[:limit]
     with progress("frontier", Console(stderr=True), disable=as_json, remaining=False) as bar:
-        task = bar.add_task("frontier", total=2 * len(models), note="answering")
-        result = _logged(
-            out_json,
-            evaluate_frontier,
-            models,
-            red,
-            kind_prompts,
-            c,
-            helpful,
-            fb,
-            principles,
-            max_new_tokens,
-            seed,
-            lambda what: bar.update(task, advance=1, note=what),
-        )
+        task = bar.add_task("frontier", total=2 * len(policies), note="answering")
+        with library_output(_log_dir(out_json)):
+            result = evaluate_frontier(
+                policies, red, kind_prompts, c, helpful, fb, principles, max_new_tokens, seed,
+                lambda what: bar.update(task, advance=1, note=what),
+                samples=samples, temperature=temperature, max_failures=max_failures,
+            )  # fmt: skip
     result["red_team"] = str(red_team)
     result["benign"] = str(benign) if benign is not None else "shipped benign set"
     if plot is not None:
