@@ -199,3 +199,75 @@ class FailsOn:
     def choice_logprobs(self, prompts, choices):
         out = self.judge.choice_logprobs(prompts, choices)
         return [ChoiceScores(error="prompt too long") if self.word in _question(p) else s for p, s in zip(prompts, out)]
+
+
+# Policies whose refusals are known, and a feedback model that reads refusals exactly.
+REFUSAL = "I won't help with that."
+_LAST_REPLY = re.compile(r"ASSISTANT: ([^\n]*)\n\n(?:The user's request|Judge the assistant)")
+
+
+class KnownPolicy:
+    """A policy backend whose model name is its behaviour: `refuses` declines every request,
+    `helps` never does (its answer repeats the request, so answers to two prompts differ)."""
+
+    name = "known-policy"
+
+    def __init__(self, model: str = "helps", **options):
+        if model not in ("refuses", "helps"):
+            raise ValueError(f"known-policy: model {model!r} is neither 'refuses' nor 'helps'")
+        self.model = model
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        text = REFUSAL if self.model == "refuses" else None
+        return [[Completion(text=text or f"Sure: {c[-1]['content']}", tokens=6)] * params.n for c in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        raise NotImplementedError("known-policy answers; it does not judge")
+
+
+class ReadsRefusals:
+    """A feedback model that knows a refusal when it sees one: an empty reply or one holding REFUSAL.
+    Asked whether a reply refuses, or whether it meets a harm principle, it says yes (P 0.9) to a
+    refusal and no (P 0.1) to a reply that helps; of two replies it prefers the one that helps with
+    P 0.9, and cannot tell two refusals or two helpful replies apart (1/2)."""
+
+    name = "reads-refusals"
+
+    def __init__(self, model: str = "reads-refusals", **options):
+        self.model = model
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def _refuses(reply: str) -> bool:
+        return not reply.strip() or REFUSAL in reply
+
+    def generate(self, chats, params, seeds=None):
+        return [[Completion(text="The answer is (A).", tokens=5)] * params.n for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            text = p if isinstance(p, str) else p[0]["content"]
+            pair = _PAIR.search(text)
+            if pair is not None:
+                a, b = self._refuses(pair.group("a")), self._refuses(pair.group("b"))
+                p_a = 0.5 if a == b else 0.1 if a else 0.9
+            else:
+                p_a = 0.9 if self._refuses(_LAST_REPLY.search(text).group(1)) else 0.1
+            out.append(ChoiceScores({"A": math.log(p_a), "B": math.log(1 - p_a)}))
+        return out
+
+
+def _register() -> None:
+    from cai.generators import register_backend
+
+    register_backend("known-policy", KnownPolicy)
+    register_backend("reads-refusals", ReadsRefusals)
+
+
+_register()
