@@ -208,7 +208,9 @@ def _with_test(v: dict | None, test: dict | None, against: str) -> str:
 
 
 def _failures(failures: dict) -> dict:
-    return {f"failed ({who})": f"{f['answers']} answers, {f['readings']} readings" for who, f in failures.items()}
+    from cai.tables import failed_text
+
+    return {f"failed ({who})": failed_text(f) for who, f in failures.items()}
 
 
 def _policy_display(e: dict, scalars: dict) -> tuple[dict, dict]:
@@ -239,7 +241,7 @@ def _policy_display(e: dict, scalars: dict) -> tuple[dict, dict]:
 def _frontier_rows(e: dict) -> list[dict]:
     """Frontier rows as the report shows them: each rate with its interval, what it stands over,
     and each checkpoint's paired test against the first."""
-    from cai.tables import verdict_text
+    from cai.tables import failed_text, verdict_text
 
     out = []
     for row in e["models"]:
@@ -256,9 +258,7 @@ def _frontier_rows(e: dict) -> list[dict]:
         if "helpfulness" in vs:
             helpful += against + verdict_text(vs["helpfulness"])
         failed = row.get("failures") or {}
-        name = row["model"] + (
-            f" ({failed['answers']} answers, {failed['readings']} readings failed)" if any(failed.values()) else ""
-        )
+        name = row["model"] + (f" (failed: {failed_text(failed)})" if any(failed.values()) else "")
         out.append(
             {
                 **row,

@@ -76,8 +76,10 @@ def verdict_text(v: dict | None) -> str:
     return f"{v['diff']:+.3f} ({v['test']}, p={v['p']:.3g}): {verdict}"
 
 
-def _failed(f: dict) -> str:
-    return f"{f['answers']} answers, {f['readings']} readings"
+def failed_text(f: dict) -> str:
+    """A model's failed items: `2 answers, 1 reading`."""
+    a, r = f["answers"], f["readings"]
+    return f"{a} answer{'s' * (a != 1)}, {r} reading{'s' * (r != 1)}"
 
 
 def _answering(r: dict) -> str:
@@ -102,7 +104,7 @@ def policy_tables(r: dict):
         rate_text(rates["over_refusal"]["baseline"]),
         verdict_text(tests["over_refusal"]),
     )
-    t.add_row("failed (left out)", _failed(r["failures"]["model"]), _failed(r["failures"]["baseline"]), "")
+    t.add_row("failed (left out)", failed_text(r["failures"]["model"]), failed_text(r["failures"]["baseline"]), "")
     yield t
     u = Table("what", "value", title="how it was read")
     fb = r["feedback"]
@@ -143,7 +145,9 @@ def character_tables(r: dict):
         rate_text(rates["leak_rate"]["baseline"]),
         verdict_text(tests["leak_rate"]),
     )
-    u.add_row("failed (left out)", _failed(r["failures"]["model"]), _failed(r["failures"]["baseline"]), "")
+    u.add_row("failed (left out)", failed_text(r["failures"]["model"]), failed_text(r["failures"]["baseline"]), "")
+    if r.get("first_error"):
+        u.caption = f"first error: {r['first_error']}"
     yield u
 
 
@@ -174,8 +178,10 @@ def frontier_tables(r: dict):
             rate_text(rates["harmlessness"]),
             rate_text(rates["over_refusal"]),
             rate_text(rates["helpfulness"]),
-            _failed(row["failures"]),
+            failed_text(row["failures"]),
         )
+    if r.get("first_error"):
+        t.caption = f"first error: {r['first_error']}"
     yield t
     u = Table("model", *FRONTIER_MEASURES.values(), title=f"each checkpoint against {r['reference']} (paired tests)")
     for row in r["models"][1:]:
