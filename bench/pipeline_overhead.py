@@ -1,7 +1,8 @@
 """Pipeline overhead: the responses stage through `cai`'s pipeline vs straight through the backend.
 
-Both sides get the same prompts, the same batches and greedy decoding, in one process with the
-model loaded once, alternating so drift in machine load hits both. Prints tokens/s of each and
+Both sides get the same prompts and greedy decoding, in one process with the model loaded once,
+alternating so drift in machine load hits both; the raw side calls the backend in batches of
+--batch-size, the pipeline streams with batch_size set to the same. Prints tokens/s of each and
 their ratio (pipeline / raw; 1.0 means the run store, progress bars and records cost nothing).
 """
 
@@ -37,6 +38,7 @@ def main() -> None:
 
     from cai.config import RunConfig
     from cai.generators import SamplingParams
+    from cai.generators.records import Query
     from cai.generators.responses import response_chat
     from cai.pipeline import Pipeline
 
@@ -57,7 +59,7 @@ def main() -> None:
     backend = first.executor.backend(cfg.policy)
     params = SamplingParams(temperature=0, max_new_tokens=args.max_new_tokens)
     first.run(until="responses")  # warm-up, and the queries the raw side will use
-    kept = first.run_queries()
+    kept = [q for q in first.store.load("queries", Query) if q.dropped is None]
     chats = [response_chat(q, cfg.responses) for q in kept]
 
     raw_rates, pipe_rates = [], []

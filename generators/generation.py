@@ -99,3 +99,22 @@ def stripped(c: Completion) -> tuple[str, str | None]:
     """(text, raw): the text as a record keeps it, and the raw output only where it differs."""
     text = c.text.strip()
     return text, (c.text if c.text != text else None)
+
+
+def stream_text(
+    backend, prompt, params: SamplingParams, seed: int | None, on_text: Callable[[str], None]
+) -> Completion:
+    """One completion, its text handed to `on_text` piece by piece as the model writes it where the
+    backend can (`generate_stream`), else whole once it is done."""
+    if hasattr(backend, "generate_stream"):
+        final = None
+        for piece in backend.generate_stream(prompt, params, seed=seed):
+            if isinstance(piece, str):
+                on_text(piece)
+            else:
+                final = piece
+        return final if final is not None else Completion.failed("the backend sent no completion")
+    (comp,) = call_generate(backend, [prompt], params, [seed])[0]
+    if comp.error is None:
+        on_text(comp.text)
+    return comp

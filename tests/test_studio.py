@@ -486,8 +486,10 @@ def test_a_held_try_streams_its_steps_and_never_blocks_the_page(rules, tmp_path)
         second.join(60)
         r = http.post("/api/try", json={**body, "principle": "nope"})
         assert r.status_code == 422 and "nope" in r.json()["error"]
-    steps = {e["event"]: e for e in results["first"] if e["event"] != "status"}
+    steps = {e["event"]: e for e in results["first"] if e["event"] not in ("status", "text")}
     assert list(steps) == ["answer", "critique", "revision", "ranking", "done"], results["first"]
+    written = [(e["step"], e["text"]) for e in results["first"] if e["event"] == "text"]  # as the model writes
+    assert [step for step, _ in written] == ["answer", "critique", "revision"] and written[0][1] == Held.TEXTS[0]
     assert steps["answer"]["text"] == Held.TEXTS[0] and steps["critique"]["principle"] == "general-harm"
     assert steps["revision"]["kept"] and steps["done"]["seconds"] >= 0
     ranking = steps["ranking"]  # a question about harm, not length: this judge cannot tell

@@ -187,3 +187,21 @@ def test_generation_with_a_shared_prefix_matches_the_reference(hf_backend, unsha
     a = hf_backend.generate(chats, sampled)
     assert a == hf_backend.generate(chats, sampled) and [len(x) for x in a] == [2] * 4
     assert all(c.error is None and 0 < c.tokens <= 8 for x in a for c in x)
+
+
+@pytest.mark.slow
+def test_a_streamed_answer_is_the_answer_generate_gives(hf_backend):
+    """What an editor shows piece by piece adds up to the text `generate` writes for that prompt
+    (greedy, and sampled from the same seed)."""
+    chat = [{"role": "user", "content": "Give me two tips for sleeping better."}]
+    for params, seed in (
+        (SamplingParams(temperature=0, max_new_tokens=24), None),
+        (SamplingParams(temperature=1.0, max_new_tokens=24), 5),
+    ):
+        pieces = list(hf_backend.generate_stream(chat, params, seed=seed))
+        final = pieces[-1]
+        assert len(pieces) > 2 and final.error is None
+        assert "".join(pieces[:-1]) == final.text
+        seeds = None if seed is None else [seed]
+        assert final.text == hf_backend.generate([chat], params, seeds=seeds)[0][0].text
+        assert final.tokens == hf_backend.generate([chat], params, seeds=seeds)[0][0].tokens

@@ -48,3 +48,57 @@ def test_the_engine_environment_is_put_back_afterwards(monkeypatch):
         os.environ["LD_PRELOAD"] += ":/what/vllm/adds.so"
     assert os.environ["LD_PRELOAD"] == "/opt/mine.so"
     assert "VLLM_CPU_NUM_OF_RESERVED_CPU" not in os.environ
+
+
+STREAM_CONFIG = """\
+constitution: tiny.yaml
+seed: 7
+write_every: 2
+policy: {backend: vllm, options: {max_model_len: 1024, kv_cache_gb: 1}}
+queries: {per_principle: 2, seed_file: seeds.txt, max_new_tokens: 24}
+responses: {samples: 2, max_new_tokens: 48, temperature: 1.0}
+revisions: {rounds: 1, few_shot: 0, critique_max_new_tokens: 24, revision_max_new_tokens: 32}
+comparisons: {principles: 1}
+"""
+
+
+@pytest.mark.slow
+def test_kill_9_mid_stream_then_rerun_loses_and_duplicates_nothing(tmp_path):
+    """A stage streams through vLLM's engine queue and writes in small groups; killed in the middle,
+    the rerun redoes only what was in flight: the ids of an unkilled run, each once."""
+    import json
+    import signal
+    import time
+
+    from tests.cli import cai
+    from tests.testing_utils import CONSTITUTION, SEEDS, records
+
+    def files(folder: Path) -> Path:
+        folder.mkdir()
+        (folder / "tiny.yaml").write_text(CONSTITUTION)
+        (folder / "seeds.txt").write_text(SEEDS)
+        (folder / "run.yaml").write_text(STREAM_CONFIG)
+        return folder / "run.yaml"
+
+    reference = files(tmp_path / "ref")
+    assert cai("run", reference, "--out", tmp_path / "ref" / "R").returncode == 0
+    cfg = files(tmp_path / "killed")
+    run = tmp_path / "killed" / "R"
+    proc = cai("run", cfg, "--out", run, wait=False)
+    deadline = time.time() + 900
+    while time.time() < deadline and not records(run, "revisions"):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    partial = len(records(run, "revisions"))
+    assert 0 < partial < len(records(tmp_path / "ref" / "R", "revisions")), partial
+    r = cai("run", cfg, "--out", run)
+    assert r.returncode == 0, r.stderr
+    for stage in ("queries", "responses", "revisions", "comparisons"):
+        got = {x["id"]: json.dumps(x.get("text") or x.get("rounds") or x.get("messages")) for x in records(run, stage)}
+        want = {
+            x["id"]: json.dumps(x.get("text") or x.get("rounds") or x.get("messages"))
+            for x in records(tmp_path / "ref" / "R", stage)
+        }
+        assert len(got) == len(records(run, stage)), f"{stage}: duplicates after resume"
+        assert sorted(got) == sorted(want), stage

@@ -168,16 +168,49 @@ def constitution_import(
         console.print(f"wrote {out} ({len(c.principles)} principles, {len(c.few_shot)} few-shot)")
 
 
-def _print_step(step: str, data: dict) -> None:
-    if step == "answer":
-        console.print(f"[bold]answer[/bold] ({data['tokens']} tokens): {escape(data['text'])}")
-    elif step == "critique":
-        console.print(f"[bold]critique[/bold] under {data['principle_id']}: {escape(data['text'])}")
-    elif step == "revision":
-        note = (
-            "" if data["kept"] else " [yellow](not usable: empty, the same answer, or a copy of the critique)[/yellow]"
-        )
-        console.print(f"[bold]revision[/bold]{note}: {escape(data['text'])}")
+class _Steps:
+    """A try's steps on the terminal: the answer, the critique and the revision as the model writes
+    them, then what each step came to."""
+
+    def __init__(self):
+        self.open: str | None = None
+
+    def text(self, step: str, piece: str) -> None:
+        if self.open != step:
+            self._close()
+            console.print(f"[bold]{step}[/bold]: ", end="")
+            self.open = step
+        console.print(escape(piece), end="", soft_wrap=True, highlight=False)
+
+    def _close(self) -> None:
+        if self.open is not None:
+            console.print()
+            self.open = None
+
+    def done(self, step: str, data: dict) -> None:
+        streamed = self.open == step
+        self._close()
+        if step == "answer":
+            note = f"({data['tokens']} tokens)" if streamed else f"({data['tokens']} tokens): {escape(data['text'])}"
+            console.print(f"[dim]{note}[/dim]" if streamed else f"[bold]answer[/bold] {note}")
+        elif step == "critique":
+            body = "" if streamed else f": {escape(data['text'])}"
+            console.print(
+                f"[dim](under {data['principle_id']})[/dim]"
+                if streamed
+                else f"[bold]critique[/bold] under {data['principle_id']}{body}"
+            )
+        elif step == "revision":
+            note = (
+                ""
+                if data["kept"]
+                else " [yellow](not usable: empty, the same answer, or a copy of the critique)[/yellow]"
+            )
+            if streamed:
+                if note:
+                    console.print(note.strip())
+            else:
+                console.print(f"[bold]revision[/bold]{note}: {escape(data['text'])}")
 
 
 @app.command("try")
@@ -216,6 +249,7 @@ def constitution_try(
     ids = [p.id for p in c.principles] + [t.id for t in c.traits]
     if principle is not None and principle not in ids:  # before the model loads
         raise UserError(f"--principle: {c.name} has no principle {principle!r} (it has {', '.join(ids)})")
+    shown = _Steps()
     with library_output(None):
         with console.status("loading the model", spinner="dots"):
             b_policy = load_backend(pol)
@@ -228,9 +262,10 @@ def constitution_try(
                 b_feedback,
                 principle,
                 seed,
-                None if as_json else _print_step,
+                None if as_json else shown.done,
                 answer=answer,
                 temperature=temperature,
+                on_text=None if as_json else shown.text,
             )
         finally:
             b_policy.close()

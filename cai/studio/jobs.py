@@ -17,13 +17,15 @@ from .models import Emit, Models
 def _cache(models: Models):
     """The reading cache in the user's cache folder, opened on the model thread (SQLite stays on one thread)."""
     if getattr(models, "reading_cache", None) is None:
+        from cai.core.identity import identity
         from cai.critique.cache import ReadingCache, backend_identity
         from cai.generators.default_model import cache_root
 
         _, feedback = models.backends(lambda e: None)
         fb = models.feedback_cfg or models.policy_cfg
         folder = models.cache_dir or cache_root() / "readings"
-        models.reading_cache = ReadingCache(folder, backend_identity(feedback, fb.options))
+        shaping = identity(fb, "stage")["options"]  # keys and timeouts change no reading
+        models.reading_cache = ReadingCache(folder, backend_identity(feedback, shaping))
     return models.reading_cache
 
 
@@ -77,6 +79,7 @@ def run_try(models: Models, c, message: str, principle: str | None, emit: Emit, 
         max_new_tokens=max_new_tokens,
         revision=revision,
         cache=cache,
+        on_text=lambda step, piece: emit({"event": "text", "step": step, "text": piece}),
     )
     return {"seconds": result["seconds"], "tokens": result["tokens"]}
 

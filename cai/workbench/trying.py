@@ -28,9 +28,11 @@ from cai.critique.revise import (
     revision_chat,
     usable_revision,
 )
+from cai.generators.generation import stream_text
 from cai.generators.types import SamplingParams
 
 OnStep = Callable[[str, dict], None]
+OnText = Callable[[str, str], None]
 
 
 def as_constitution(c: Constitution | str | Path) -> Constitution:
@@ -84,6 +86,7 @@ def try_chain(
     max_new_tokens: int = 128,
     revision: RevisionConfig | None = None,
     cache: ReadingCache | None = None,
+    on_text: OnText | None = None,
 ) -> dict:
     """Answer `message`, critique and revise the answer under one principle, rank initial vs revised.
 
@@ -102,6 +105,9 @@ def try_chain(
         on_step: called as `on_step(step, data)` when each step is done, in this order:
             "answer" {text, tokens}, "critique" {principle_id, text}, "revision" {text, kept},
             "ranking" {the result's "ranking" value}.
+        on_text: called as `on_text(step, piece)` while the answer, the critique and the revision
+            are written, piece by piece where the backend streams (transformers), so an editor
+            shows them as they come.
 
     Returns a dict: constitution, messages, answer, principle_id, critique, revision,
     revision_kept, ranking ({p_revised, order_consistent, reading, principles, readings: [{principle_id,
@@ -116,13 +122,15 @@ def try_chain(
     key = record_id("try", messages, seed)
     critic, ranking_pool = _principles(c, principle_id, f"{seed}/{key}")
     step = on_step or (lambda name, data: None)
+    text = on_text or (lambda name, piece: None)
     tokens = 0
 
+    def write(name: str, prompt, params: SamplingParams, item_seed: int):
+        return stream_text(backend_policy, prompt, params, item_seed, lambda piece: text(name, piece))
+
     if answer is None:
-        params = SamplingParams(
-            temperature=temperature, max_new_tokens=max_new_tokens, seed=derive_seed(seed, key, "answer")
-        )
-        (comp,) = backend_policy.generate([messages], params)[0]
+        params = SamplingParams(temperature=temperature, max_new_tokens=max_new_tokens)
+        comp = write("answer", messages, params, derive_seed(seed, key, "answer"))
         if comp.error:
             raise UserError(f"the policy could not answer: {comp.error}")
         answer, tokens = comp.text.strip(), comp.tokens
@@ -130,20 +138,15 @@ def try_chain(
 
     conversation = messages + [{"role": "assistant", "content": answer}]
     prompt = critique_chat(c, critic, conversation, examples_for(c, critic, cfg.few_shot, f"{seed}/{key}/0"))
-    params = SamplingParams(
-        temperature=cfg.temperature,
-        top_p=cfg.top_p,
-        max_new_tokens=cfg.critique_max_new_tokens,
-        seed=derive_seed(seed, key, 0),
-    )
-    (crit,) = backend_policy.generate([prompt], params)[0]
+    params = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, max_new_tokens=cfg.critique_max_new_tokens)
+    crit = write("critique", prompt, params, derive_seed(seed, key, 0))
     if crit.error:
         raise UserError(f"the policy could not critique: {crit.error}")
     critique = crit.text.strip()
     step("critique", {"principle_id": critic.id, "text": critique})
 
-    params = params.model_copy(update={"max_new_tokens": cfg.revision_max_new_tokens, "seed": params.seed + 1})
-    (rev,) = backend_policy.generate([revision_chat(prompt, critique, critic)], params)[0]
+    params = params.model_copy(update={"max_new_tokens": cfg.revision_max_new_tokens})
+    rev = write("revision", revision_chat(prompt, critique, critic), params, derive_seed(seed, key, 0) + 1)
     if rev.error:
         raise UserError(f"the policy could not revise: {rev.error}")
     revised = clean_revision(rev.text)

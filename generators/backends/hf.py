@@ -19,6 +19,8 @@ from __future__ import annotations
 
 import inspect
 import math
+import threading
+from collections.abc import Iterator
 
 import torch
 
@@ -251,6 +253,49 @@ class TransformersBackend:
             comps = [self._completion(generated[r * copies + j], params, max_new) for j in range(copies)]
             results.append(comps if sample else [comps[0].model_copy() for _ in range(params.n)])
         return results
+
+    def generate_stream(
+        self, prompt: Prompt, params: SamplingParams, seed: int | None = None
+    ) -> Iterator[str | Completion]:
+        """One prompt's text as it is decoded (str pieces), then its `Completion`: what an editor
+        shows while the model writes. The same tokens as `generate` gives this prompt alone."""
+        from transformers import TextIteratorStreamer
+
+        encoded, errors = self._encode_all([prompt], reserve=1)
+        if errors:
+            yield Completion.failed(errors[0])
+            return
+        ids = encoded[0]
+        max_new = max(1, min(params.max_new_tokens, self.context_length - len(ids)))
+        inputs = self._pad([ids])
+        kwargs: dict = dict(max_new_tokens=max_new, pad_token_id=self.tokenizer.pad_token_id)
+        if params.temperature > 0:
+            row_seed = seed if seed is not None else (params.seed if params.seed is not None else 0)
+            kwargs["logits_processor"] = seeded_sampling(params, [row_seed], inputs["input_ids"].shape[1])
+        kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
+        if params.stop:
+            kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
+        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
+        out: dict = {}
+
+        def work() -> None:
+            try:
+                with torch.inference_mode():
+                    out["ids"] = self.lm.generate(**inputs, **kwargs, streamer=streamer)
+            except Exception as e:  # noqa: BLE001 - reported as the completion's error
+                out["error"] = e
+                streamer.end()
+
+        thread = threading.Thread(target=work, name="cai-generate-stream", daemon=True)
+        thread.start()
+        for piece in streamer:
+            if piece:
+                yield piece
+        thread.join()
+        if "error" in out:
+            yield Completion.failed(f"{type(out['error']).__name__}: {out['error']}")
+            return
+        yield self._completion(out["ids"][0, inputs["input_ids"].shape[1] :], params, max_new)
 
     def _completion(self, ids: torch.Tensor, params: SamplingParams, max_new: int) -> Completion:
         ids = ids.tolist()

@@ -263,6 +263,18 @@ function tryStep(ev) {
   return li;
 }
 
+// A step the model is still writing: its text grows piece by piece, then the finished step replaces it.
+function writing(steps, ev) {
+  let li = steps.querySelector(`li.writing[data-step="${ev.step}"]`);
+  if (!li) {
+    li = el("li", { class: `step ${ev.step} writing`, "data-step": ev.step },
+      el("div", { class: "step-head", text: `${STEP_TITLES[ev.step] || ev.step} (writing…)` }),
+      el("div", { class: "step-body" }));
+    steps.append(li);
+  }
+  li.querySelector(".step-body").textContent += ev.text;
+}
+
 $("#try-run").addEventListener("click", async () => {
   const button = $("#try-run");
   const status = $("#try-status");
@@ -276,7 +288,11 @@ $("#try-run").addEventListener("click", async () => {
       if (ev.event === "status") status.textContent = ev.message;
       else if (ev.event === "error") { status.textContent = ""; notice(`try: ${ev.message}`); }
       else if (ev.event === "done") status.textContent = `done in ${ev.seconds ?? "?"} s`;
-      else steps.append(tryStep(ev));
+      else if (ev.event === "text") writing(steps, ev);
+      else {
+        const open = steps.querySelector(`li.writing[data-step="${ev.event}"]`);
+        if (open) open.replaceWith(tryStep(ev)); else steps.append(tryStep(ev));
+      }
     });
   } catch (err) {
     status.textContent = "";
