@@ -18,10 +18,11 @@ import shutil
 import pytest
 
 from tests.cli import cai
+from tests.testing_utils import require_vllm
 
-from .test_backend_conformance import CONTEXT, KV_CACHE_GB, SERVE_ARGS, needs_vllm
+from .test_backend_conformance import CONTEXT, KV_CACHE_GB, SERVE_ARGS
 
-pytestmark = [pytest.mark.slow, needs_vllm]
+pytestmark = [pytest.mark.slow, require_vllm]
 
 KEY = "sk-eval-backends"
 VLLM_OPTIONS = {"max_model_len": CONTEXT, "kv_cache_gb": KV_CACHE_GB}
