@@ -276,15 +276,15 @@ def _frontier_rows(e: dict) -> list[dict]:
 
 def _labeler_display(e: dict, scalars: dict) -> tuple[dict, dict]:
     """The labeler's rates with their intervals and n, and its judge-bias battery, as rows."""
-    from cai.tables import LABELER_RATES, bias_rows, interval_text
+    from cai.tables import LABELER_RATES, bias_rows, rate_text
 
     rates = e.get("rates") or {}
     for k in LABELER_RATES:
         if k in rates:
-            scalars[k] = interval_text(rates[k])
+            scalars[k] = rate_text(rates[k])
     per = rates.get("by_principle") or {}
     by_principle = {
-        pid: {**v, "agreement": interval_text(per[pid]) if pid in per else v.get("agreement")}
+        pid: {**v, "agreement": rate_text(per[pid]) if pid in per else v.get("agreement")}
         for pid, v in (e.get("by_principle") or {}).items()
     }
     if e.get("bias"):

@@ -13,38 +13,107 @@ def _kinds(r: dict) -> str:
     return ", ".join(f"{n} {k}" for k, n in r.get("reading_kinds", {}).items()) or "-"
 
 
+LABELER_RATES = ("agreement", "order_consistency", "position_bias", "mean_p_chosen")
+
+
+def _labeler_rate(r: dict, k: str) -> str:
+    """A labeler rate with its interval where the result has one (results from before it, bare)."""
+    v = (r.get("rates") or {}).get(k)
+    return rate_text(v) if v else fmt(r.get(k))
+
+
 def labeler_tables(r: dict):
     t = Table("metric", "value", title=f"labeler: {r['method']}, {r['principles']} principles, {r['pairs']} pairs")
     if "reading" in r:
         t.add_row("letters read by", f"{r['reading']} ({_kinds(r)})")
-    for k in (
-        "agreement",
-        "order_consistency",
-        "position_bias",
-        "ece",
-        "mean_p_chosen",
-        "readings",
-        "floored_readings",
-        "skipped",
-        "errors",
-        "seconds",
-    ):
+    for k in LABELER_RATES:
+        t.add_row(k, _labeler_rate(r, k))
+    for k in ("ece", "readings", "floored_readings", "skipped", "errors", "seconds"):
         t.add_row(k, fmt(r.get(k)))
+    if r.get("first_error"):
+        t.add_row("first error", r["first_error"])
     yield t
     if "parsed" in r:
         p = r["parsed"]
         t = Table("metric", "value", title=f"parsed letters (0 or 1), {p['pairs']} pairs, kept apart")
-        for k in ("agreement", "order_consistency", "position_bias", "mean_p_chosen", "readings"):
-            t.add_row(k, fmt(p[k]))
+        for k in LABELER_RATES:
+            t.add_row(k, _labeler_rate(p, k))
+        t.add_row("readings", fmt(p["readings"]))
         yield t
     t = Table("principle", "pairs", "agreement", "mean p(chosen)", title="per principle")
+    per = (r.get("rates") or {}).get("by_principle") or {}
     for pid, v in r["by_principle"].items():
-        t.add_row(pid, str(v["pairs"]), fmt(v["agreement"]), fmt(v["mean_p_chosen"]))
+        t.add_row(
+            pid,
+            str(v["pairs"]),
+            rate_text(per[pid]) if pid in per else fmt(v["agreement"]),
+            fmt(v["mean_p_chosen"]),
+        )
     yield t
     t = Table("soft label", "pairs", "confidence", "accuracy", title=f"reliability (ECE {r['ece']:.3f})")
     for row in r["reliability"]:
         t.add_row(row["bin"], str(row["count"]), fmt(row["confidence"]), fmt(row["accuracy"]))
     yield t
+    if r.get("bias"):
+        yield bias_table(r)
+
+
+def _flag(v: dict | None, what: str) -> str:
+    return f"  ← {what}" if v and v.get("flagged") else ""
+
+
+def slope_text(v: dict | None) -> str:
+    if not v or v.get("value") is None:
+        return f"- (n={(v or {}).get('n', 0)}: too few pairs, or no length difference)"
+    low, high = v["ci95"]
+    return f"{v['value']:+.3f} [{low:+.3f}, {high:+.3f}] n={v['n']}"
+
+
+def bias_rows(r: dict) -> list[tuple[str, str]]:
+    """The judge-bias battery as (check, finding) rows, shared by the table and the report."""
+    b = r["bias"]
+    rows = [
+        (
+            "position: share of readings won by (A) (1/2: none)",
+            rate_text(b["position"]) + _flag(b["position"], "position bias"),
+        ),
+        (
+            "length: slope of P(human-chosen) per 100 more words in it (0: none)",
+            slope_text(b["length"]) + _flag(b["length"], "length bias"),
+        ),
+    ]
+    twins = b.get("padded_twins")
+    if twins:
+        added = f"{twins['words_added']:.0f} words of filler"
+        rows.append((f"padded twins ({added}): padded wins (1/2: none)", rate_text(twins["padded_wins"])))
+        rows.append(("padded twins: mean P(padded)", rate_text(twins["mean_p_padded"]) + _flag(twins, "length bias")))
+    own = b.get("self_preference")
+    if own:
+        rows.append(
+            (
+                f"self-preference: {own['judge']}'s answers win against {own['other']}'s (1/2: none)",
+                rate_text(own["own_wins"]) + _flag(own, "prefers its own (or answers better)"),
+            )
+        )
+        rows.append(("self-preference: mean P(own)", rate_text(own["mean_p_own"])))
+        rows.append(("self-preference: note", own["note"]))
+    named = b.get("self_preference_labelled")
+    if named:
+        rows.append(("agreement when the human-chosen answer is its own", rate_text(named["agreement_own_chosen"])))
+        rows.append(("agreement when it is the other model's", rate_text(named["agreement_other_chosen"])))
+        gap = named["gap"]
+        text = "-" if gap.get("diff") is None else f"{gap['diff']:+.3f} [{gap['ci95'][0]:+.3f}, {gap['ci95'][1]:+.3f}]"
+        rows.append(("gap (own − other)", text + _flag(named, "self-preference")))
+    for w in r.get("warnings") or []:
+        rows.append(("warning", w))
+    return rows
+
+
+def bias_table(r: dict) -> Table:
+    t = Table("check", "finding", title="judge bias (95% intervals; ← marks an interval that excludes no bias)")
+    for check, finding in bias_rows(r):
+        t.add_row(check, finding)
+    return t
 
 
 def reward_model_tables(r: dict):

@@ -8,7 +8,7 @@ from typing import Annotated, Literal
 import typer
 from rich.console import Console
 
-from cai.core.errors import UserError
+from cai.core.errors import RunFailed, UserError
 from cai.core.progress import progress
 from cai.logs import library_output
 from cai.tables import character_tables, frontier_tables, labeler_tables, policy_tables, reward_model_tables
@@ -70,6 +70,42 @@ def eval_labeler(
     feedback_backend: FeedbackBackendOpt = None,
     feedback_model: FeedbackModelOpt = None,
     feedback_option: FeedbackOptionOpt = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(
+            help="The policy whose answers the feedback model ranks (backend or run config), to warn when "
+            "they are one model; a run config given as --feedback says it too."
+        ),
+    ] = None,
+    padded_pairs: Annotated[
+        int | None,
+        typer.Option(
+            "--padded-pairs", min=0, help="Padded twins for the first N pairs (default: every pair; 0: none)."
+        ),
+    ] = None,
+    against: Annotated[
+        str | None,
+        typer.Option(
+            "--against",
+            help="Self-preference: this model and the feedback model both answer the pairs' prompts, and the "
+            "feedback model reads its own answers against this one's.",
+        ),
+    ] = None,
+    against_backend: Annotated[
+        str | None, typer.Option("--against-backend", help="Backend of --against (default transformers).")
+    ] = None,
+    against_option: Annotated[
+        list[str] | None, typer.Option("--against-option", help="--against backend option key=value (repeatable).")
+    ] = None,
+    answer_tokens: Annotated[
+        int, typer.Option(min=1, help="Most new tokens of each answer written for --against.")
+    ] = 128,
+    max_failures: Annotated[
+        float,
+        typer.Option(
+            min=0.0, max=1.0, help="Exit 1 when a larger share of the pairs (or of a bias check's pairs) fails to read."
+        ),
+    ] = 0.1,
     bins: Annotated[int, typer.Option(min=1, help="Calibration bins over the soft label 0.5-1.")] = 5,
     dump_pairs: Annotated[
         Path | None,
@@ -78,27 +114,70 @@ def eval_labeler(
     as_json: JsonOpt = False,
     out_json: OutJsonOpt = None,
 ) -> None:
-    """Agreement of the feedback model's ranking with human labels, and its failure modes."""
+    """Agreement of the feedback model's ranking with human labels, each rate with its 95% interval,
+    and the judge's biases: position, length (slope and padded twins) and self-preference."""
     import time
 
     from cai.constitution import load_constitution
-    from cai.critique.reading import reading_mode
-    from cai.evaluation.labeler import label_pairs, readings_to_json, summarise
-    from cai.generators import load_backend
+    from cai.critique.reading import ReadingConfig, reading_mode
+    from cai.evaluation import labeler as lab
+    from cai.generators import BackendConfig, backend_names, load_backend
+
+    from .options import key_values, policy_config
 
     fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    warnings = []
+    if policy is not None or feedback is not None:
+        pol = policy_config(policy, feedback, fb)
+        if pol is not fb and lab.same_model(pol.model, fb.model):
+            warnings.append(lab.same_model_note(f"{fb.backend}:{fb.model}"))
+            typer.echo("warning: " + warnings[-1], err=True)
+    other = None
+    if against is not None:
+        backend = against_backend or "transformers"
+        if backend not in backend_names():
+            raise UserError(
+                f"--against-backend: unknown backend {backend!r}; choose one of {', '.join(backend_names())}"
+            )
+        if lab.same_model(against, fb.model):
+            raise UserError(f"--against: {against} is the feedback model itself; name another model")
+        other = BackendConfig(backend=backend, model=against, options=key_values(against_option, "--against-option"))
     c = load_constitution(constitution)
     data, skipped = _read_pairs(pairs, limit, dump_pairs)
+    cfg = ReadingConfig(method=method, principles=principles)
+    twins_of = data if padded_pairs is None else data[:padded_pairs]
     start = time.perf_counter()
+    twins = own = None
     with library_output(_log_dir(out_json)):
         b = load_backend(fb)
         try:
             reading = reading_mode(b)
-            readings, errors = label_pairs(b, c, data, method=method, principles=principles, seed=seed)
+            labels = lab.read_labeled_pairs(b, c, data, cfg, seed)
+            readings, errors = lab.readings_of(labels)
+            first = f"{errors[0]['pair']}: {errors[0]['error']}" if errors else None
+            _labeler_failures(pairs, "pairs", len(errors), len(data), first, max_failures)
+            if twins_of:
+                twins = lab.padded_twins(b, c, twins_of, cfg, seed)
+                _labeler_failures(
+                    pairs, "padded twins", twins["failures"], len(twins_of), twins["first_error"], max_failures
+                )
+            if other is not None:
+                o = load_backend(other)
+                try:
+                    own = lab.self_preference(b, o, c, data, cfg, seed, answer_tokens)
+                finally:
+                    o.close()
+                _labeler_failures(
+                    pairs, "self-preference pairs", own["failures"], len(data), own["first_error"], max_failures
+                )
         finally:
             b.close()
     if not readings:
-        raise UserError(f"{pairs}: every pair failed ({errors[0]['error'] if errors else 'no pairs'})")
+        raise RunFailed(f"{pairs}: every pair failed to read; first: {first}")
+    summary = lab.summarise(readings, bins)
+    rates = lab.labeler_rates(readings, [e["principles"] for e in errors], seed)
+    if "parsed" in summary:
+        summary["parsed"]["rates"] = lab.labeler_rates([r for r in readings if r.kind == "parsed"], seed=seed)
     result = {
         "kind": "labeler",
         "pairs_file": str(pairs),
@@ -111,12 +190,30 @@ def eval_labeler(
         "reading": reading,
         "skipped": skipped,
         "errors": len(errors),
+        "first_error": first,
         "seconds": round(time.perf_counter() - start, 1),
-        **summarise(readings, bins),
-        "per_reading": readings_to_json(readings),
+        **summary,
+        "rates": rates,
+        "bias": {
+            "position": {**rates["position_bias"], "flagged": lab.excludes(*rates["position_bias"]["ci95"], 0.5)},
+            "length": lab.length_bias(labels, seed),
+            "padded_twins": twins,
+            "self_preference": own,
+            "self_preference_labelled": lab.labelled_self_preference(labels, fb.model, seed),
+        },
+        "warnings": warnings,
+        "per_reading": lab.readings_to_json(readings),
     }
 
     emit(result, as_json, out_json, labeler_tables)
+
+
+def _labeler_failures(pairs: Path, what: str, failed: int, total: int, first: str | None, most: float) -> None:
+    """Past --max-failures, end the command (exit 1) naming the first error."""
+    if total and failed / total > most:
+        raise RunFailed(
+            f"{pairs}: {failed} of {total} {what} failed to read (more than --max-failures {most:g}); first: {first}"
+        )
 
 
 @app.command("reward-model")

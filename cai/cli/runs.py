@@ -64,6 +64,7 @@ def run_config(
         pipe.run(only=only)
         console.print(plan_table(pipe.plan, change))
         return
+    _same_model_note(cfg)
     with library_output(out):
         pipe = Pipeline(
             cfg, out, limit=limit, shard=where, console=console, retry_failed=retry_failed,
@@ -94,6 +95,15 @@ def run_config(
         if only is None and pipe.shard[1] == 1:
             counts = export_run(out)
             console.print("datasets: " + ", ".join(f"{k}={v}" for k, v in counts.items()) + f"  in {out / 'datasets'}")
+
+
+def _same_model_note(cfg) -> None:
+    """One line before the run when the policy's own model ranks its answers (a note, not an error)."""
+    from cai.evaluation.labeler import same_model, same_model_note
+
+    fb = cfg.feedback_backend
+    if cfg.comparisons.mode != "distill" and same_model(fb.model, cfg.policy.model):
+        console.print("note: " + same_model_note(f"{fb.backend}:{fb.model}"), soft_wrap=True, markup=False)
 
 
 def _every_task_failed(stats, store) -> None:
