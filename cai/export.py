@@ -8,7 +8,7 @@ from pathlib import Path
 from cai.core.errors import UserError
 from cai.generators.queries import Deduplicator
 from cai.generators.records import Query
-from cai.training.export import build_rows, write_export
+from cai.training.export import LengthControl, build_rows, length_points, write_export
 
 from .history import lagging_shards
 from .lock import RunLock
@@ -53,6 +53,7 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
         queries, duplicates = drop_duplicates_across_shards(queries, cfg.queries.near_duplicate)
     texts = run.texts()
     try:
+        length = length_control(run, texts) if cfg.comparisons.length_control else None
         rows = build_rows(
             queries,
             run.records("revisions"),
@@ -60,6 +61,7 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
             texts,
             cfg.export,
             run.records("introspection"),
+            length,
         )
         card = {
             "title": f"cai: {c.name}",
@@ -77,12 +79,24 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
             }
         if duplicates is not None:
             card["near_duplicates_across_shards"] = duplicates
+        if length is not None:
+            card["length_control"] = length.card()
         source = out.resolve()
         fmt = fmt or cfg.export.format
         home = dest.resolve() == source / "datasets"
         return write_export(rows, dest, card, fmt, cfg.export.shard_rows, source=str(source), home=home)
     finally:
         texts.close()
+
+
+def length_control(run: RunReader, texts) -> LengthControl:
+    """The slope of the run's soft labels on the length difference, fitted in a first pass over
+    its comparisons (the export's own pass is the second), with its interval."""
+    from cai.evaluation.stats import slope_within
+
+    x, y, kinds = length_points(run.records("comparisons"), texts)
+    s = slope_within(x, y, kinds, seed=run.config.seed)
+    return LengthControl(s.value, s.low, s.high, s.n)
 
 
 def is_run(folder: Path) -> bool:

@@ -16,7 +16,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from cai.constitution import Constitution, Principle, Trait
-from cai.core.identity import SELECTS, Source, identity
+from cai.core.identity import OPERATIONAL, SELECTS, Source, identity
 from cai.core.ids import record_id
 from cai.core.stage import StageOutput, Task
 from cai.generators.records import Query
@@ -53,6 +53,12 @@ class ComparisonConfig(ReadingConfig):
     )
     constitution: Annotated[str | None, Source(_constitution_digest)] = Field(
         None, description="Rank under another principle file (e.g. hhh); default: the run's."
+    )
+    length_control: Annotated[bool, OPERATIONAL] = Field(
+        False,
+        description="Export length-controlled soft labels: the slope of the soft label on the answers' length "
+        "difference is fitted over the run's ranked pairs and taken out of each label (the raw one kept as "
+        "p_chosen_raw). It shapes the export only, never a record.",
     )
 
     def identity_hook(self, view: str, data: dict) -> dict:
