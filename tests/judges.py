@@ -271,3 +271,108 @@ def _register() -> None:
 
 
 _register()
+
+
+# Judges with a known bias beyond quality, for the judge-bias battery of `cai eval labeler`. Each is
+# registered as a backend, so the command reads through it as through any model.
+_QUALITY = re.compile(r"\[q=(\d+)\]")
+
+
+def _replies(prompt) -> tuple[str, str]:
+    m = _PAIR.search(_question(prompt))
+    return m.group("a"), m.group("b")
+
+
+def _letters(p_a: float) -> ChoiceScores:
+    return ChoiceScores({"A": math.log(p_a), "B": math.log(1 - p_a)})
+
+
+class LovesLength:
+    """Prefers the reply with more words, whatever it says: P(A) = logistic((words A − words B) / scale)."""
+
+    name = "loves-length"
+
+    def __init__(self, model: str = "loves-length", scale: float = 4.0, **options):
+        self.model, self.scale = model, scale
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        return [[Completion(text="The longer one.", tokens=3)] * params.n for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            a, b = _replies(p)
+            d = max(-30.0, min(30.0, (len(a.split()) - len(b.split())) / self.scale))
+            out.append(_letters(1 / (1 + math.exp(-d))))
+        return out
+
+
+class ReadsQuality:
+    """Unbiased: reads only a quality mark hidden in each reply ("[q=7]") and prefers the higher,
+    P(A) = logistic(q A − q B); two replies with the same mark are an exact tie, however long.
+    With `fail`, every prompt holding that word fails, as an over-long prompt fails."""
+
+    name = "reads-quality"
+
+    def __init__(self, model: str = "reads-quality", fail: str | None = None, **options):
+        self.model, self.fail = model, fail
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        return [[Completion(text=f"{c[-1]['content']}, answered", tokens=3)] * params.n for c in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            if self.fail and self.fail in _question(p):
+                out.append(ChoiceScores(error="prompt too long"))
+                continue
+            qa, qb = (int(_QUALITY.search(r).group(1)) for r in _replies(p))
+            out.append(
+                ChoiceScores({"A": math.log(0.5), "B": math.log(0.5)})
+                if qa == qb
+                else _letters(1 / (1 + math.exp(qb - qa)))
+            )
+        return out
+
+
+class LovesOwn:
+    """A model that signs what it writes ("... (written by NAME)") and, judging, prefers the reply
+    signed with its own name with P 0.85 (1/2 when both or neither are its own): pure self-preference."""
+
+    name = "loves-own"
+
+    def __init__(self, model: str = "self", **options):
+        self.model = model
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        return [
+            [Completion(text=f"{c[-1]['content']} is a fair question (written by {self.model})", tokens=9)] * params.n
+            for c in chats
+        ]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            a, b = (f"(written by {self.model})" in r for r in _replies(p))
+            out.append(_letters(0.5 if a == b else 0.85 if a else 0.15))
+        return out
+
+
+def _register_biased() -> None:
+    from cai.generators import register_backend
+
+    register_backend("loves-length", LovesLength)
+    register_backend("reads-quality", ReadsQuality)
+    register_backend("loves-own", LovesOwn)
+
+
+_register_biased()

@@ -303,6 +303,14 @@ def test_eval_labeler_on_real_pairs(default_model_dir, tmp_path):
     assert res["pairs"] == 8 and res["readings"] == 16 and res["errors"] == 0
     for k in ("agreement", "order_consistency", "position_bias", "ece"):
         assert 0.0 <= res[k] <= 1.0
+    for k, n in (("agreement", 8), ("order_consistency", 8), ("position_bias", 16), ("mean_p_chosen", 8)):
+        rate = res["rates"][k]
+        assert rate["n"] == n and rate["ci95"][0] <= rate["value"] <= rate["ci95"][1]
+    bias = res["bias"]
+    assert (
+        bias["length"]["n"] == 8 and bias["length"]["ci95"][0] <= bias["length"]["value"] <= bias["length"]["ci95"][1]
+    )
+    assert bias["padded_twins"]["pairs"] == 8 and bias["padded_twins"]["padded_wins"]["n"] == 8
     assert sum(row["count"] for row in res["reliability"]) == 8
     saved = json.loads(out.read_text())
     assert len(saved["per_reading"]) == 16
