@@ -58,8 +58,11 @@ def labeler_tables(r: dict):
         yield bias_table(r)
 
 
-def _flag(v: dict | None, what: str) -> str:
-    return f"  ← {what}" if v and v.get("flagged") else ""
+def _flag(value: float | None, flagged: bool, centre: float, above: str, below: str) -> str:
+    """`← which way` where a check's interval excludes no bias."""
+    if not flagged or value is None:
+        return ""
+    return f"  ← {above if value > centre else below}"
 
 
 def slope_text(v: dict | None) -> str:
@@ -72,27 +75,35 @@ def slope_text(v: dict | None) -> str:
 def bias_rows(r: dict) -> list[tuple[str, str]]:
     """The judge-bias battery as (check, finding) rows, shared by the table and the report."""
     b = r["bias"]
+    pos, length = b["position"], b["length"]
     rows = [
         (
             "position: share of readings won by (A) (1/2: none)",
-            rate_text(b["position"]) + _flag(b["position"], "position bias"),
+            rate_text(pos) + _flag(pos["value"], pos["flagged"], 0.5, "(A) favoured", "(B) favoured"),
         ),
         (
             "length: slope of P(human-chosen) per 100 more words in it (0: none)",
-            slope_text(b["length"]) + _flag(b["length"], "length bias"),
+            slope_text(length) + _flag(length["value"], length["flagged"], 0.0, "longer favoured", "shorter favoured"),
         ),
     ]
     twins = b.get("padded_twins")
     if twins:
-        added = f"{twins['words_added']:.0f} words of filler"
+        added, mean = f"{twins['words_added']:.0f} words of filler", twins["mean_p_padded"]
         rows.append((f"padded twins ({added}): padded wins (1/2: none)", rate_text(twins["padded_wins"])))
-        rows.append(("padded twins: mean P(padded)", rate_text(twins["mean_p_padded"]) + _flag(twins, "length bias")))
+        rows.append(
+            (
+                "padded twins: mean P(padded)",
+                rate_text(mean) + _flag(mean["value"], twins["flagged"], 0.5, "padding favoured", "padding penalised"),
+            )
+        )
     own = b.get("self_preference")
     if own:
+        wins = own["own_wins"]
         rows.append(
             (
                 f"self-preference: {own['judge']}'s answers win against {own['other']}'s (1/2: none)",
-                rate_text(own["own_wins"]) + _flag(own, "prefers its own (or answers better)"),
+                rate_text(wins)
+                + _flag(wins["value"], own["flagged"], 0.5, "own favoured (or better)", "other favoured"),
             )
         )
         rows.append(("self-preference: mean P(own)", rate_text(own["mean_p_own"])))
@@ -103,7 +114,12 @@ def bias_rows(r: dict) -> list[tuple[str, str]]:
         rows.append(("agreement when it is the other model's", rate_text(named["agreement_other_chosen"])))
         gap = named["gap"]
         text = "-" if gap.get("diff") is None else f"{gap['diff']:+.3f} [{gap['ci95'][0]:+.3f}, {gap['ci95'][1]:+.3f}]"
-        rows.append(("gap (own − other)", text + _flag(named, "self-preference")))
+        rows.append(
+            (
+                "gap (own − other)",
+                text + _flag(gap.get("diff"), named["flagged"], 0.0, "self-preference", "the other favoured"),
+            )
+        )
     for w in r.get("warnings") or []:
         rows.append(("warning", w))
     return rows

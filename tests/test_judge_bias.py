@@ -31,6 +31,7 @@ from cai.evaluation.labeler import (
     words,
 )
 from cai.evaluation.pairs import LabeledPair, read_pairs
+from cai.tables import bias_rows
 
 from .judges import JUDGE_C, ReadsQuality
 from .testing_utils import CONFIG, REPO, read_jsonl, setup
@@ -189,7 +190,8 @@ def test_a_length_loving_judge_is_flagged_by_the_slope_and_the_padded_twins(tmp_
     assert not res["bias"]["position"]["flagged"] and res["bias"]["position"]["value"] == 0.5
     table = cai_judged("eval", "labeler", "--pairs", pairs, "--feedback-backend", "loves-length", "--principles", "2")
     assert table.returncode == 0, table.stderr
-    assert "judge bias" in table.stdout and "← length bias" in table.stdout
+    assert "judge bias" in table.stdout and "← longer favoured" in table.stdout
+    assert "← padding favoured" in table.stdout
     assert f"+{length['value']:.3f} [+{length['ci95'][0]:.3f}, +{length['ci95'][1]:.3f}] n=40" in table.stdout
 
 
@@ -222,6 +224,8 @@ def test_a_self_loving_judge_prefers_its_own_answers(tmp_path):
     assert own["own_wins"]["value"] > 0.5 and own["own_wins"]["ci95"][0] > 0.5 and own["flagged"]
     assert own["mean_p_own"]["value"] == pytest.approx(0.85)
     assert "mixes" in own["note"] and own["per_pair"][0]["own"].endswith("(written by self)")
+    (row,) = [v for k, v in bias_rows(res) if k.startswith("self-preference: loves-own:self's answers win")]
+    assert row.endswith("← own favoured (or better)")
     assert res["bias"]["padded_twins"] is None
 
 
@@ -366,5 +370,5 @@ def test_the_report_shows_the_battery(tmp_path):
     html = (run / "report.html").read_text()
     agreement = res["rates"]["agreement"]
     assert f"{agreement['value']:.3f} [{agreement['ci95'][0]:.3f}, {agreement['ci95'][1]:.3f}] n=12" in html
-    assert "judge bias: length: slope of P(human-chosen)" in html and "← length bias" in html
+    assert "judge bias: length: slope of P(human-chosen)" in html and "← longer favoured" in html
     assert "judge bias: padded twins" in html
