@@ -57,8 +57,11 @@ class StageCall:
     backend: BackendConfig
     before: tuple = ()
     after: tuple = ()
+    batch: int | None = None  # the run's batch_size: requests per call where the backend is driven in batches
 
     def __call__(self, backend: Any, tasks: list[Task]) -> Iterator[tuple[Task, StageOutput]]:
+        if self.batch is not None:
+            backend.stream_batch = self.batch
         return self.fn(backend, *self.before, tasks, *self.after)
 
     def whole(self, backend: Any, tasks: list[Task]) -> StageOutput:

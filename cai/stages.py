@@ -81,7 +81,7 @@ class RunContext:
 
     def call(self, role: Role, fn, *before, after: tuple = ()) -> StageCall:
         """`fn(backend, *before, tasks, *after)` on the role's backend, wherever the executor runs it."""
-        return StageCall(fn, self.backend_config(role), before, after)
+        return StageCall(fn, self.backend_config(role), before, after, self.cfg.batch_size)
 
     def mine(self, query_id: str) -> bool:
         """Work is split over shards by query id, so a query's whole chain stays in one shard's files."""

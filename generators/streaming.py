@@ -116,7 +116,8 @@ def stream_of(backend, feed: Feed, batch_size: int | None = None) -> Iterator[tu
     """The backend's own stream where it has one, else `batched_stream` at its batch size."""
     if hasattr(backend, "stream"):
         return backend.stream(feed)
-    size = batch_size or getattr(getattr(backend, "options", None), "batch_size", None) or 16
+    size = batch_size or getattr(backend, "stream_batch", None)  # a run's batch_size, set on its backend
+    size = size or getattr(getattr(backend, "options", None), "batch_size", None) or 16
     return batched_stream(backend, feed, size)
 
 

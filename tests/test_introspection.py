@@ -146,7 +146,7 @@ def test_introspection_run_resumes_after_sigkill_and_exports(tmp_path, tiny_mode
     (tmp_path / "seeds.txt").write_text("What's a good first houseplant?\n")
     cfg, run = tmp_path / "run.yaml", tmp_path / "run"
     cfg.write_text(
-        f"constitution: two.yaml\nbatch_size: 1\npolicy: {{model: {tiny_model}}}\n"
+        f"constitution: two.yaml\nbatch_size: 1\nwrite_every: 1\npolicy: {{model: {tiny_model}}}\n"
         "queries: {per_principle: 0, seed_file: seeds.txt}\n"
         "responses: {samples: 1, max_new_tokens: 4}\nrevisions: {rounds: 0}\n"
         "introspection: {reflections: 2, interactions: 1, turns: 3, max_new_tokens: 6}\n"

@@ -175,7 +175,7 @@ def reference_run(tmp_path_factory, default_model_dir):
 
 @pytest.mark.slow
 def test_sigkill_then_rerun_equals_uninterrupted(reference_run, tmp_path):
-    cfg = make_run_files(tmp_path)
+    cfg = make_run_files(tmp_path, CONFIG + "write_every: 1\n")  # a write per record: the kill lands mid-stage
     run = tmp_path / "run"
     proc = cai("run", cfg, "--out", run, wait=False)
     deadline = time.time() + 600

@@ -34,7 +34,7 @@ def config(tmp_path, base_url: str, extra: str = "") -> str:
     (tmp_path / "seeds.txt").write_text(SEEDS)
     cfg = tmp_path / "run.yaml"
     cfg.write_text(
-        "constitution: harmless\nbatch_size: 1\n"
+        "constitution: harmless\nbatch_size: 1\nwrite_every: 1\n"
         f"policy: {{backend: openai, model: {MODEL}, "
         f"options: {{base_url: '{base_url}', api_key: k, max_retries: 0}}}}\n"
         "queries: {per_principle: 0, seed_file: seeds.txt}\n"
@@ -168,7 +168,9 @@ def test_raising_comparison_principles_redoes_only_the_comparisons(tmp_path, def
     }
     for s in ("queries", "responses", "revisions"):
         assert table[s][3] == "0" and table[s][2] == "0", table  # nothing to do, nothing moved aside
-    assert table["comparisons"] == [str(len(old_pairs)), "0", str(len(old_pairs)), str(len(old_pairs)), "0"], table
+    n = len(old_pairs)  # every pair reads one principle more; the one it read comes back from the records
+    todo = f"{n} ({2 * n} letters to read, {2 * n} from earlier records)"
+    assert table["comparisons"] == [str(n), "0", str(n), todo, "0"], table
     assert {s: (run / f"{s}.jsonl").read_bytes() for s in stages} == before  # a dry run writes nothing
     assert not (run / "configs" / "002.yaml").exists()
 
