@@ -1,5 +1,5 @@
 """The text behind an id on the real embedded model (transformers, float32, CPU): the same at batch
-size 1 and 16, after a kill -9 and a resume, split over two shards, and on a Ray cluster.
+size 16 and at batch size 1 after a kill -9 and a resume, split over two shards, and on a Ray cluster.
 
 Each item samples from its own seed (derived from its id), drawn row by row from its own
 generator, so nothing about how the work was batched, resumed, sharded or placed reaches a text.
@@ -74,10 +74,7 @@ def test_every_id_has_one_text_however_the_work_was_done(tmp_path):
     want = texts(tmp_path / "b16" / "R")
     assert len([k for k in want if k.startswith("q-")]) > len(SEEDS.splitlines())  # generated queries too
 
-    small = files(tmp_path / "b1", 1)
-    run(small, tmp_path / "b1" / "R")
-    assert texts(tmp_path / "b1" / "R") == approx_floats(want)
-
+    small = files(tmp_path / "b1", 1)  # batch size 1, killed and resumed: both at once
     killed = tmp_path / "b1" / "K"
     proc = cai("run", small, "--out", killed, wait=False, env=ONE_THREAD)
     deadline = time.monotonic() + 600

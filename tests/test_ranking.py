@@ -121,4 +121,6 @@ def test_failed_argument_fails_the_pair_in_the_stage_and_the_eval_alike():
     assert not out.records and out.errors[0]["error"] == "server down"
     pair = LabeledPair("p", Q.messages, "GOOD answer", "bad answer", "x:1")
     readings, errors = label_pairs(Silent(), C, [pair], method="cot", principles=1)
-    assert readings == [] and errors == [{"pair": "x:1", "error": "server down"}]
+    assert readings == [] and [{k: e[k] for k in ("pair", "error")} for e in errors] == [
+        {"pair": "x:1", "error": "server down"}
+    ]

@@ -34,6 +34,7 @@ CONFIG = """\
 constitution: tiny.yaml
 seed: 5
 batch_size: 1
+write_every: 1
 queries: {per_principle: 1, seed_file: seeds.txt, max_new_tokens: 16}
 responses: {samples: 2, max_new_tokens: 12, temperature: 1.0}
 revisions: {rounds: 0}
