@@ -135,6 +135,11 @@ class VLLMBackend:
             kwargs["max_num_seqs"] = opts.max_num_seqs
         if opts.block_size is not None:
             kwargs["block_size"] = opts.block_size
+        if cpu:
+            # A seeded request whose prompt is prefilled in chunks has its sampled token discarded and
+            # its generator rewound, which a CPU generator cannot do: the engine dies. Whole prefills
+            # keep per-item seeds working with every prompt of a stage in the queue.
+            kwargs["enable_chunked_prefill"] = False
         kwargs.update(opts.engine_args)
         try:
             with _environment(cpu_engine_environment(opts) if cpu else {}):
