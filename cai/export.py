@@ -47,7 +47,7 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
             "rerun `cai run` on it to repair the file, then export"
         )
     cfg, c = run.config, run.constitution
-    queries: Iterable[Query] = run.records("queries")
+    queries: Iterable[Query] = run.conversations()
     duplicates = None
     if len(run.store.stage_paths("queries", all_shards=True)) > 1:
         queries, duplicates = drop_duplicates_across_shards(queries, cfg.queries.near_duplicate)

@@ -122,7 +122,10 @@ class Pipeline:
             else:
                 if only:
                     self._inputs_on_disk(stage)
-                wanted = self.execute(stage, stage.plan(self.ctx, outputs))
+                for _ in range(stage.passes(self.ctx)):  # a conversation's turns: one pass each
+                    wanted = self.execute(stage, stage.plan(self.ctx, outputs))
+                    if self.dry_run:
+                        break
                 outputs[stage.name] = stage.read(self.ctx, wanted) if needed else []
         return self.stats
 
@@ -150,7 +153,13 @@ class Pipeline:
         except BaseException:  # a signal, an interrupt, a full disk: `cai status` must not say "running"
             self.store.set_state(stage.name, "stopped")
             raise
-        self.stats.append(stats)
+        last = self.stats[-1] if self.stats else None
+        if last is not None and last.stage == stats.stage:  # another pass of the same stage: one row
+            for name in ("new", "tokens", "seconds", "errors", "read", "reused"):
+                setattr(last, name, getattr(last, name) + getattr(stats, name))
+            last.records = stats.records
+        else:
+            self.stats.append(stats)
         return step.wanted
 
     def _kept_version(self, stage: Stage) -> int:
@@ -173,6 +182,8 @@ class Pipeline:
         done |= restore
         failures = self.store.failures(name)
         pending = [t for t in plan.tasks if not all(o in done for o in t.outputs)]
+        if plan.runnable is not None:  # a later turn waits for its parent
+            pending = [t for t in pending if plan.runnable(t, done)]
         todo = [t for t in pending if self._may_run(failures.get(t.id))]
         readings = plan.readings(todo) if plan.readings is not None and todo else None
         version = self.change.version if self.change else 1

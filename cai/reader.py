@@ -99,6 +99,20 @@ class RunReader:
     def load(self, stage: str, model: type[M] | None = None) -> list[M]:
         return list(self.records(stage, model))
 
+    def conversations(self) -> Iterator:
+        """The conversations a run's answers answer: its queries, or with `queries.turns: k` each
+        query's conversation at its k-th user turn (a seed that holds k turns already, as it is)."""
+        k = self.config.queries.turns
+        if k == 1:
+            yield from self.records("queries")
+            return
+        for q in self.records("queries"):
+            if sum(m["role"] == "user" for m in q.messages) >= k:
+                yield q
+        for t in self.records("turns"):
+            if t.turn == k:
+                yield t
+
     def ids(self, stage: str) -> set[str]:
         return self.store.ids(stage, all_shards=True)
 

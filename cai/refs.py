@@ -62,13 +62,16 @@ class LineFile:
 
 @dataclass(frozen=True, slots=True)
 class QueryRef:
-    """A kept query: its id and what planning reads of it (the ids of its principles and traits)."""
+    """A kept query (or a turn of a conversation): its id and what planning reads of it (the ids of
+    its principles and traits, how many user turns it holds, which record a follow-up continues)."""
 
     id: str
     principle_ids: tuple[str, ...]
     trait_ids: tuple[str, ...]
     file: LineFile
     offset: int
+    turns: int = 1
+    parent: str | None = None
 
     def record(self) -> Query:
         return Query.model_validate(self.file.row(self.offset))
@@ -137,18 +140,26 @@ class Refs:
                     seen.add(rid)
                     yield file, offset, lineno, row
 
-    def queries(self) -> list[QueryRef]:
-        """The kept queries on disk (a dropped one is on record with the reason, and not used)."""
+    def queries(self, stage: str = "queries") -> list[QueryRef]:
+        """The kept queries (or turns) on disk (a dropped one is on record with the reason, and not used)."""
         out = []
-        for file, offset, lineno, row in self._rows("queries"):
+        for file, offset, lineno, row in self._rows(stage):
             if row.get("dropped") is not None:
                 continue
             try:
                 principles, traits = tuple(row.get("principle_ids", ())), tuple(row.get("trait_ids", ()))
-                out.append(QueryRef(row["id"], principles, traits, file, offset))
-            except (KeyError, TypeError):
+                turns = sum(1 for m in row["messages"] if m.get("role") == "user")
+                out.append(QueryRef(row["id"], principles, traits, file, offset, turns, row.get("parent_id")))
+            except (KeyError, TypeError, AttributeError):
                 raise UserError(f"{file.path}:{lineno}: not a Query record") from None
         return out
+
+    def find(self, stage: str, rid: str) -> QueryRef:
+        """One record of a stage by id (a turn a follow-up continues, written in this run)."""
+        for ref in self.queries(stage):
+            if ref.id == rid:
+                return ref
+        raise KeyError(rid)
 
     def answers(self, stage: str = "responses", query_ids: dict[str, str] | None = None) -> list[AnswerRef]:
         """The answers (`responses`) or teacher answers (`teacher`) on disk. `query_ids` (id → id)

@@ -134,15 +134,24 @@ def _principles(comparisons: list[Comparison]) -> list[dict]:
     ]
 
 
+def _shown(q: Query | None, fallback: str) -> str:
+    """A query as the report shows it: its message, or a conversation's turns, one a line."""
+    if q is None:
+        return fallback
+    if sum(m["role"] == "user" for m in q.messages) == 1:
+        return q.text
+    return "\n".join(f"{'User' if m['role'] == 'user' else 'Assistant'}: {m['content']}" for m in q.messages)
+
+
 def _chains(queries: dict[str, Query], responses: list[Response], revisions: list[Revision]) -> list[dict]:
     out = []
     for r in revisions[:SAMPLE_CHAINS]:
         q = queries.get(r.query_id)
-        out.append({"query": q.text if q else r.query_id, "initial": r.initial, "rounds": r.rounds, "final": r.final})
+        out.append({"query": _shown(q, r.query_id), "initial": r.initial, "rounds": r.rounds, "final": r.final})
     if not out:  # no revision stage: show query → answer
         for resp in responses[:SAMPLE_CHAINS]:
             q = queries.get(resp.query_id)
-            out.append({"query": q.text if q else resp.query_id, "initial": resp.text, "rounds": [], "final": None})
+            out.append({"query": _shown(q, resp.query_id), "initial": resp.text, "rounds": [], "final": None})
     return out
 
 
@@ -157,7 +166,7 @@ def _pairs(comparisons: list[Comparison], texts, queries: dict[str, Query]) -> l
         q = queries.get(c.query_id)
         out.append(
             {
-                "query": q.text if q else c.query_id,
+                "query": _shown(q, c.query_id),
                 "chosen": texts.get(c.chosen_id, c.chosen_id),
                 "rejected": texts.get(c.rejected_id, c.rejected_id),
                 "p_chosen": c.p_chosen,
@@ -323,7 +332,7 @@ def _evals(root: Path) -> list[dict]:
 def build_context(run_dir: str | Path) -> dict:
     root = Path(run_dir)
     run = RunReader(root)
-    queries = {q.id: q for q in run.records("queries")}
+    queries = {q.id: q for q in run.records("queries")} | {t.id: t for t in run.records("turns")}
     responses = run.load("responses")
     revisions = run.load("revisions")
     comparisons = run.load("comparisons")

@@ -38,6 +38,7 @@ from cai.generators.queries import Deduplicator, load_seed_queries, plan_query_t
 from cai.generators.queries import constitution_read as query_reads
 from cai.generators.records import Query, Response
 from cai.generators.responses import plan_response_tasks, run_response_tasks
+from cai.generators.turns import plan_turn_tasks, run_turn_tasks
 
 from .executors import StageCall
 
@@ -102,6 +103,9 @@ class StagePlan:
     check: Callable[[StageOutput], None] | None = None
     done: set[str] | None = None
     readings: Callable[[list[Task]], tuple[int, int]] | None = None
+    runnable: Callable[[Task, set[str]], bool] | None = (
+        None  # can run now, given the ids done (a later turn: its parent)
+    )
 
     @property
     def wanted(self) -> set[str]:
@@ -124,6 +128,7 @@ class Stage:
     parts: Callable[[RunContext], dict]  # what of the config and constitutions shapes its records
     enabled: Callable[[RunContext], bool] = field(default=lambda ctx: True)
     help: str = ""
+    passes: Callable[[RunContext], int] = field(default=lambda ctx: 1)  # a turn per pass, for conversations
 
 
 # ---------------------------------------------------------------------------------------------
@@ -167,6 +172,49 @@ def _read_queries(ctx: RunContext, wanted: set[str] | None) -> list:
 
 
 # ---------------------------------------------------------------------------------------------
+# conversations of several turns
+
+
+def _plan_turns(ctx: RunContext, inputs: Inputs) -> StagePlan:
+    cfg = ctx.cfg
+    tasks = plan_turn_tasks(inputs["queries"], cfg.queries, cfg.responses, ctx.model_name("policy"), cfg.seed)
+    on_disk = {r.id: r for r in ctx.refs.queries("turns")}
+    openers = {q.id: q for q in inputs["queries"]}
+
+    def runnable(t: Task, done: set[str]) -> bool:
+        return t.data.parent in openers or (t.data.parent in done and t.data.parent in on_disk)
+
+    def hydrate(t: Task) -> Task:
+        parent = openers.get(t.data.parent) or on_disk.get(t.data.parent) or ctx.refs.find("turns", t.data.parent)
+        return replace(t, data=replace(t.data, messages=tuple(parent.record().messages)))
+
+    call = ctx.call("policy", run_turn_tasks, after=(cfg.queries, cfg.responses, cfg.seed))
+    return StagePlan(tasks, call, hydrate=hydrate, runnable=runnable)
+
+
+def _read_turns(ctx: RunContext, wanted: set[str] | None) -> list:
+    refs = ctx.refs.queries("turns")
+    return [r for r in refs if ctx.mine(r.id)] if wanted is None else [r for r in refs if r.id in wanted]
+
+
+def conversations(ctx: RunContext, inputs: Inputs) -> list:
+    """What the answering stages answer: each query's conversation at its last turn (the query itself
+    when it holds enough turns already, or when conversations have one turn)."""
+    k = ctx.cfg.queries.turns
+    if k == 1:
+        return inputs["queries"]
+    last = {}
+    by_id = {r.id: r for r in inputs.get("turns", [])}
+    for r in by_id.values():
+        if r.turns == k:
+            opener = r
+            while opener.parent in by_id:
+                opener = by_id[opener.parent]
+            last[opener.parent] = r
+    return [q if q.turns >= k else last[q.id] for q in inputs["queries"] if q.turns >= k or q.id in last]
+
+
+# ---------------------------------------------------------------------------------------------
 # answers: the policy's, and the teacher's (context distillation)
 
 
@@ -177,7 +225,7 @@ def _query_record(t: Task) -> Task:
 
 def _plan_responses(ctx: RunContext, inputs: Inputs) -> StagePlan:
     cfg = ctx.cfg.responses
-    tasks = plan_response_tasks(inputs["queries"], cfg, ctx.model_name("policy"), ctx.cfg.seed)
+    tasks = plan_response_tasks(conversations(ctx, inputs), cfg, ctx.model_name("policy"), ctx.cfg.seed)
     return StagePlan(tasks, ctx.call("policy", run_response_tasks, after=(cfg, ctx.cfg.seed)), hydrate=_query_record)
 
 
@@ -193,7 +241,8 @@ def _answers(stage: str) -> Callable[[RunContext, set[str] | None], list]:
 
 def _plan_teacher(ctx: RunContext, inputs: Inputs) -> StagePlan:
     cfg = ctx.cfg.responses
-    tasks = plan_teacher_tasks(inputs["queries"], ctx.constitution, cfg, ctx.model_name("teacher"), ctx.cfg.seed)
+    queries = conversations(ctx, inputs)
+    tasks = plan_teacher_tasks(queries, ctx.constitution, cfg, ctx.model_name("teacher"), ctx.cfg.seed)
     call = ctx.call("teacher", run_teacher_tasks, ctx.constitution, after=(cfg, ctx.cfg.seed))
     return StagePlan(tasks, call, hydrate=_query_record)
 
@@ -204,7 +253,7 @@ def _plan_teacher(ctx: RunContext, inputs: Inputs) -> StagePlan:
 
 def _plan_revisions(ctx: RunContext, inputs: Inputs) -> StagePlan:
     cfg = ctx.cfg.revisions
-    by_id = {q.id: q for q in inputs["queries"]}
+    by_id = {q.id: q for q in conversations(ctx, inputs)}
     pairs = [(by_id[r.query_id], r) for r in inputs["responses"] if r.query_id in by_id]
     tasks = plan_revision_tasks(pairs, ctx.constitution, cfg, ctx.model_name("policy"), ctx.cfg.seed)
 
@@ -236,10 +285,9 @@ def _nothing(ctx: RunContext, wanted: set[str] | None) -> list:
 # comparisons
 
 
-def _pair_groups(inputs: Inputs) -> list[tuple]:
+def _pair_groups(queries: list, inputs: Inputs) -> list[tuple]:
     """Per query, its sampled answers and its (initial, revised) pairs, as candidates whose texts
     are read only for the pairs that run (and to skip identical answers among pairs not ranked yet)."""
-    queries = inputs["queries"]
     samples: dict[str, list[Candidate]] = {q.id: [] for q in queries}
     answers: dict[str, Candidate] = {}
     for r in sorted(inputs["responses"], key=lambda r: r.sample_index):
@@ -261,10 +309,11 @@ def _plan_comparisons(ctx: RunContext, inputs: Inputs) -> StagePlan:
     done = ctx.store.ids("comparisons")  # read once, for planning and for running
     tasks: list[Task] = []
     model = ctx.model_name("feedback")
+    queries = conversations(ctx, inputs)
     if cfg.mode in ("rank", "both"):
-        tasks = plan_comparison_tasks(_pair_groups(inputs), ctx.ranking, cfg, model, ctx.cfg.seed, done=done)
+        tasks = plan_comparison_tasks(_pair_groups(queries, inputs), ctx.ranking, cfg, model, ctx.cfg.seed, done=done)
     if cfg.mode in ("distill", "both"):
-        pairs = distill_pairs(inputs["queries"], inputs.get("teacher", []), inputs["responses"], cfg.distill_p_chosen)
+        pairs = distill_pairs(queries, inputs.get("teacher", []), inputs["responses"], cfg.distill_p_chosen)
         tasks += [Task(c.id, None, [c.id], ready=c) for c in pairs]
     earlier = EarlierReadings(ctx, model, cfg)
 
@@ -316,8 +365,26 @@ STAGES: tuple[Stage, ...] = (
         help="User messages: written by the policy for each principle or trait, or read from a seed file.",
     ),
     Stage(
-        "responses",
+        "turns",
         ("queries",),
+        "policy",
+        Query,
+        None,
+        ("queries", "responses", "policy", "seed"),
+        _plan_turns,
+        _read_turns,
+        lambda ctx: {
+            "settings": [identity(ctx.cfg.queries), identity(ctx.cfg.responses)],
+            "seed": ctx.cfg.seed,
+            "model": identity(ctx.backend_config("policy"), "stage"),
+        },
+        enabled=lambda ctx: ctx.cfg.queries.turns > 1,
+        help="Conversations of several turns: the policy answers, then writes the user's next turn.",
+        passes=lambda ctx: ctx.cfg.queries.turns - 1,
+    ),
+    Stage(
+        "responses",
+        ("queries", "turns"),
         "policy",
         Response,
         "text",
@@ -329,7 +396,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "revisions",
-        ("queries", "responses"),
+        ("queries", "turns", "responses"),
         "policy",
         Revision,
         "final",
@@ -357,7 +424,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "teacher",
-        ("queries",),
+        ("queries", "turns"),
         "teacher",
         Response,
         "text",
@@ -370,7 +437,7 @@ STAGES: tuple[Stage, ...] = (
     ),
     Stage(
         "comparisons",
-        ("queries", "responses", "revisions", "teacher"),
+        ("queries", "turns", "responses", "revisions", "teacher"),
         "feedback",
         Comparison,
         None,

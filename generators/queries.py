@@ -21,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from cai.constitution import Constitution, weighted_sample
 from cai.core import layouts
 from cai.core.errors import UserError
-from cai.core.identity import Source, identity
+from cai.core.identity import SELECTS, Source, identity
 from cai.core.ids import digest, record_id
 from cai.core.stage import StageOutput, Task
 
@@ -52,6 +52,12 @@ class QueryConfig(BaseModel):
     max_chars: int = Field(400, ge=20)
     near_duplicate: float = Field(
         0.8, gt=0, le=1, description="Word-set Jaccard at or above which a query is a near duplicate."
+    )
+    turns: Annotated[int, SELECTS] = Field(
+        1,
+        ge=1,
+        description="User turns per conversation: past the first, the policy answers and then, prompted as the user, "
+        "writes the next turn; answers, revisions and comparisons apply to the last one.",
     )
 
 

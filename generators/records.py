@@ -31,12 +31,14 @@ __all__ = [
 class Query(BaseModel):
     id: str
     messages: Chat = Field(description="The conversation so far; the last message is the user's.")
-    origin: Literal["generated", "seed"]
+    origin: Literal["generated", "seed", "turn"]
     principle_ids: list[str] = Field(default_factory=list)
     trait_ids: list[str] = Field(default_factory=list)
     raw: str | None = Field(None, description="The generator's raw output, before parsing.")
     dropped: str | None = Field(None, description="Why the query was not kept (empty, too long, duplicate).")
     tokens: int = 0
+    parent_id: str | None = Field(None, description="A follow-up turn: the record it continues.")
+    turn: int | None = Field(None, description="A follow-up turn: how many user turns the conversation now holds.")
 
     @property
     def text(self) -> str:

@@ -55,6 +55,7 @@ def texts(out: Path) -> dict[str, str]:
 
 def test_every_stage_is_declared_and_a_rerun_writes_nothing(tmp_path):
     config = CONFIG + "comparisons: {principles: 2, mode: both}\nintrospection: {reflections: 1, turns: 2}\n"
+    config = config.replace("queries: {per_principle: 2", "queries: {turns: 2, per_principle: 2")
     cfg = setup(tmp_path, config.replace("comparisons: {principles: 2}\n", ""))
     out = tmp_path / "R"
     first = run(cfg, out)
@@ -233,3 +234,34 @@ def test_a_run_from_before_stage_identities_says_so_once_and_keeps_what_the_new_
     assert again.change.legacy and again.change.version == 2
     assert not CALLS and stage_files(out) == files, "every record the new ids want is kept"
     assert not run(cfg, out).change.legacy, "said once"
+
+
+def test_conversations_of_three_turns_export_rows_a_chat_template_takes(tmp_path, default_model_dir):
+    from datasets import load_dataset
+    from transformers import AutoTokenizer
+
+    cfg = setup(tmp_path, CONFIG.replace("queries: {per_principle: 2", "queries: {turns: 3, per_principle: 2"))
+    out = tmp_path / "R"
+    first = run(cfg, out)
+    turns = records(out, "turns")
+    finals = [t for t in turns if t["turn"] == 3 and t["dropped"] is None]
+    assert finals and {s.stage for s in first.stats} >= {"turns", "responses"}
+    answered = {r["query_id"] for r in records(out, "responses")}
+    assert answered == {t["id"] for t in finals}, "the answers answer the last turn"
+    from cai.export import export_run
+
+    export_run(out)
+    rows = load_dataset(str(out / "datasets"), "prefs", split="train")
+    tok = AutoTokenizer.from_pretrained(default_model_dir)
+    for row in rows:
+        users = [m for m in row["prompt"] if m["role"] == "user"]
+        assert len(users) == 3 and row["prompt"][-1]["role"] == "user"
+        text = tok.apply_chat_template(row["prompt"] + row["chosen"], tokenize=False)
+        assert users[0]["content"] in text and row["chosen"][0]["content"] in text
+    # a conversation killed at its second turn resumes there: drop the third turns and rerun
+    kept = [t for t in turns if t["turn"] == 2]
+    (out / "turns.jsonl").write_text("".join(json.dumps(t) + "\n" for t in kept))
+    again = run(cfg, out)
+    assert {t["id"] for t in records(out, "turns")} == {t["id"] for t in turns}
+    made = {s.stage: s.new for s in again.stats}
+    assert made["turns"] == len([t for t in turns if t["turn"] == 3]) and made["responses"] == 0
