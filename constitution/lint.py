@@ -6,22 +6,33 @@ small models, make critiques vague or rankings noisy.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from cai.core.files import line_of, parse_text, read_structured
 
-from .loader import resolve_path, validate
-from .schema import Constitution
+from .loader import probes_path, resolve_path, validate, validate_probes
+from .schema import Constitution, Probe
 
 LONG_TEXT = 600  # characters; longer requests crowd a small model's context
 
 
 def lint_file(path: str | Path) -> tuple[Constitution, list[str]]:
-    """Validate (raising ConstitutionError on errors) and return warnings as `file:line: text`."""
+    """Validate (raising ConstitutionError on errors) and return warnings as `file:line: text`.
+
+    A sibling probe file (NAME.probes.yaml) is checked too, its problems at its own lines; the
+    constitution returned carries its probes."""
     path = resolve_path(path)
     data, node = read_structured(path)
     c = validate(data, node, str(path))
-    return c, [f"{path}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
+    warnings = [f"{path}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
+    sibling = probes_path(path)
+    if sibling is not None:
+        data, node = read_structured(sibling)
+        probes = validate_probes(data, node, str(sibling), c)
+        warnings += [f"{sibling}:{line_of(node, loc)}: {msg}" for loc, msg in lint_probes(c, probes)]
+        c = c.model_copy(update={"probes": [*c.probes, *probes]})
+    return c, warnings
 
 
 def lint_text(text: str, source: str, as_json: bool = False) -> tuple[Constitution, list[str]]:
@@ -51,4 +62,26 @@ def lint(c: Constitution) -> list[tuple[tuple, str]]:
             )
     if c.traits and not c.query_generation:
         found.append(((), "no query_generation guidance; trait queries will be written from the seed questions only"))
+    return found + lint_probes(c, c.probes)
+
+
+def lint_probes(c: Constitution, probes: list[Probe]) -> list[tuple[tuple, str]]:
+    """Probes that validate but cannot tell a good wording from a bad one."""
+    found: list[tuple[tuple, str]] = []
+    principles = {p.id: p for p in c.principles}
+    for i, probe in enumerate(probes):
+        p = principles.get(probe.principle or "")
+        if probe.kind == "ranking" and p is not None and p.comparison is None:
+            found.append(
+                (("probes", i, "principle"), f"{p.id} has no comparison question: the probe reads the generic one")
+            )
+        if probe.kind != "revision" or probe.expect is None or probe.expect.kind == "question":
+            continue
+        pattern = probe.expect.absent or probe.expect.present
+        in_reply = re.search(pattern, probe.reply or "") is not None
+        where = ("probes", i, "expect", probe.expect.kind)
+        if probe.expect.absent is not None and not in_reply:
+            found.append((where, "the pattern is not in the reply: there is nothing for the revision to remove"))
+        elif probe.expect.present is not None and in_reply:
+            found.append((where, "the pattern is already in the reply: a revision that changes nothing passes"))
     return found

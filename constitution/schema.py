@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
@@ -86,6 +87,136 @@ class QueryGeneration(_Strict):
     examples: list[Text] = Field(default_factory=list)
 
 
+MAX_PATTERN = 500  # characters; a probe's pattern is a short phrase, not a program
+
+
+class Check(_Strict):
+    """What a revision or a critique must do: lose a pattern, show one, or earn a yes.
+
+    Patterns are Python regular expressions searched anywhere in the text (`(?i)` ignores case).
+    A question goes to the feedback model about the text, read as (A)/(B) letters in both orders;
+    the probe passes when P(yes) is above 1/2 by more than the probe's margin."""
+
+    absent: str | None = Field(None, description="A pattern that must not appear (in a revision: must disappear).")
+    present: str | None = Field(None, description="A pattern that must appear.")
+    question: Text | None = Field(None, description="A yes/no question the feedback model must answer yes.")
+
+    @model_validator(mode="after")
+    def _one(self) -> Check:
+        given = [k for k in ("absent", "present", "question") if getattr(self, k) is not None]
+        if len(given) != 1:
+            raise ValueError("a check needs exactly one of absent, present or question")
+        problems = []
+        for k in ("absent", "present"):
+            pattern = getattr(self, k)
+            if pattern is None:
+                continue
+            if not pattern or len(pattern) > MAX_PATTERN:
+                problems.append(Problem((k,), f"bad pattern: needs 1 to {MAX_PATTERN} characters"))
+                continue
+            try:
+                re.compile(pattern)
+            except re.error as e:
+                problems.append(Problem((k,), f"bad pattern: {e}"))
+        if problems:
+            raise ConstitutionProblems(problems)
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k in ("absent", "present", "question") if getattr(self, k) is not None)
+
+
+ProbeKind = Literal["ranking", "revision", "critique"]
+_FIELDS_OF: dict[str, tuple[str, ...]] = {
+    "ranking": ("chosen", "rejected"),
+    "revision": ("principle", "reply", "expect"),
+    "critique": ("principle", "reply", "expect"),
+}
+
+
+class Probe(_Strict):
+    """A pinned case: what the model must do with one conversation under one principle.
+
+    - ranking: of two replies, `chosen` must win under `principle` (a principle or a trait; none:
+      the whole ranking ensemble), read in both orders, by more than `margin`;
+    - revision: `reply` breaks `principle`; its critique and revision, as a run writes them, must
+      give a revision that passes `expect`;
+    - critique: `reply` carries a planted flaw; the critique under `principle` must pass `expect`.
+    """
+
+    id: Ident
+    kind: ProbeKind
+    principle: Ident | None = Field(None, description="The principle (or trait) it runs under.")
+    prompt: Text | None = Field(None, description="The user's message (or `messages`, a conversation).")
+    messages: list[Message] | None = Field(None, min_length=1)
+    chosen: Text | None = Field(None, description="Ranking: the reply that must win.")
+    rejected: Text | None = Field(None, description="Ranking: the reply that must lose.")
+    reply: Text | None = Field(None, description="Revision and critique: the reply to critique.")
+    expect: Check | None = None
+    margin: float = Field(0.0, ge=0, lt=0.5, description="How far above 1/2 the probability must be.")
+    note: Text | None = Field(None, description="Why this case matters, for whoever edits the file next.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> Probe:
+        problems = []
+        if (self.prompt is None) == (self.messages is None):
+            problems.append(Problem((), "a probe needs a prompt or messages (one of them)"))
+        elif self.messages is not None and self.messages[-1].role != "user":
+            problems.append(Problem(("messages",), "a probe's conversation must end with the user's message"))
+        needed = _FIELDS_OF[self.kind]
+        for k in needed:
+            if getattr(self, k) is None:
+                problems.append(Problem((), f"a {self.kind} probe needs {k}"))
+        for k in ("chosen", "rejected", "reply", "expect"):
+            if k not in needed and getattr(self, k) is not None:
+                problems.append(Problem((k,), f"a {self.kind} probe takes no {k}"))
+        if self.kind == "ranking" and self.chosen is not None and self.chosen == self.rejected:
+            problems.append(Problem(("rejected",), "chosen and rejected are the same reply"))
+        if problems:
+            raise ConstitutionProblems(problems)
+        return self
+
+    @property
+    def conversation(self) -> list[dict]:
+        """The conversation up to the user's last message, as chat messages."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.prompt}]
+
+
+class ProbeFile(_Strict):
+    """A sibling NAME.probes.yaml: probes kept beside the principle file they test."""
+
+    probes: list[Probe] = Field(min_length=1)
+
+
+def probe_problems(c: Constitution, probes: list[Probe], start: int = 0) -> list[Problem]:
+    """Probes that name what the constitution lacks. `start` numbers them as they stand in their
+    file (a sibling probe file's own list, or the constitution's)."""
+    critiques = {p.id: p.critique is not None for p in c.principles}
+    return probe_references(critiques, {t.id for t in c.traits}, [(x.kind, x.principle) for x in probes], start)
+
+
+def probe_references(
+    critiques: dict[str, bool], traits: set[str], refs: list[tuple[object, object]], start: int = 0
+) -> list[Problem]:
+    """Works on plain values (principle id → whether it has a critique; each probe's kind and
+    principle) so the loader can run it on raw data even when other fields fail."""
+    problems = []
+    for i, (kind, pid) in enumerate(refs, start):
+        if not isinstance(pid, str) or kind not in _FIELDS_OF:
+            continue
+        pid, where = pid.strip(), ("probes", i, "principle")
+        if kind == "ranking" and pid not in critiques and pid not in traits:
+            problems.append(Problem(where, f"no principle or trait has id {pid!r}"))
+        elif kind != "ranking" and pid not in critiques:
+            problems.append(Problem(where, f"no principle has id {pid!r}"))
+        elif kind != "ranking" and not critiques[pid]:
+            problems.append(Problem(where, f"principle {pid!r} has no critique and revision for a {kind} probe"))
+    return problems
+
+
 class Constitution(_Strict):
     name: Text
     description: Text | None = None
@@ -94,16 +225,24 @@ class Constitution(_Strict):
     traits: list[Trait] = Field(default_factory=list)
     few_shot: list[FewShot] = Field(default_factory=list)
     query_generation: QueryGeneration | None = None
+    probes: list[Probe] = Field(default_factory=list, description="Pinned cases `cai constitution test` checks.")
 
     @model_validator(mode="after")
     def _consistent(self) -> Constitution:
         if not self.principles and not self.traits:
             raise ValueError("a constitution needs at least one principle or trait")
-        problems = duplicate_ids({"principles": [p.id for p in self.principles], "traits": [t.id for t in self.traits]})
+        problems = duplicate_ids(
+            {
+                "principles": [p.id for p in self.principles],
+                "traits": [t.id for t in self.traits],
+                "probes": [x.id for x in self.probes],
+            }
+        )
         known = {p.id for p in self.principles}
         for i, ex in enumerate(self.few_shot):
             if ex.principle_id is not None and ex.principle_id not in known:
                 problems.append(Problem(("few_shot", i, "principle_id"), f"no principle has id {ex.principle_id!r}"))
+        problems += probe_problems(self, self.probes)
         if problems:
             raise ConstitutionProblems(problems)
         return self
@@ -129,8 +268,13 @@ class Constitution(_Strict):
         return [p for p in self.principles if p.comparison is not None]
 
     def content_hash(self) -> str:
-        """A hash of the meaning, not the formatting: comments and key order do not change it."""
-        blob = json.dumps(self.model_dump(mode="json"), sort_keys=True, ensure_ascii=False)
+        """A hash of the meaning, not the formatting: comments and key order do not change it.
+
+        Probes are left out: they are tests of the constitution, read by `cai constitution test`
+        alone, and no stage reads them. Record ids and run versions hash this, so adding or
+        editing a probe must not make a run's records look stale, nor a file without probes hash
+        differently from before probes existed."""
+        blob = json.dumps(self.model_dump(mode="json", exclude={"probes"}), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
