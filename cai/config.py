@@ -17,6 +17,7 @@ from cai.core.errors import UserError
 from cai.core.files import read_structured, validate_model
 from cai.core.identity import OPERATIONAL, ROLE, Source
 from cai.critique import ComparisonConfig, RevisionConfig
+from cai.critique.distill import TeacherConfig
 from cai.critique.introspect import IntrospectionConfig
 from cai.generators import BackendConfig
 from cai.generators.default_model import check_model
@@ -69,10 +70,10 @@ class RunConfig(BaseModel):
     feedback: Annotated[BackendConfig | None, ROLE] = Field(
         None, description="Ranks pairs; defaults to the policy model."
     )
-    teacher: Annotated[BackendConfig | None, ROLE] = Field(
+    teacher: Annotated[TeacherConfig | None, ROLE] = Field(
         None,
         description="Context distillation's teacher, answering with the constitution as its system prompt (often a "
-        "stronger model than the policy); defaults to the policy model.",
+        "stronger model than the policy), or with its own system_prompt (a patch to distill); defaults to the policy.",
     )
     queries: QueryConfig = Field(default_factory=QueryConfig)
     responses: ResponseConfig = Field(default_factory=ResponseConfig)
@@ -118,6 +119,9 @@ def load_config(path: str | Path) -> RunConfig:
     queries = cfg.queries.model_copy(update={"seed_file": _relative(cfg.queries.seed_file, base)})
     comparisons = cfg.comparisons.model_copy(update={"constitution": _relative(cfg.comparisons.constitution, base)})
     cfg = cfg.model_copy(update={**updates, "queries": queries, "comparisons": comparisons})
+    if cfg.teacher is not None and cfg.teacher.system_prompt_file is not None:
+        prompt_file = _relative(cfg.teacher.system_prompt_file, base)
+        cfg = cfg.model_copy(update={"teacher": cfg.teacher.model_copy(update={"system_prompt_file": prompt_file})})
     given = cfg.introspection.backend if cfg.introspection is not None else None
     for field, bc in (
         ("policy", cfg.policy),

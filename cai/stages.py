@@ -239,11 +239,16 @@ def _answers(stage: str) -> Callable[[RunContext, set[str] | None], list]:
     return read
 
 
+def teacher_patch(ctx: RunContext) -> str | None:
+    """The teacher's own system prompt, where the config gives one in place of the constitution."""
+    return ctx.cfg.teacher.prompt() if ctx.cfg.teacher is not None else None
+
+
 def _plan_teacher(ctx: RunContext, inputs: Inputs) -> StagePlan:
-    cfg = ctx.cfg.responses
+    cfg, patch = ctx.cfg.responses, teacher_patch(ctx)
     queries = conversations(ctx, inputs)
-    tasks = plan_teacher_tasks(queries, ctx.constitution, cfg, ctx.model_name("teacher"), ctx.cfg.seed)
-    call = ctx.call("teacher", run_teacher_tasks, ctx.constitution, after=(cfg, ctx.cfg.seed))
+    tasks = plan_teacher_tasks(queries, ctx.constitution, cfg, ctx.model_name("teacher"), ctx.cfg.seed, patch)
+    call = ctx.call("teacher", run_teacher_tasks, ctx.constitution, after=(cfg, ctx.cfg.seed, patch))
     return StagePlan(tasks, call, hydrate=_query_record)
 
 
@@ -272,8 +277,9 @@ def _read_revisions(ctx: RunContext, wanted: set[str] | None) -> list:
 def _plan_introspection(ctx: RunContext, inputs: Inputs) -> StagePlan:
     cfg = ctx.cfg.introspection
     model = ctx.model_name("introspection")
-    tasks = [t for t in plan_introspection_tasks(ctx.constitution, cfg, model, ctx.cfg.seed) if ctx.mine(t.id)]
-    call = ctx.call("introspection", run_introspection_tasks, ctx.constitution, after=(cfg, ctx.cfg.seed))
+    patch = teacher_patch(ctx) if cfg.backend is None else None  # the teacher's prompt, where the teacher answers
+    tasks = [t for t in plan_introspection_tasks(ctx.constitution, cfg, model, ctx.cfg.seed, patch) if ctx.mine(t.id)]
+    call = ctx.call("introspection", run_introspection_tasks, ctx.constitution, after=(cfg, ctx.cfg.seed, patch))
     return StagePlan(tasks, call)
 
 
@@ -417,7 +423,13 @@ STAGES: tuple[Stage, ...] = (
         _plan_introspection,
         _nothing,
         _settings(
-            "introspection", "introspection", lambda ctx: introspection_reads(ctx.constitution, ctx.cfg.introspection)
+            "introspection",
+            "introspection",
+            lambda ctx: introspection_reads(
+                ctx.constitution,
+                ctx.cfg.introspection,
+                teacher_patch(ctx) if ctx.cfg.introspection.backend is None else None,
+            ),
         ),
         enabled=lambda ctx: ctx.cfg.introspection is not None and bool(ctx.constitution.traits),
         help="Character constitutions: self-reflections and self-interactions in character (SFT data).",
@@ -431,7 +443,7 @@ STAGES: tuple[Stage, ...] = (
         ("responses", "teacher", "policy", "seed", "constitution"),
         _plan_teacher,
         _answers("teacher"),
-        _settings("responses", "teacher", lambda ctx: teacher_system_prompt(ctx.constitution)),
+        _settings("responses", "teacher", lambda ctx: teacher_system_prompt(ctx.constitution, teacher_patch(ctx))),
         enabled=lambda ctx: ctx.cfg.comparisons.mode in ("distill", "both"),
         help="Context distillation: the teacher answers with the constitution as its system prompt.",
     ),

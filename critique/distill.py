@@ -10,12 +10,19 @@ are kept on record with the reason and never paired.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import Field, model_validator
 
 from cai.constitution import Constitution
-from cai.core.identity import identity
+from cai.core.errors import UserError
+from cai.core.identity import Source, identity
 from cai.core.ids import digest, record_id
 from cai.core.stage import StageOutput, Task
+from cai.generators.backends.base import BackendConfig
 from cai.generators.generation import run_generation, stripped
 from cai.generators.records import Query, Response
 from cai.generators.responses import ResponseConfig
@@ -31,8 +38,42 @@ _META = re.compile(
 QUOTE_WORDS = 7  # a run of this many words copied from the constitution counts as quoting it
 
 
-def teacher_system_prompt(c: Constitution) -> str:
-    # A character constitution is described by its traits; otherwise its principles say it.
+class TeacherConfig(BackendConfig):
+    """The teacher of context distillation: a model, and optionally its own system prompt.
+
+    By default the teacher is told the constitution (its traits, or its principles). A system-prompt
+    patch (a line that fixes a behaviour, "never open with 'Certainly'") can be given instead, as
+    text or as a file; distilling it moves the patched behaviour into the weights, so the prompt is
+    no longer needed."""
+
+    system_prompt: str | None = Field(None, description="The teacher's system prompt, in place of the constitution.")
+    system_prompt_file: Annotated[str | None, Source()] = Field(
+        None, description="A file holding the teacher's system prompt (relative to the run config)."
+    )
+
+    @model_validator(mode="after")
+    def _one_prompt(self) -> TeacherConfig:
+        if self.system_prompt is not None and self.system_prompt_file is not None:
+            raise ValueError("give system_prompt or system_prompt_file, not both")
+        return self
+
+    def prompt(self) -> str | None:
+        if self.system_prompt_file is None:
+            return self.system_prompt
+        try:
+            text = Path(self.system_prompt_file).read_text(encoding="utf-8").strip()
+        except (OSError, UnicodeDecodeError) as e:
+            raise UserError(f"teacher.system_prompt_file: {self.system_prompt_file}: cannot read ({e})") from None
+        if not text:
+            raise UserError(f"teacher.system_prompt_file: {self.system_prompt_file}: empty")
+        return text
+
+
+def teacher_system_prompt(c: Constitution, given: str | None = None) -> str:
+    """The teacher's system prompt: the one given (a patch), else the constitution told as a character
+    (its traits) or as its principles."""
+    if given is not None:
+        return given
     lines = [] if c.traits else [p.comparison or p.critique for p in c.principles]
     return render("cai.critique", "teacher_system.jinja", traits=c.traits, principles=lines)
 
@@ -42,9 +83,10 @@ def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
-def leak_reason(text: str, c: Constitution, names: bool = True) -> str | None:
+def leak_reason(text: str, c: Constitution, names: bool = True, prompt: str | None = None) -> str | None:
     """Why an answer gives its instructions away, or None. `names=False` lets it name a trait
-    (introspection is about the traits), while mentions of instructions and quotes still count."""
+    (introspection is about the traits), while mentions of instructions and quotes still count;
+    `prompt`: a system prompt given in place of the constitution, which must not be quoted either."""
     if m := _META.search(text):
         return f"mentions {m.group(0).lower()!r}"
     lowered = text.lower()
@@ -56,14 +98,16 @@ def leak_reason(text: str, c: Constitution, names: bool = True) -> str | None:
     for src in sources:
         if answer & _ngrams(src, QUOTE_WORDS):
             return "quotes the constitution"
+    if prompt is not None and answer & _ngrams(prompt, QUOTE_WORDS):
+        return "quotes its system prompt"
     return None
 
 
 def plan_teacher_tasks(
-    queries: list[Query], c: Constitution, cfg: ResponseConfig, model: str, seed: int
+    queries: list[Query], c: Constitution, cfg: ResponseConfig, model: str, seed: int, system: str | None = None
 ) -> list[Task[Query]]:
     settings = identity(cfg)
-    reads = digest(teacher_system_prompt(c))  # the teacher reads the constitution as its system prompt
+    reads = digest(teacher_system_prompt(c, system))  # what the teacher is told: the constitution, or a patch
     out = []
     for q in queries:
         tid = record_id("teacher", q.id, model, settings, seed, reads)
@@ -80,6 +124,15 @@ class TeacherAnswering:
     cfg: ResponseConfig
     model: str
     system: str
+
+    @property
+    def patch(self) -> str | None:
+        """The system prompt, where it is a patch given in place of the constitution."""
+        return None if self.system == teacher_system_prompt(self.c) else self.system
+
+    @property
+    def system_id(self) -> str:
+        return f"prompt:{digest(self.patch)}" if self.patch else f"constitution:{self.c.content_hash()}"
 
     def params(self) -> SamplingParams:
         return self.cfg.sampling()
@@ -98,19 +151,17 @@ class TeacherAnswering:
             model=self.model,
             tokens=comp.tokens,
             finish_reason=comp.finish_reason,
-            system_prompt_id=f"constitution:{self.c.content_hash()}",
-            dropped=leak_reason(text, self.c) or (None if text else "empty"),
+            system_prompt_id=self.system_id,
+            dropped=leak_reason(text, self.c, prompt=self.patch) or (None if text else "empty"),
             raw=raw,
         )
         return [answer]
 
 
 def run_teacher_tasks(
-    backend, c: Constitution, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int
-) -> StageOutput:
-    if not tasks:
-        return StageOutput()
-    teacher = TeacherAnswering(c, cfg, backend.model, teacher_system_prompt(c))
+    backend, c: Constitution, tasks: list[Task[Query]], cfg: ResponseConfig, seed: int, system: str | None = None
+) -> Iterator[tuple[Task, StageOutput]]:
+    teacher = TeacherAnswering(c, cfg, backend.model, teacher_system_prompt(c, system))
     return run_generation(backend, teacher, tasks, seed)
 
 

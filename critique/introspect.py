@@ -86,11 +86,11 @@ def theme(t: Trait) -> str:
 
 
 def plan_introspection_tasks(
-    c: Constitution, cfg: IntrospectionConfig, model: str, seed: int
+    c: Constitution, cfg: IntrospectionConfig, model: str, seed: int, patch: str | None = None
 ) -> list[Task[IntrospectionTarget]]:
     """Per trait, `reflections` reflection tasks and `interactions` dialogue tasks."""
     settings = identity(cfg)
-    reads = digest(constitution_read(c, cfg))
+    reads = digest(constitution_read(c, cfg, patch))
     tasks = []
     for t in c.traits:
         for kind, n in (("reflection", cfg.reflections), ("interaction", cfg.interactions)):
@@ -102,10 +102,10 @@ def plan_introspection_tasks(
     return tasks
 
 
-def constitution_read(c: Constitution, cfg: IntrospectionConfig) -> dict:
+def constitution_read(c: Constitution, cfg: IntrospectionConfig, patch: str | None = None) -> dict:
     """What of the constitution introspection reads: the traits (their prompts are written from
-    them) and, in the system prompt, the character as the teacher is told it."""
-    system = teacher_system_prompt(c) if cfg.with_constitution else None
+    them) and, in the system prompt, the character as the teacher is told it (or the teacher's patch)."""
+    system = teacher_system_prompt(c, patch) if cfg.with_constitution else None
     return {"traits": [[t.id, t.text] for t in c.traits], "system": system}
 
 
@@ -121,8 +121,8 @@ def opener(c: Constitution, target: IntrospectionTarget) -> str:
     )
 
 
-def _system(c: Constitution, cfg: IntrospectionConfig, dialogue: bool) -> list[dict]:
-    character = teacher_system_prompt(c) if cfg.with_constitution else None
+def _system(c: Constitution, cfg: IntrospectionConfig, dialogue: bool, patch: str | None = None) -> list[dict]:
+    character = teacher_system_prompt(c, patch) if cfg.with_constitution else None
     if dialogue:
         return [
             {"role": "system", "content": render("cai.critique", "introspection_partner.jinja", character=character)}
@@ -143,7 +143,7 @@ def exported(dialogue: list[str]) -> list[dict]:
     return messages if messages[-1]["role"] == "assistant" else messages[:-1]
 
 
-def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionConfig, seed: int):
+def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionConfig, seed: int, patch=None):
     """A reflection is one answer; a dialogue is `turns` answers, the two instances taking turns,
     each turn seeded by the task and the turn."""
     system_id = f"constitution:{c.content_hash()}" if cfg.with_constitution else None
@@ -165,12 +165,12 @@ def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionC
 
     def reflection(task: Task[IntrospectionTarget]) -> TaskSteps:
         prompt = reflection_prompt(c, task.data)
-        chat = _system(c, cfg, False) + [{"role": "user", "content": prompt}]
+        chat = _system(c, cfg, False, patch) + [{"role": "user", "content": prompt}]
         ((comp,),) = yield [Request(chat, params, seed=derive_seed(seed, task.id, 0))]
         if comp.error:
             raise TaskFailed(comp.error)
         text = comp.text.strip()
-        why = leak_reason(text, c, names=False) or (None if text else "empty")
+        why = leak_reason(text, c, names=False, prompt=patch) or (None if text else "empty")
         messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": text}]
         return StageOutput(records=[record(task, messages, comp.tokens, why)], tokens=comp.tokens)
 
@@ -178,7 +178,7 @@ def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionC
         turns, tokens, dropped = [opener(c, task.data)], 0, None
         for turn in range(cfg.turns):
             parity = (turn + 1) % 2  # who writes message turn + 1: the opener's answerer on odd indices
-            chat = _system(c, cfg, True) + seen_by(turns, parity)
+            chat = _system(c, cfg, True, patch) + seen_by(turns, parity)
             ((comp,),) = yield [Request(chat, params, seed=derive_seed(seed, task.id, turn + 1))]
             if comp.error:
                 raise TaskFailed(comp.error)
@@ -186,7 +186,9 @@ def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionC
             tokens += comp.tokens
             turns.append(text)
             if dropped is None:
-                dropped = leak_reason(text, c, names=False) or (None if text else f"turn {turn + 1} is empty")
+                dropped = leak_reason(text, c, names=False, prompt=patch) or (
+                    None if text else f"turn {turn + 1} is empty"
+                )
         return StageOutput(records=[record(task, exported(turns), tokens, dropped)], tokens=tokens)
 
     def steps(task: Task[IntrospectionTarget]) -> TaskSteps:
@@ -196,7 +198,12 @@ def introspection_steps(backend_model: str, c: Constitution, cfg: IntrospectionC
 
 
 def run_introspection_tasks(
-    backend, c: Constitution, tasks: list[Task[IntrospectionTarget]], cfg: IntrospectionConfig, seed: int
+    backend,
+    c: Constitution,
+    tasks: list[Task[IntrospectionTarget]],
+    cfg: IntrospectionConfig,
+    seed: int,
+    patch: str | None = None,
 ) -> Iterator[tuple[Task, StageOutput]]:
     """Reflections and dialogues, each task streamed on its own."""
-    return stage_stream(backend, tasks, introspection_steps(backend.model, c, cfg, seed))
+    return stage_stream(backend, tasks, introspection_steps(backend.model, c, cfg, seed, patch))

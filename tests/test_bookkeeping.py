@@ -265,3 +265,26 @@ def test_conversations_of_three_turns_export_rows_a_chat_template_takes(tmp_path
     assert {t["id"] for t in records(out, "turns")} == {t["id"] for t in turns}
     made = {s.stage: s.new for s in again.stats}
     assert made["turns"] == len([t for t in turns if t["turn"] == 3]) and made["responses"] == 0
+
+
+def test_a_teacher_system_prompt_patch_is_what_the_teacher_is_told_and_shapes_only_its_answers(tmp_path):
+    from tests.testing_utils import SEEN
+
+    base = CONFIG.replace("comparisons: {principles: 2}", "comparisons: {principles: 2, mode: distill}")
+    cfg = setup(tmp_path, base, **{"patch.txt": "Never open a reply with the word Certainly.\n"})
+    out = tmp_path / "R"
+    run(cfg, out)
+    told = [t for t in records(out, "teacher")]
+    assert told and all(t["system_prompt_id"].startswith("constitution:") for t in told)
+    responses = records(out, "responses")
+    cfg.write_text(base + "teacher: {backend: scripted, system_prompt_file: patch.txt}\n")
+    SEEN.clear()
+    run(cfg, out)
+    patched = records(out, "teacher")
+    assert all(t["system_prompt_id"].startswith("prompt:") for t in patched)
+    assert not {t["id"] for t in patched} & {t["id"] for t in told}, "the teacher's answers are made again"
+    assert records(out, "responses") == responses and CALLS["generate"] == len(patched)
+    systems = {c[0]["content"] for c in SEEN if c[0]["role"] == "system"}
+    assert systems == {"Never open a reply with the word Certainly."}
+    pairs = [c for c in records(out, "comparisons") if c["kind"] == "distill"]
+    assert pairs and {c["chosen_id"] for c in pairs} <= {t["id"] for t in patched}

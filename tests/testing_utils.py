@@ -143,6 +143,7 @@ WORDS = [
 ]
 
 CALLS: Counter = Counter()  # what every ScriptedBackend was asked, by kind: generate items, letters
+SEEN: list = []  # every chat a ScriptedBackend was asked to answer, in order
 
 
 def _h(*parts: object) -> int:
@@ -164,6 +165,7 @@ class ScriptedBackend:
         out = []
         for i, chat in enumerate(chats):
             CALLS["generate"] += 1
+            SEEN.append(chat)
             text = json.dumps(chat)
             if self.fail and self.fail in text:
                 out.append([Completion.failed("the model's context is too short for this prompt")] * params.n)
