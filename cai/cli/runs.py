@@ -227,7 +227,32 @@ def report(
     out: Annotated[Path | None, typer.Option("--out", "-o", help="HTML file (default RUN_DIR/report.html).")] = None,
 ) -> None:
     """Write one self-contained HTML report of a run: stages, labels, samples, training, evals."""
+    if (run_dir / "iterate.json").is_file():
+        from cai.iterate import write_iterate_report
+
+        console.print(f"wrote {write_iterate_report(run_dir, out)}")
+        return
     from cai.report import write_report
 
     path = write_report(run_dir, out)
     console.print(f"wrote {path}")
+
+
+@app.command("iterate")
+def iterate(
+    config: Annotated[
+        Path, typer.Argument(help="An iterate config (YAML): the run, the trainer, the evals, when to stop.")
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the rounds; rerunning resumes it.")],
+    rounds: Annotated[int | None, typer.Option(min=1, help="At most this many rounds (default: the config's).")] = None,
+) -> None:
+    """Rounds of RLAIF: each round's checkpoint answers the next round's prompts, then is trained and evaluated."""
+    from cai.iterate import iterate as run_rounds
+    from cai.iterate import load_iterate_config, write_iterate_report
+
+    cfg = load_iterate_config(config)
+    with library_output(out):
+        state = run_rounds(cfg, out, console, rounds)
+    done = [r for r in state["rounds"] if r.get("phase") == "done"]
+    console.print(f"{len(done)} round(s) done; lineage in {out / 'iterate.json'}")
+    console.print(f"report: {write_iterate_report(out)}")
