@@ -735,3 +735,20 @@ def test_the_page_edits_lints_tries_and_saves(rules, browser, default_model_dir,
         assert rules.read_text() == text + "# edited elsewhere\n"
     finally:
         _stop(p)
+
+
+def test_a_feedback_models_api_key_reaches_no_studio_response(rules, tmp_path):
+    """The studio holds the feedback model's key to call it; no page, document, lint, try or
+    compare answer carries it, nor the reading cache it keys."""
+    import tests.testing_utils  # noqa: F401 - registers the scripted backend
+
+    sentinel = "sk-STUDIO-SENTINEL-77"
+    models = Models(BackendConfig(backend="scripted", options={"api_key": sentinel}), cache_dir=tmp_path / "cache")
+    studio = Studio(file=rules, models=models, jobs=available(max_new_tokens=8, limit=None))
+    text = rules.read_text()
+    with serving(studio) as http:
+        seen = [http.get("/").text, http.get("/api/info").text, http.get("/api/doc").text]
+        seen.append(http.post("/api/lint", json={"text": text}).text)
+        seen += [json.dumps(e) for e in events(http, "/api/try", {"text": text, "message": "How do I fix a tyre?"})]
+    assert all(sentinel not in s for s in seen)
+    assert not [p for p in tmp_path.rglob("*") if p.is_file() and sentinel.encode() in p.read_bytes()]
