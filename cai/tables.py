@@ -350,3 +350,16 @@ def judge_tables(r: dict):
         if row["count"]:
             t.add_row(row["bin"], str(row["count"]), fmt(row["confidence"]), fmt(row["accuracy"]))
     yield t
+
+
+def probes_table(r: dict) -> Table:
+    """`cai constitution test`: one row per probe, its verdict and the p it reached."""
+    from rich.markup import escape
+
+    t = Table("probe", "kind", "under", "result", "p", "why", title=f"probes of {r['constitution']}")
+    style = {"pass": "green", "fail": "red", "error": "yellow"}
+    for row in r["probes"]:
+        result = f"[{style[row['status']]}]{row['status']}[/{style[row['status']]}]"
+        under = row["principle"] or "all principles"
+        t.add_row(row["id"], row["kind"], under, result, fmt(row["p"]), escape(row["why"]))
+    return t

@@ -376,3 +376,79 @@ def _register_biased() -> None:
 
 
 _register_biased()
+
+
+# Probes: a model that acts only on the word a request quotes ('like this'), so what a probe's
+# critique, revision, ranking and yes/no reading come to is known before it runs.
+_QUOTED = re.compile(r"'([^']+)'")
+_LAST_ASSISTANT = re.compile(r"^ASSISTANT: (.*)$", re.M)
+_CRITIQUE_LINE = re.compile(r"^CRITIQUE: (.*)$", re.M)
+_YES_LETTER = re.compile(r"Answer \(([AB])\) yes or \([AB]\) no\.")
+_REVISE = "Reply with the new assistant answer only"
+
+
+class QuotedWord:
+    """Cares about the word its request quotes, and nothing else.
+
+    Asked to critique (a critique request quoting 'bleach'), it says whether the assistant's last
+    reply holds that word; asked to revise, it gives the reply back with the word taken out. Asked a
+    yes/no question quoting a word, it says yes (P 0.9) when the critique shown (or, with none, the
+    last reply) holds the word and no (P 0.9) when not, wherever yes is shown. Of two replies it
+    prefers, with P 0.9, the one without the word the comparison question quotes, and cannot tell
+    them apart (1/2) when both or neither hold it. It counts what it writes and reads."""
+
+    name, model = "quoted-word", "quoted-word"
+
+    def __init__(self, model: str = "quoted-word", **options):
+        self.generated = self.readings = 0
+
+    def close(self):
+        pass
+
+    @staticmethod
+    def _word(text: str) -> str:
+        m = _QUOTED.findall(text)
+        return m[-1] if m else "\x00"
+
+    def generate(self, chats, params, seeds=None):
+        out = []
+        for chat in chats:
+            self.generated += 1
+            ask = chat[-1]["content"]
+            if _REVISE in ask:
+                reply = _LAST_ASSISTANT.findall(chat[-3]["content"])[-1]
+                word = self._word(ask)
+                text = " ".join(w for w in reply.split() if word not in w) or "Sorry."
+            else:
+                reply = _LAST_ASSISTANT.findall(ask)[-1]
+                word = self._word(ask.split(reply)[-1])
+                text = f"The reply says '{word}'." if word in reply else "The reply is fine as it is."
+            out.append([Completion(text=text, tokens=len(text.split()))] * params.n)
+        return out
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            self.readings += 1
+            text = _question(p)
+            yes = _YES_LETTER.search(text)
+            if yes is not None:
+                critique = _CRITIQUE_LINE.search(text)
+                seen = critique.group(1) if critique else _LAST_ASSISTANT.findall(text)[-1]
+                said_yes = self._word(text.split(seen)[-1]) in seen
+                out.append(_letters(0.9 if (yes.group(1) == "A") == said_yes else 0.1))
+                continue
+            m = _PAIR.search(text)
+            word = self._word(m.group("question"))
+            a, b = word in m.group("a"), word in m.group("b")
+            out.append(_letters(0.5 if a == b else 0.1 if a else 0.9))
+        return out
+
+
+def _register_probes() -> None:
+    from cai.generators import register_backend
+
+    register_backend("quoted-word", QuotedWord)
+
+
+_register_probes()

@@ -485,3 +485,93 @@ def constitution_infer(
         raise typer.Exit(1)
     if not as_json:
         console.print(f"wrote {out} ({len(result['kept'])} principles)")
+
+
+@app.command("test")
+def constitution_test(
+    constitution: ConstitutionArg,
+    probe: Annotated[
+        list[str] | None, typer.Option("--probe", help="Run only this probe (repeatable; default: all).")
+    ] = None,
+    junit: Annotated[
+        Path | None, typer.Option("--junit", help="Also write the verdicts as JUnit XML here, for CI.")
+    ] = None,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    policy: Annotated[
+        Path | None,
+        typer.Option(help="Who critiques and revises, as a backend or run config; default: the feedback model."),
+    ] = None,
+    method: MethodOpt = "logprob",
+    seed: int = 0,
+    cache: CacheOpt = None,
+    no_cache: NoCacheOpt = False,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run a constitution's probes: pinned cases its principles must get right. Exit 1 if any fails.
+
+    Probes sit in the file (`probes:`) or beside it (NAME.probes.yaml). A ranking probe's chosen
+    reply must win under its principle (or all of them), both orders, by its margin; a revision
+    probe's revision and a critique probe's critique, written as in a run, must pass its check (a
+    pattern gone or present, or a yes from the feedback model). Readings and texts are cached, so
+    after an edit only the probes it touched reach the model."""
+    from cai.constitution.loader import load_with_probes
+    from cai.generators import load_backend
+    from cai.tables import probes_table
+    from cai.workbench.probes import run_probes, select, write_junit
+
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    pol = policy_config(policy, feedback, fb)
+    c = load_with_probes(constitution)
+    if not c.probes:
+        raise UserError(f"{constitution}: no probes to run (add `probes:` to it, or a sibling NAME.probes.yaml)")
+    chosen = select(c, probe)  # an unknown id fails before the model loads
+    bar = progress("test", console, remaining=False)
+    bars: dict[str, int] = {}
+
+    def update(event: dict) -> None:
+        if event["phase"] not in bars:
+            bars[event["phase"]] = bar.add_task(event["phase"], total=event["total"], note=event["phase"])
+        bar.update(bars[event["phase"]], completed=event["done"])
+
+    with library_output(None):
+        with console.status("loading the model", spinner="dots"):
+            b_feedback = load_backend(fb)
+            b_policy = b_feedback if pol == fb or not any(p.kind != "ranking" for p in chosen) else load_backend(pol)
+        try:
+            with bar if not as_json else nullcontext():
+                result = run_probes(
+                    c,
+                    b_feedback,
+                    b_policy,
+                    probes=probe,
+                    cache_dir=cache_dir(cache, no_cache),
+                    identity=identity(fb, "stage")["options"],
+                    policy_identity=identity(pol, "stage")["options"],
+                    method=method,
+                    seed=seed,
+                    on_progress=None if as_json else update,
+                )
+        finally:
+            b_feedback.close()
+            if b_policy is not b_feedback:
+                b_policy.close()
+    if junit is not None:
+        write_junit(result, junit)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        console.print(probes_table(result))
+        n, t = result["readings"], result["texts"]
+        console.print(
+            f"{len(result['probes'])} probes: {result['passed']} passed, {result['failed']} failed"
+            + (f", {result['errors']} could not be read" if result["errors"] else "")
+            + f"; {n['read']} readings read, {n['cached']} from the cache; {t['written']} texts written, "
+            f"{t['cached']} from the cache; {result['seconds']:.1f} s"
+        )
+        if junit is not None:
+            console.print(f"wrote {junit}")
+    if result["failed"] or result["errors"]:
+        raise typer.Exit(1)
