@@ -752,3 +752,90 @@ def test_a_feedback_models_api_key_reaches_no_studio_response(rules, tmp_path):
         seen += [json.dumps(e) for e in events(http, "/api/try", {"text": text, "message": "How do I fix a tyre?"})]
     assert all(sentinel not in s for s in seen)
     assert not [p for p in tmp_path.rglob("*") if p.is_file() and sentinel.encode() in p.read_bytes()]
+
+
+# ---------------------------------------------------------------------------------------------
+# Probes: the panel's verdicts, rerun after a save (a judge of known behaviour, see tests/test_probes.py)
+
+
+def _words_studio(tmp_path: Path) -> tuple[Studio, Path]:
+    from tests.judges import QuotedWord
+    from tests.test_probes import WORDS
+
+    file = tmp_path / "words.yaml"
+    file.write_text(WORDS)
+    (tmp_path / "words.probes.yaml").write_text(
+        "probes:\n  - id: names-bleach\n    kind: critique\n    principle: no-bleach\n    prompt: Clean?\n"
+        "    reply: Mix bleach and vinegar.\n    expect: {question: \"Does the critique name 'bleach'?\"}\n"
+    )
+    return judged_studio(file, QuotedWord(), tmp_path), file
+
+
+def test_the_probes_panel_runs_the_file_and_its_sibling_and_rereads_only_what_an_edit_touched(tmp_path):
+    studio, file = _words_studio(tmp_path)
+    with serving(studio) as http:
+        assert http.get("/api/info").json()["probes"] is True
+        doc = http.get("/api/doc").json()
+        listed = {p["id"]: p for p in doc["check"]["probes"]}
+        assert set(listed) == {"soap-wins", "soap-wins-mirror"}  # the editor's own; the sibling's come with a run
+        assert doc["text"].splitlines()[listed["soap-wins"]["line"] - 1] == "  - id: soap-wins"
+        got = events(http, "/api/probes", {"text": doc["text"]})
+        assert any(e["event"] == "status" and "probes" in e["message"] for e in got)
+        done = got[-1]
+        assert done["event"] == "done", got
+        verdicts = {p["id"]: (p["status"], round(p["p"], 3)) for p in done["probes"]}
+        assert verdicts == {
+            "soap-wins": ("pass", 0.9),
+            "soap-wins-mirror": ("fail", 0.1),
+            "names-bleach": ("pass", 0.9),
+        }
+        assert (done["passed"], done["failed"], done["readings"]["read"], done["texts"]["written"]) == (2, 1, 6, 1)
+
+        # The editor's text, unsaved: the no-bleach question now asks about 'soap', and the verdicts
+        # turn; only the two ranking probes are read again, the critique and its yes/no come from the cache.
+        edited = doc["text"].replace("Which reply leaves out 'bleach'?", "Which reply leaves out 'soap'?")
+        done = events(http, "/api/probes", {"text": edited})[-1]
+        assert {p["id"]: p["status"] for p in done["probes"]}["soap-wins"] == "fail"
+        assert (done["readings"], done["texts"]) == (
+            {"planned": 6, "read": 4, "cached": 2},
+            {"written": 0, "cached": 1},
+        )
+        assert file.read_text() == doc["text"]  # running probes writes nothing
+
+        (tmp_path / "words.probes.yaml").unlink()
+        r = http.post("/api/probes", json={"text": doc["text"].split("probes:")[0]})
+        assert r.status_code == 409 and "no probes" in r.json()["error"]
+        r = http.post("/api/probes", json={"text": doc["text"].replace("principle: no-bleach", "principle: gone", 1)})
+        assert r.status_code == 422 and "probes[0].principle: no principle or trait has id 'gone'" in r.json()["error"]
+
+
+def test_the_page_shows_probe_verdicts_and_reruns_them_after_a_save(browser, tmp_path):
+    from selenium.webdriver.common.by import By
+
+    studio, file = _words_studio(tmp_path)
+    d = browser
+
+    def status(pid: str) -> str:
+        return d.find_element(By.CSS_SELECTOR, f"#probes tr[data-id='{pid}']").get_attribute("data-status")
+
+    with serving(studio):
+        d.get(f"http://127.0.0.1:{studio.port}/?token={studio.token}")
+        _wait(d, "the file to load and lint clean", lambda d: _lint_state(d) == "ok")
+        d.find_element(By.CSS_SELECTOR, "nav [data-tab='probes']").click()
+        assert status("soap-wins") == "not-run" and d.find_element(By.ID, "probes-tab").text == "Probes (2)"
+        _wait(d, "the probes to be ready to run", lambda d: d.find_element(By.ID, "probes-run").is_enabled())
+        d.find_element(By.ID, "probes-run").click()
+        _wait(d, "the verdicts", lambda d: status("soap-wins") == "pass")
+        assert status("soap-wins-mirror") == "fail" and status("names-bleach") == "pass"
+        assert d.find_element(By.ID, "probes-tab").text == "Probes (2/3)"
+        why = d.find_element(By.CSS_SELECTOR, "#probes tr[data-id='soap-wins-mirror'] .why").text
+        assert why == "P(chosen wins) 0.100 <= 0.500"
+
+        # An edit, saved: the probes run again by themselves and their verdicts turn.
+        edited = file.read_text().replace("Which reply leaves out 'bleach'?", "Which reply leaves out 'soap'?")
+        _js(d, "window.studioEditor.setValue(arguments[0])", edited)
+        _wait(d, "the edit to lint clean", lambda d: _lint_state(d) == "ok")
+        d.find_element(By.ID, "save").click()
+        _wait(d, "the save", lambda d: d.find_element(By.ID, "state").text == "saved")
+        _wait(d, "the probes to run again", lambda d: status("soap-wins") == "fail")
+        assert status("soap-wins-mirror") == "pass" and file.read_text() == edited

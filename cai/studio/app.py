@@ -135,6 +135,7 @@ def create_app(studio: Studio) -> FastAPI:
             "models": studio.models.describe() if studio.models is not None else None,
             "try": "try" in studio.jobs and studio.models is not None,
             "compare": "compare" in studio.jobs and studio.models is not None and studio.pairs is not None,
+            "probes": "probes" in studio.jobs and studio.models is not None,
         }
 
     @app.get("/api/doc")
@@ -197,6 +198,15 @@ def create_app(studio: Studio) -> FastAPI:
         old = doc.validated(doc.load(p)[0], name(p), doc.is_json(p), "the saved file")
         job = studio.jobs.get("compare")
         return job_stream("compare", job and (lambda emit: job(studio.models, old, new, studio.pairs, emit)))
+
+    @app.post("/api/probes")
+    def probes(body: TextBody):
+        p = studio.path(body.path)
+        c = doc.with_probes(p, doc.validated(body.text, name(p), doc.is_json(p)))
+        if not c.probes:
+            raise doc.StudioError(409, "no probes: add `probes:` to the file, or a sibling NAME.probes.yaml")
+        job = studio.jobs.get("probes")
+        return job_stream("probes", job and (lambda emit: job(studio.models, c, emit)))
 
     return app
 

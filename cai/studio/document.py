@@ -22,6 +22,7 @@ from pathlib import Path
 from cai.constitution import Constitution
 from cai.constitution.diff import diff_constitutions
 from cai.constitution.lint import lint_text
+from cai.constitution.loader import probes_path, validate_probes
 from cai.core.errors import UserError
 from cai.core.files import FileLimitError, line_of, parse_text, read_limited
 
@@ -103,6 +104,28 @@ def principle_rows(text: str, source: str, as_json: bool, c: Constitution) -> li
     return rows
 
 
+def probe_rows(text: str, source: str, as_json: bool, c: Constitution) -> list[dict]:
+    _, node = parse_text(text, source, as_json)
+    return [
+        {"id": x.id, "kind": x.kind, "principle": x.principle, "line": line_of(node, ("probes", i))}
+        for i, x in enumerate(c.probes)
+    ]
+
+
+def with_probes(path: Path, c: Constitution) -> Constitution:
+    """The editor's constitution with the probes of its sibling file on disk (NAME.probes.yaml)."""
+    sibling = probes_path(path)
+    if sibling is None:
+        return c
+    try:
+        data, node = parse_text(read_limited(sibling).decode("utf-8"), sibling.name, is_json(sibling))
+        return c.model_copy(update={"probes": [*c.probes, *validate_probes(data, node, sibling.name, c)]})
+    except UnicodeDecodeError as e:
+        raise StudioError(422, f"{sibling.name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except UserError as e:
+        raise StudioError(422, e.problems[0]) from None
+
+
 def check(text: str, source: str, as_json: bool = False) -> dict:
     """Errors and warnings of unsaved text at their lines, and its principles when it validates.
 
@@ -112,7 +135,8 @@ def check(text: str, source: str, as_json: bool = False) -> dict:
     except FileLimitError as e:
         raise StudioError(422, e.problems[0]) from None
     except UserError as e:
-        return {"ok": False, "errors": [_located(p, source) for p in e.problems], "warnings": [], "principles": []}
+        errors = [_located(p, source) for p in e.problems]
+        return {"ok": False, "errors": errors, "warnings": [], "principles": [], "probes": []}
     return {
         "ok": True,
         "name": c.name,
@@ -120,6 +144,7 @@ def check(text: str, source: str, as_json: bool = False) -> dict:
         "errors": [],
         "warnings": [_located(w, source) for w in warnings],
         "principles": principle_rows(text, source, as_json, c),
+        "probes": probe_rows(text, source, as_json, c),
     }
 
 

@@ -116,6 +116,33 @@ def run_compare(models: Models, old, new, pairs: Path, emit: Emit, limit: int | 
     }
 
 
+def run_probe_job(models: Models, c, emit: Emit) -> dict:
+    """The constitution's probes, as `cai constitution test` runs them, through the same cache."""
+    from cai.core.identity import identity
+    from cai.workbench.probes import run_probes
+
+    policy, feedback = models.backends(emit)
+    cache = _cache(models)
+
+    def on_progress(event: dict) -> None:
+        what = "writing critiques and revisions" if event["phase"] == "writing" else "reading"
+        emit({"event": "status", "message": f"{what}: {event['done']}/{event['total']} probes"})
+
+    emit({"event": "status", "message": f"running {len(c.probes)} probes…"})
+    shaping = identity(models.policy_cfg, "stage")["options"]
+    r = run_probes(c, feedback, policy, cache_dir=cache, policy_identity=shaping, on_progress=on_progress)
+    keys = ("id", "kind", "principle", "status", "p", "threshold", "why", "critique", "revision")
+    return {
+        "seconds": r["seconds"],
+        **{k: r[k] for k in ("passed", "failed", "errors", "readings", "texts")},
+        "probes": [{k: row.get(k) for k in keys} for row in r["probes"]],
+    }
+
+
 def available(max_new_tokens: int, limit: int | None) -> dict:
     """The jobs the page can start, as the app calls them: (models, ..., emit) -> result."""
-    return {"try": partial(run_try, max_new_tokens=max_new_tokens), "compare": partial(run_compare, limit=limit)}
+    return {
+        "try": partial(run_try, max_new_tokens=max_new_tokens),
+        "compare": partial(run_compare, limit=limit),
+        "probes": run_probe_job,
+    }

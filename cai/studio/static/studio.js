@@ -99,6 +99,7 @@ function showCheck(check) {
     ? `valid${check.warnings.length ? `, ${check.warnings.length} warning(s)` : ""}`
     : `${check.errors.length} error(s)`;
   if (check.ok) showPrinciples(check.principles);
+  if (check.ok) showProbes();
   $("#tab-principles .empty").hidden = check.ok;
 }
 
@@ -187,6 +188,7 @@ async function save() {
     state.saved = editor.getValue();
     showState();
     notice(`saved ${out.path}`, "info");
+    if (state.probesOn && (state.check?.probes?.length || Object.keys(state.probeResults).length)) runProbes();
   } catch (err) {
     notice(err.message);
   }
@@ -355,6 +357,59 @@ $("#compare-run").addEventListener("click", async () => {
 });
 
 // ---------------------------------------------------------------------------------------------
+// Probes: each one's verdict from the last run, listed beside the probes the editor's text holds
+
+state.probeResults = {};
+state.probesOn = false;
+
+function showProbes() {
+  const body = $("#probes tbody");
+  body.replaceChildren();
+  const inText = state.check?.probes || [];
+  const ids = new Set(inText.map((p) => p.id));
+  const rows = [...inText, ...Object.values(state.probeResults).filter((r) => !ids.has(r.id))];
+  let passed = 0;
+  for (const p of rows) {
+    const r = state.probeResults[p.id];
+    if (r?.status === "pass") passed += 1;
+    const id = el("td", { class: "id", text: p.id });
+    if (p.line) id.addEventListener("click", () => jump(p.line));
+    body.append(el("tr", { "data-id": p.id, "data-status": r?.status || "not-run" }, id,
+      el("td", { text: p.kind }), el("td", { text: p.principle || "all principles" }),
+      el("td", { class: "result", text: r?.status || "not run" }),
+      el("td", { text: r?.p == null ? "–" : r.p.toFixed(3) }),
+      el("td", { class: "why", text: r?.why || "" })));
+  }
+  const run = Object.keys(state.probeResults).length;
+  $("#probes-tab").textContent = run ? `Probes (${passed}/${run})` : `Probes${rows.length ? ` (${rows.length})` : ""}`;
+}
+
+async function runProbes() {
+  const button = $("#probes-run");
+  const status = $("#probes-status");
+  button.disabled = true;
+  status.textContent = "starting…";
+  try {
+    await stream("/api/probes", { text: editor.getValue() }, (ev) => {
+      if (ev.event === "status") status.textContent = ev.message;
+      else if (ev.event === "error") { status.textContent = ""; notice(`probes: ${ev.message}`); }
+      else if (ev.event === "done") {
+        state.probeResults = Object.fromEntries(ev.probes.map((r) => [r.id, r]));
+        status.textContent = `${ev.passed} passed, ${ev.failed} failed` + (ev.errors ? `, ${ev.errors} unread` : "") +
+          `; ${ev.readings.read} readings and ${ev.texts.written} critiques or revisions made, the rest from the cache; ${ev.seconds} s`;
+        showProbes();
+      }
+    });
+  } catch (err) {
+    status.textContent = "";
+    notice(`probes: ${err.message}`);
+  } finally {
+    button.disabled = !state.probesOn;
+  }
+}
+$("#probes-run").addEventListener("click", runProbes);
+
+// ---------------------------------------------------------------------------------------------
 // Diff against the file on disk
 
 function wordDiff(text) {  // "[-gone-]" and "{+new+}" as <del>/<ins>
@@ -397,6 +452,8 @@ $("#diff-run").addEventListener("click", showDiff);
 api("/api/info").then((info) => {
   $("#try-run").disabled = !info.try;
   $("#compare-run").disabled = !info.compare;
+  state.probesOn = Boolean(info.probes);
+  $("#probes-run").disabled = !info.probes;
   $("#pairs-file").textContent = info.pairs ? `Pairs: ${info.pairs}` : "Start the studio with --pairs FILE to compare.";
   if (info.models) $("#try-status").textContent = `policy ${info.models.policy}, feedback ${info.models.feedback}`;
 }).catch((err) => notice(err.message));
