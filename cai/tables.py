@@ -356,7 +356,9 @@ def probes_table(r: dict) -> Table:
     """`cai constitution test`: one row per probe, its verdict and the p it reached."""
     from rich.markup import escape
 
-    t = Table("probe", "kind", "under", "result", "p", "why", title=f"probes of {r['constitution']}")
+    t = Table(title=f"probes of {r['constitution']}")
+    for name in ("probe", "kind", "under", "result", "p", "why"):
+        t.add_column(name, overflow="fold", no_wrap=name in ("kind", "result", "p"))
     style = {"pass": "green", "fail": "red", "error": "yellow"}
     for row in r["probes"]:
         result = f"[{style[row['status']]}]{row['status']}[/{style[row['status']]}]"
