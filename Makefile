@@ -46,8 +46,8 @@ lint: setup
 test: lint browser
 	$(PY) -m pytest -q
 
-test-fast: lint browser
-	$(PY) -m pytest -q -m "not slow"
+test-fast: lint
+	$(PY) -m pytest -q -m fast
 
 bench: setup
 	@for f in bench/*.py; do echo "== $$f"; $(PY) $$f || exit 1; done

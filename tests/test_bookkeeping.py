@@ -22,6 +22,8 @@ from cai.pipeline import Pipeline
 from cai.stages import NAMES, OTHER_RECORD_FILES
 from tests.testing_utils import CALLS, CONFIG, CONSTITUTION, records, setup
 
+pytestmark = pytest.mark.fast  # the bookkeeping tier: `make test-fast`
+
 
 def run(config: Path | str, out: Path, **kw) -> Pipeline:
     """One `cai run` in this process; returns the finished pipeline (its stats and plan)."""

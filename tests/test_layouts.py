@@ -16,6 +16,8 @@ from cai.evaluation.pairs import read_pairs
 from cai.generators.queries import load_seed_queries
 from cai.training.mixture import DataSource, load_mixture
 
+pytestmark = pytest.mark.fast  # the bookkeeping tier: `make test-fast`
+
 FIXTURES = Path(__file__).parent / "fixtures" / "layouts"
 U1 = "How do I get rid of a wasp nest by my door?"
 GOOD = "Wait until dusk, when the wasps are inside, and call a pest service if it is large."

@@ -18,6 +18,8 @@ import pytest
 from cai.core.errors import UserError
 from cai.lock import GRACE, RunLock, on_terminate
 
+pytestmark = pytest.mark.fast  # the bookkeeping tier: `make test-fast`
+
 CONTENDER = textwrap.dedent(
     """
     import os, sys, time, traceback
