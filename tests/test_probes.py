@@ -287,6 +287,10 @@ def test_after_an_edit_only_the_probes_under_it_are_read(tmp_path):
     path.write_text(TINY.replace("more honest?", "more truthful?").replace("id: rank-kind", "id: kind-first"))
     renamed, calls = _count(test_once)
     assert calls == {"generate": 0, "letters": 0} and "kind-first" in rows(renamed)
+    renamed = TINY.replace("more honest?", "more truthful?").replace("id: kind\n", "id: kindness\n")
+    path.write_text(renamed.replace("principle: kind,", "principle: kindness,"))
+    _, calls = _count(test_once)
+    assert calls == {"generate": 0, "letters": 0}  # nor does a renamed principle
 
     # The command reads the same way (in process here, to count the backend's calls; its cache keys
     # hold the backend's options too, so it fills its own entries first).

@@ -63,10 +63,9 @@ YES_SEATS = (("A", "B"), ("B", "A"))  # (letter of yes, letter of no): yes shown
 
 
 def probe_key(probe: Probe) -> str:
-    """What a probe reads, by content: its seeds come from this, never from its id."""
-    return record_id(
-        "probe", probe.kind, probe.principle, probe.conversation, probe.chosen, probe.rejected, probe.reply
-    )
+    """What a probe reads, by content: its seeds come from this, never from its id or its
+    principle's id, so renaming either reads nothing again."""
+    return record_id("probe", probe.kind, probe.conversation, probe.chosen, probe.rejected, probe.reply)
 
 
 def select(c: Constitution, ids: list[str] | None = None) -> list[Probe]:
@@ -95,7 +94,7 @@ def ranking_pool(c: Constitution, probe: Probe) -> list[Principle]:
 
 
 def _written(request: Request, cache: ReadingCache | None, counts: dict):
-    """One greedy text, from the cache when this exact request was answered before."""
+    """One written text, from the cache when this exact request (chat, sampling, seed) was answered before."""
     key = None
     if cache is not None:
         key = cache.key("probe-text", request.prompt, request.params.model_dump(mode="json"), request.seed)
