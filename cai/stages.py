@@ -463,7 +463,7 @@ STAGES: tuple[Stage, ...] = (
 NAMES: tuple[str, ...] = tuple(s.name for s in STAGES)
 BY_NAME: dict[str, Stage] = {s.name: s for s in STAGES}
 # Files of a run beside the stage files: the errors of every stage, person reviews of the labels.
-OTHER_RECORD_FILES = ("errors",)
+OTHER_RECORD_FILES = ("errors", "reviews")
 
 
 def stage(name: str) -> Stage:
