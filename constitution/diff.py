@@ -22,7 +22,7 @@ _WORDS = re.compile(r"\S+")
 @dataclass(frozen=True)
 class Change:
     kind: Kind
-    section: str  # principles, traits, few_shot, or the constitution's own fields ("constitution")
+    section: str  # principles, traits, few_shot, comparison_examples, or the constitution's own ("constitution")
     id: str  # the item's id (new id for a rename); the field name for constitution-level changes
     field: str | None = None
     old: object = None
@@ -89,14 +89,16 @@ def diff_constitutions(old: Constitution, new: Constitution) -> list[Change]:
             changes.append(Change("changed", "constitution", key, key, old_v, new_v, words))
     changes += _items("principles", a["principles"], b["principles"])
     changes += _items("traits", a["traits"], b["traits"])
-    # Few-shot examples have no ids: match them by position, which is how a user edits them.
-    for i in range(max(len(a["few_shot"]), len(b["few_shot"]))):
-        x = a["few_shot"][i] if i < len(a["few_shot"]) else None
-        y = b["few_shot"][i] if i < len(b["few_shot"]) else None
-        if x is None:
-            changes.append(Change("added", "few_shot", str(i), new=y))
-        elif y is None:
-            changes.append(Change("removed", "few_shot", str(i), old=x))
-        elif x != y:
-            _fields(x, changes, "few_shot", str(i), y)
+    # Examples have no ids: match them by position, which is how a user edits them.
+    for section in ("few_shot", "comparison_examples"):
+        xs, ys = a[section], b[section]
+        for i in range(max(len(xs), len(ys))):
+            x = xs[i] if i < len(xs) else None
+            y = ys[i] if i < len(ys) else None
+            if x is None:
+                changes.append(Change("added", section, str(i), new=y))
+            elif y is None:
+                changes.append(Change("removed", section, str(i), old=x))
+            elif x != y:
+                _fields(x, changes, section, str(i), y)
     return changes

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from cai.core.files import line_of, parse_text, read_structured
 
+from .layers import Layered, is_layered, resolve_layers
 from .loader import probes_path, resolve_path, validate, validate_probes
 from .schema import Constitution, Probe
 
@@ -24,8 +25,11 @@ def lint_file(path: str | Path) -> tuple[Constitution, list[str]]:
     constitution returned carries its probes."""
     path = resolve_path(path)
     data, node = read_structured(path)
-    c = validate(data, node, str(path))
-    warnings = [f"{path}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
+    if is_layered(data):
+        c, warnings = _lint_layered(resolve_layers(path, data, node))
+    else:
+        c = validate(data, node, str(path))
+        warnings = [f"{path}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
     sibling = probes_path(path)
     if sibling is not None:
         data, node = read_structured(sibling)
@@ -35,11 +39,22 @@ def lint_file(path: str | Path) -> tuple[Constitution, list[str]]:
     return c, warnings
 
 
-def lint_text(text: str, source: str, as_json: bool = False) -> tuple[Constitution, list[str]]:
-    """`lint_file` on an editor's unsaved text, reported under the name `source`."""
+def lint_text(
+    text: str, source: str, as_json: bool = False, folder: str | Path | None = None
+) -> tuple[Constitution, list[str]]:
+    """`lint_file` on an editor's unsaved text, reported under the name `source`; the bases it
+    `extends:` are found beside it in `folder` (default: the working folder)."""
     data, node = parse_text(text, source, as_json)
+    if is_layered(data):
+        return _lint_layered(resolve_layers(Path(folder or ".") / source, data, node, source=source))
     c = validate(data, node, source)
     return c, [f"{source}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
+
+
+def _lint_layered(layered: Layered) -> tuple[Constitution, list[str]]:
+    """Warnings on the merged constitution, each at the line of the layer that wrote it."""
+    c = layered.constitution
+    return c, layered.warnings + [f"{layered.locate(loc)}: {msg}" for loc, msg in lint(c)]
 
 
 def lint(c: Constitution) -> list[tuple[tuple, str]]:
@@ -62,7 +77,34 @@ def lint(c: Constitution) -> list[tuple[tuple, str]]:
             )
     if c.traits and not c.query_generation:
         found.append(((), "no query_generation guidance; trait queries will be written from the seed questions only"))
-    return found + lint_probes(c, c.probes)
+    return found + lint_examples(c) + lint_probes(c, c.probes)
+
+
+_FIXED_LETTER = re.compile(r"\([AB]\)|\b(?i:option|reply|response|answer|choice)\s+[AB]\b")
+
+
+def lint_examples(c: Constitution) -> list[tuple[tuple, str]]:
+    """Comparison examples that validate but would teach a letter, or sit under no question of their own."""
+    found: list[tuple[tuple, str]] = []
+    principles = {p.id: p for p in c.principles}
+    for i, ex in enumerate(c.comparison_examples):
+        if ex.reasoning and _FIXED_LETTER.search(ex.reasoning):
+            found.append(
+                (
+                    ("comparison_examples", i, "reasoning"),
+                    "names a reply by a fixed letter, but the better reply is shown under (A) in some prompts and "
+                    "(B) in others: write (better) and (worse), which become the letters where it is shown",
+                )
+            )
+        p = principles.get(ex.principle_id or "")
+        if p is not None and p.comparison is None:
+            found.append(
+                (
+                    ("comparison_examples", i, "principle_id"),
+                    f"{p.id} has no comparison question: the example is shown under the generic one",
+                )
+            )
+    return found
 
 
 def lint_probes(c: Constitution, probes: list[Probe]) -> list[tuple[tuple, str]]:

@@ -59,9 +59,14 @@ def validate(data: object, node: yaml.Node | None, source: str) -> Constitution:
 
 
 def load_constitution(path: str | Path) -> Constitution:
-    """Load and validate a principle file. A bare name such as `harmless` means a shipped one."""
+    """Load and validate a principle file. A bare name such as `harmless` means a shipped one.
+    A file that `extends:` others gives the constitution its layers merge into (see layers.py)."""
     path = resolve_path(path)
     data, node = read_structured(path)
+    if isinstance(data, dict) and "extends" in data:
+        from .layers import resolve_layers
+
+        return resolve_layers(path, data, node).constitution
     return validate(data, node, str(path))
 
 

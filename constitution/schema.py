@@ -13,7 +13,7 @@ import json
 import re
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, StringConstraints, model_validator
 
 Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
 Ident = Annotated[
@@ -40,6 +40,15 @@ class Principle(_Strict):
     comparison: Text | None = Field(None, description="Question put to the feedback model when ranking two answers.")
     weight: float = Field(1.0, gt=0, description="Relative sampling weight.")
     tags: list[Text] = Field(default_factory=list)
+    # Set by the constitution that holds the principle: every caller of the ranking core reads
+    # a principle's examples from the principle itself, without passing its constitution along.
+    _ranking_examples: tuple[ComparisonExample, ...] = PrivateAttr(default=())
+
+    @property
+    def ranking_examples(self) -> tuple[ComparisonExample, ...]:
+        """The comparison examples a ranking under this principle may show, in the order shown:
+        those written for it, then those for every principle."""
+        return self._ranking_examples
 
     @model_validator(mode="after")
     def _has_a_use(self) -> Principle:
@@ -66,6 +75,59 @@ class FewShot(_Strict):
         if self.messages[-1].role != "assistant":
             raise ValueError("the last message of a few-shot conversation must be the assistant's answer")
         return self
+
+
+BETTER, WORSE = "(better)", "(worse)"  # how written reasoning names the two replies
+
+
+class ComparisonExample(_Strict):
+    """A ranked pair at the edge of a principle: a conversation, the better and the worse reply.
+
+    A ranking prompt shows its examples with the better reply under (A) in some and under (B) in
+    others, so written `reasoning` (shown to a judge that argues first) names the replies as
+    `(better)` and `(worse)`; each becomes the letter its reply sits under."""
+
+    principle_id: Ident | None = Field(None, description="The principle it is for; none: every principle.")
+    prompt: Text | None = Field(None, description="The user's message (or `messages`, a conversation).")
+    messages: list[Message] | None = Field(None, min_length=1)
+    better: Text
+    worse: Text
+    reasoning: Text | None = Field(None, description="The argument a judge that reasons first would write.")
+
+    @model_validator(mode="after")
+    def _shape(self) -> ComparisonExample:
+        problems = []
+        if (self.prompt is None) == (self.messages is None):
+            problems.append(Problem((), "an example needs a prompt or messages (one of them)"))
+        elif self.messages is not None and self.messages[-1].role != "user":
+            problems.append(Problem(("messages",), "an example's conversation must end with the user's message"))
+        if self.better == self.worse:
+            problems.append(Problem(("worse",), "better and worse are the same reply"))
+        if problems:
+            raise ConstitutionProblems(problems)
+        return self
+
+    @property
+    def conversation(self) -> list[dict]:
+        """The conversation up to the user's last message, as chat messages."""
+        if self.messages is not None:
+            return [m.model_dump() for m in self.messages]
+        return [{"role": "user", "content": self.prompt}]
+
+    def shown(self, better_letter: str, reasoning: bool) -> dict:
+        """The example as a prompt shows it, its better reply under `better_letter` ("A" or "B")."""
+        worse_letter = "B" if better_letter == "A" else "A"
+        a, b = (self.better, self.worse) if better_letter == "A" else (self.worse, self.better)
+        argument = None
+        if reasoning and self.reasoning:
+            argument = self.reasoning.replace(BETTER, f"({better_letter})").replace(WORSE, f"({worse_letter})")
+        return {"messages": self.conversation, "a": a, "b": b, "letter": better_letter, "reasoning": argument}
+
+    def read(self, reasoning: bool) -> dict:
+        """What of the example a prompt shows (its text, not its principle or place): what a
+        reading's identity hashes."""
+        out = {"conversation": self.conversation, "better": self.better, "worse": self.worse}
+        return out | ({"reasoning": self.reasoning} if reasoning and self.reasoning else {})
 
 
 class Trait(_Strict):
@@ -224,6 +286,9 @@ class Constitution(_Strict):
     principles: list[Principle] = Field(default_factory=list)
     traits: list[Trait] = Field(default_factory=list)
     few_shot: list[FewShot] = Field(default_factory=list)
+    comparison_examples: list[ComparisonExample] = Field(
+        default_factory=list, description="Ranked pairs shown to the feedback model before the pair it ranks."
+    )
     query_generation: QueryGeneration | None = None
     probes: list[Probe] = Field(default_factory=list, description="Pinned cases `cai constitution test` checks.")
 
@@ -242,10 +307,26 @@ class Constitution(_Strict):
         for i, ex in enumerate(self.few_shot):
             if ex.principle_id is not None and ex.principle_id not in known:
                 problems.append(Problem(("few_shot", i, "principle_id"), f"no principle has id {ex.principle_id!r}"))
+        for i, ex in enumerate(self.comparison_examples):
+            if ex.principle_id is not None and ex.principle_id not in known:
+                where = ("comparison_examples", i, "principle_id")
+                problems.append(Problem(where, f"no principle has id {ex.principle_id!r}"))
         problems += probe_problems(self, self.probes)
         if problems:
             raise ConstitutionProblems(problems)
+        self._attach_examples()
         return self
+
+    def _attach_examples(self) -> None:
+        """Hand each principle the comparison examples it reads. A principle given by another
+        constitution is copied first, never changed where that one holds it."""
+        shared = tuple(e for e in self.comparison_examples if e.principle_id is None)
+        for i, p in enumerate(self.principles):
+            own = tuple(e for e in self.comparison_examples if e.principle_id == p.id) + shared
+            if p.ranking_examples != own:
+                p = p.model_copy()
+                p._ranking_examples = own
+                self.principles[i] = p
 
     def principle(self, pid: str) -> Principle:
         for p in self.principles:
@@ -273,8 +354,10 @@ class Constitution(_Strict):
         Probes are left out: they are tests of the constitution, read by `cai constitution test`
         alone, and no stage reads them. Record ids and run versions hash this, so adding or
         editing a probe must not make a run's records look stale, nor a file without probes hash
-        differently from before probes existed."""
-        blob = json.dumps(self.model_dump(mode="json", exclude={"probes"}), sort_keys=True, ensure_ascii=False)
+        differently from before probes existed. Comparison examples are left out while there are
+        none, for the same reason."""
+        leave_out = {"probes"} | ({"comparison_examples"} if not self.comparison_examples else set())
+        blob = json.dumps(self.model_dump(mode="json", exclude=leave_out), sort_keys=True, ensure_ascii=False)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
