@@ -17,6 +17,7 @@ from cai.logs import VERBOSE
 from cai.studio.cli import studio
 
 from . import constitution, evals, model, runs, train
+from .review import review
 
 app = typer.Typer(
     help="Constitutional AI: principle files to SFT and preference data, reward models, RL and DPO.",
@@ -42,6 +43,7 @@ app.add_typer(model.app, name="model")
 app.add_typer(train.app, name="train")
 app.add_typer(evals.app, name="eval")
 app.command("studio")(studio)
+app.command("review")(review)
 
 
 def main() -> None:
