@@ -10,6 +10,15 @@ Face's open CAI recipe has its own JSON. Each maps onto our schema keeping the i
 and dropping only the labels: our templates put the request in their own words around it, so a
 kept `Critique:` would ask the model to continue a label that is no longer there.
 
+The paper also released few-shot prompts for its ranking: pairs with the better and the worse
+reply (`RLMadisonFewShotPrompts.json`: `[{"prompt": "\\n\\nHuman: ...\\n\\nAssistant:", "corrects":
+[...], "incorrects": [...]}]`) and the same with the argument written out before the letter
+(`RLMadisonPrecogFewShotPrompts.json`: `[{"prompt": "Human: Consider the following conversation
+...\\n\\nH: ...\\n\\n{}\\n (A) [[[...]]]\\n (B) [[[...]]]\\n\\nAssistant: Let's think step by step:
+...\\n\\nHuman:\\nSo the answer is: (B)"}]`, `{}` standing where the principle goes). Both become
+comparison examples for every principle; the argument is kept, its letters written as `(better)`
+and `(worse)` so it reads right wherever the better reply is shown.
+
 Several files import into one constitution (`cai constitution import A.json B.json C.json`): a
 few-shot example joins the principle whose critique text it uses, in any of the files.
 """
@@ -28,13 +37,29 @@ from .errors import UserError
 from .loader import validate
 from .schema import Constitution
 
-Format = Literal["auto", "cai", "cai-paper", "cai-paper-ranking", "cai-paper-few-shot", "hf-recipe"]
+Format = Literal[
+    "auto",
+    "cai",
+    "cai-paper",
+    "cai-paper-ranking",
+    "cai-paper-few-shot",
+    "cai-paper-ranking-examples",
+    "cai-paper-ranking-cot-examples",
+    "hf-recipe",
+]
 FORMAT_NAMES = {
     "cai": "cai principle file",
     "cai-paper": "CAI paper critique/revision instructions",
     "cai-paper-ranking": "CAI paper ranking principles",
     "cai-paper-few-shot": "CAI paper few-shot prompts",
+    "cai-paper-ranking-examples": "CAI paper ranking few-shot prompts",
+    "cai-paper-ranking-cot-examples": "CAI paper ranking few-shot prompts with reasoning",
     "hf-recipe": "open CAI recipe",
+}
+# The one principle a file of examples alone is given, so that it stands as a constitution.
+EXAMPLES_ONLY = {
+    "id": "helpful-honest-harmless",
+    "comparison": "Which of these assistant replies is more helpful, more honest and less harmful?",
 }
 
 _LEAD_LABEL = re.compile(r"^\s*(?:critique|revision|edit|comparison)[ _-]?request\s*:\s*", re.I)
@@ -223,6 +248,104 @@ def from_hf_recipe(data: object, source: str, known: dict[str, str]) -> dict:
     return {"principles": principles, "few_shot": few_shot}
 
 
+_CHAT_LABEL = re.compile(r"^[ \t]*(Human|Assistant|H|A)[ \t]*:[ \t]*", re.M)
+_OPTIONS = re.compile(r"\(A\)\s*\[\[\[(?P<a>.*?)\]\]\]\s*\(B\)\s*\[\[\[(?P<b>.*?)\]\]\]", re.S)
+_ARGUED = re.compile(
+    r"^\s*Assistant:\s*(?P<reasoning>.*?)\n\s*Human:\s*So the answer is:\s*\((?P<letter>[AB])\)\s*$", re.S
+)
+_STEP_BY_STEP = re.compile(r"^let'?s think step by step\s*:?\s*", re.I)
+_NAMED_LETTER = re.compile(r"\(([AB])\)|\b((?i:option|reply|response|answer|choice))\s+([AB])\b")
+
+
+def _turns(text: str, where: str, human: str, assistant: str) -> list[dict]:
+    """A conversation written with turn labels (`Human:`/`Assistant:` or `H:`/`A:`) as chat
+    messages; an empty last turn (the `Assistant:` a prompt ends on) is dropped."""
+    text = text.strip()
+    marks = [m for m in _CHAT_LABEL.finditer(text) if m.group(1) in (human, assistant)]
+    if not marks or text[: marks[0].start()].strip():
+        raise UserError(f"{where}: expected a conversation of {human}: and {assistant}: turns")
+    turns = []
+    for m, nxt in zip(marks, [*marks[1:], None]):
+        content = text[m.end() : nxt.start() if nxt else len(text)].strip()
+        if content:
+            turns.append({"role": "user" if m.group(1) == human else "assistant", "content": content})
+    if not turns or turns[-1]["role"] != "user":
+        raise UserError(f"{where}: the conversation must end with the human's message")
+    return turns
+
+
+def _conversation(turns: list[dict]) -> dict:
+    return {"prompt": turns[0]["content"]} if len(turns) == 1 else {"messages": turns}
+
+
+def from_cai_paper_ranking_examples(data: object, source: str, known: dict[str, str]) -> dict:
+    """`[{"prompt": "Human: ... Assistant:", "corrects": [...], "incorrects": [...]}]` → comparison
+    examples, one per (correct, incorrect) pair of each prompt."""
+    if not isinstance(data, list) or not data:
+        raise UserError(f"{source}: expected a non-empty JSON list of ranking examples")
+    examples = []
+    for i, entry in enumerate(data):
+        where = f"{source}: [{i}]"
+        if not isinstance(entry, dict) or not isinstance(entry.get("prompt"), str):
+            raise UserError(f"{where}: expected an object with 'prompt', 'corrects' and 'incorrects'")
+        replies = [entry.get(k) for k in ("corrects", "incorrects")]
+        for key, got in zip(("corrects", "incorrects"), replies):
+            if not isinstance(got, list) or not got or not all(isinstance(r, str) and r.strip() for r in got):
+                raise UserError(f"{where}.{key}: expected a non-empty list of replies")
+        conversation = _conversation(_turns(entry["prompt"], f"{where}.prompt", "Human", "Assistant"))
+        for better in replies[0]:
+            for worse in replies[1]:
+                examples.append({**conversation, "better": better.strip(), "worse": worse.strip()})
+    return {"comparison_examples": examples}
+
+
+def letters_as_marks(reasoning: str, better: str) -> str:
+    """A written argument's letters as `(better)` and `(worse)`: "option B" → "option (better)"."""
+
+    def mark(m: re.Match) -> str:
+        letter = m.group(1) or m.group(3)
+        word = "(better)" if letter == better else "(worse)"
+        return word if m.group(1) else f"{m.group(2)} {word}"
+
+    return _NAMED_LETTER.sub(mark, reasoning)
+
+
+def from_cai_paper_ranking_cot_examples(data: object, source: str, known: dict[str, str]) -> dict:
+    """`[{"prompt": "Human: Consider ... H: ... {} (A) [[[...]]] (B) [[[...]]] Assistant: Let's think
+    step by step: ... Human: So the answer is: (B)"}]` → comparison examples with their reasoning."""
+    if not isinstance(data, list) or not data:
+        raise UserError(f"{source}: expected a non-empty JSON list of ranking examples")
+    examples = []
+    for i, entry in enumerate(data):
+        where = f"{source}: [{i}].prompt"
+        text = entry.get("prompt") if isinstance(entry, dict) else None
+        if not isinstance(text, str):
+            raise UserError(f"{source}: [{i}]: expected an object with 'prompt'")
+        head, sep, tail = text.partition("{}")
+        if not sep:
+            raise UserError(f"{where}: no {{}} where the principle goes, after the conversation")
+        body = head.strip()
+        if not body.startswith("Human:") or "\n\n" not in body:
+            raise UserError(f"{where}: expected 'Human:', a line introducing the conversation, then the conversation")
+        turns = _turns(body.split("\n\n", 1)[1], where, "H", "A")
+        options = _OPTIONS.search(tail)
+        if options is None or tail[: options.start()].strip():
+            raise UserError(f"{where}: expected the two replies after {{}}, as (A) [[[...]]] and (B) [[[...]]]")
+        argued = _ARGUED.match(tail[options.end() :])
+        if argued is None:
+            raise UserError(
+                f"{where}: expected 'Assistant:' with the reasoning, then 'Human:' and 'So the answer is: (A)'"
+            )
+        letter = argued.group("letter")
+        better, worse = (
+            (options.group("a"), options.group("b")) if letter == "A" else (options.group("b"), options.group("a"))
+        )
+        reasoning = letters_as_marks(_STEP_BY_STEP.sub("", argued.group("reasoning").strip()), letter).strip()
+        example = {**_conversation(turns), "better": better.strip(), "worse": worse.strip()}
+        examples.append(example | ({"reasoning": reasoning} if reasoning else {}))
+    return {"comparison_examples": examples}
+
+
 def _from_cai(data: object, source: str, known: dict[str, str]) -> dict:
     if not isinstance(data, dict):
         raise UserError(f"{source}: expected a mapping with name and principles")
@@ -234,6 +357,8 @@ CONVERTERS = {
     "cai-paper": from_cai_paper,
     "cai-paper-ranking": from_cai_paper_ranking,
     "cai-paper-few-shot": from_cai_paper_few_shot,
+    "cai-paper-ranking-examples": from_cai_paper_ranking_examples,
+    "cai-paper-ranking-cot-examples": from_cai_paper_ranking_cot_examples,
     "hf-recipe": from_hf_recipe,
 }
 
@@ -246,13 +371,19 @@ def detect_format(data: object) -> str:
             return "hf-recipe"
         if data and all(isinstance(v, dict) and "edit_request" in v for v in data.values()):
             return "cai-paper"
+    if isinstance(data, list) and data and all(isinstance(x, dict) for x in data):
+        if all({"corrects", "incorrects"} <= x.keys() for x in data):
+            return "cai-paper-ranking-examples"
+        if all(isinstance(x.get("prompt"), str) and "[[[" in x["prompt"] for x in data):
+            return "cai-paper-ranking-cot-examples"
     if isinstance(data, list) and data and all(isinstance(s, str) for s in data):
         return "cai-paper-few-shot" if any(_is_few_shot(s) for s in data) else "cai-paper-ranking"
     if isinstance(data, str) and _is_few_shot(data):
         return "cai-paper-few-shot"
     raise UserError(
         "unrecognised layout: expected a cai principle file, one of the CAI paper's prompt files "
-        "(critique/revision instructions, ranking principles, few-shot prompts) or the open CAI recipe's JSON"
+        "(critique/revision instructions, ranking principles, few-shot prompts, ranking few-shot prompts) "
+        "or the open CAI recipe's JSON"
     )
 
 
@@ -292,6 +423,10 @@ def import_constitution(
         parts.append((str(p), kind, data, node))
     if len(parts) == 1 and parts[0][1] == "cai":
         source, _, data, node = parts[0]
+        if "extends" in data:  # a layer: its merged constitution
+            from .layers import resolve_layers
+
+            return resolve_layers(Path(source), data, node).constitution
         return validate(data, node, source)
     merged: dict = {}
     known: dict[str, str] = {}  # critique text → principle id, across files
@@ -306,6 +441,8 @@ def import_constitution(
         for principle in converted.get("principles") or []:
             if isinstance(principle, dict) and isinstance(principle.get("critique"), str):
                 known.setdefault(_norm(principle["critique"]), principle.get("id"))
+    if merged.get("comparison_examples") and not merged.get("principles") and not merged.get("traits"):
+        merged["principles"] = [dict(EXAMPLES_ONLY)]  # examples alone: one question for them to sit under
     merged["name"] = name or merged.get("name") or Path(paths[0]).stem
     merged.setdefault(
         "description",
