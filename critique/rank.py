@@ -22,7 +22,7 @@ from cai.core.stage import StageOutput, Task
 from cai.generators.records import Query
 from cai.generators.streaming import stage_stream
 
-from .reading import PairToRead, ReadingConfig, draw_principles, question, read_pair, reading_mode
+from .reading import PairToRead, ReadingConfig, draw_principles, examples_read, question, read_pair, reading_mode
 from .records import Comparison
 
 
@@ -66,6 +66,10 @@ class ComparisonConfig(ReadingConfig):
         many are drawn nor the CoT settings of a log-prob reading enter it apart from that."""
         if view == "record":
             data = {k: v for k, v in data.items() if k != "principles"}
+        # How many comparison examples a prompt may show enters a record's id through the examples
+        # it shows (none: nothing); a stage's identity, only once it is set off its default.
+        if view == "record" or self.few_shot == type(self).model_fields["few_shot"].default:
+            data = {k: v for k, v in data.items() if k != "few_shot"}
         if self.method == "logprob":
             data = {k: v for k, v in data.items() if k not in ("cot_clamp", "cot_max_new_tokens")}
         return data
@@ -129,11 +133,14 @@ def pair_key(query_id: str, first_id: str, second_id: str) -> str:
 
 
 def comparison_id(
-    query_id: str, first_id: str, second_id: str, model: str, settings: dict, seed: int, principles
+    query_id: str, first_id: str, second_id: str, model: str, settings: dict, seed: int, principles, few_shot: int = 0
 ) -> str:
     """A ranked pair's id: the pair, the model, the settings that shape a reading, and the text of
-    every principle it reads. Editing one principle changes only the ids of pairs that read it."""
-    read = [(p.id, question(p)) for p in principles]
+    every principle it reads, with the comparison examples its prompts show under it (of the first
+    `few_shot`; none shown: nothing). Editing one principle or example changes only the ids of
+    pairs that read it."""
+    cot = settings.get("method") == "cot"
+    read = [(p.id, question(p), *([shown] if (shown := examples_read(p, few_shot, cot)) else [])) for p in principles]
     return record_id("comparison", query_id, first_id, second_id, model, settings, seed, read)
 
 
@@ -178,7 +185,7 @@ def plan_comparison_tasks(
         for kind, plist in (("samples", pairs), ("revision", revised if cfg.initial_vs_revised else [])):
             for first, second in plist:
                 drawn = tuple(draw_principles(pool, cfg.principles, seed, pair_key(q.id, first.id, second.id)))
-                tid = comparison_id(q.id, first.id, second.id, model, settings, seed, drawn)
+                tid = comparison_id(q.id, first.id, second.id, model, settings, seed, drawn, cfg.few_shot)
                 if tid not in done and first.text.strip() == second.text.strip():
                     continue
                 tasks.append(Task(tid, PairInput(q, first, second, kind, drawn), [tid]))

@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Literal
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from cai.constitution import Principle, weighted_sample
-from cai.core.ids import derive_seed, record_id
+from cai.core.ids import derive_seed, digest, record_id
 from cai.core.stage import Task
 from cai.generators.backends.base import capabilities
 from cai.generators.streaming import Request, drive
@@ -294,6 +294,11 @@ class ReadingConfig(BaseModel):
     principles: int = Field(4, ge=1, description="Principles sampled per pair (each read in both orders).")
     cot_clamp: tuple[float, float] = Field((0.4, 0.6), description="CoT probabilities are clamped into this range.")
     cot_max_new_tokens: int = Field(96, ge=8)
+    few_shot: int = Field(
+        2,
+        ge=0,
+        description="Comparison examples shown before each pair: its principle's own first, then those for all.",
+    )
 
     @model_validator(mode="after")
     def _clamp_ok(self) -> ReadingConfig:
@@ -328,22 +333,52 @@ def draw_principles(pool: list[Principle], k: int, seed: int, key: str) -> list[
 
 
 def reading_settings(cfg: ReadingConfig, seed: int) -> dict:
-    """What of the settings shapes one reading: the method, and for CoT its length, clamp and seed."""
+    """What of the settings shapes one reading: the method, and for CoT its length, clamp and
+    seed; and how many comparison examples a prompt may show (see `reading_key`)."""
     if cfg.method == "logprob":
-        return {"method": "logprob"}
+        return {"method": "logprob", "few_shot": cfg.few_shot}
     return {
         "method": "cot",
         "cot_max_new_tokens": cfg.cot_max_new_tokens,
         "cot_clamp": list(cfg.cot_clamp),
         "seed": seed,
+        "few_shot": cfg.few_shot,
     }
 
 
 def reading_key(model: str, settings: dict, pair_key: str, order: str, p: Principle) -> str:
     """A reading of a run: which model, how, which pair (its key stands for its texts: answer ids
-    hash their inputs), which order and which question. A principle's id is no part of it: a
-    renamed principle reads the same."""
-    return record_id("reading", model, settings, pair_key, order, question(p))
+    hash their inputs), which order and which question, and the comparison examples shown, where
+    there are any. A principle's id is no part of it: a renamed principle reads the same."""
+    settings = dict(settings)
+    k = settings.pop("few_shot", 0)
+    shown = examples_read(p, k, settings["method"] == "cot")
+    return record_id("reading", model, settings, pair_key, order, question(p), *([shown] if shown else []))
+
+
+# ---------------------------------------------------------------------------------------------
+# Comparison examples: ranked pairs shown before the pair being read
+
+
+def examples_read(p: Principle, k: int, cot: bool) -> list[dict]:
+    """What of its examples a reading under `p` shows (their texts; the reasoning only to a judge
+    that argues first): the part of a reading's identity the examples make."""
+    return [ex.read(cot) for ex in p.ranking_examples[:k]]
+
+
+def examples_first_letter(pair_key: str) -> str:
+    """The letter of the better reply in a pair's first example; the next alternate. The same in
+    both orders of the pair, so a judge that copies the examples' letters leans the same letter
+    both ways, and that cancels as any position bias does; it varies from pair to pair, so over
+    a dataset every example is shown with its better reply under (A) and under (B)."""
+    return LETTERS[int(digest(pair_key), 16) % 2]
+
+
+def shown_examples(p: Principle, k: int, pair_key: str, cot: bool) -> list[dict]:
+    """The first `k` examples of `p` (its own, then those for every principle) as its prompts
+    for this pair show them: the better reply's letter alternating from one to the next."""
+    first = LETTERS.index(examples_first_letter(pair_key))
+    return [ex.shown(LETTERS[(first + i) % 2], cot) for i, ex in enumerate(p.ranking_examples[:k])]
 
 
 @dataclass
@@ -367,16 +402,28 @@ def question(p: Principle) -> str:
     return p.comparison or GENERIC_QUESTION
 
 
-def comparison_text(messages: list[dict], p: Principle, a: str, b: str, cot: bool = False) -> str:
+def comparison_text(
+    messages: list[dict], p: Principle, a: str, b: str, cot: bool = False, examples: list[dict] | None = None
+) -> str:
     """The comparison prompt: conversation, the two answers, then the principle's question.
 
     The question comes after the answers so that the k principles a pair is read under share one
     prefix in each order (conversation and both answers), which a backend computes once (prefix
     sharing in transformers, prefix caching in vLLM): on the HH-RLHF labeler bench that computes
     a third fewer prompt tokens than the question placed before the answers. The letters and what
-    they mean are the same either way.
+    they mean are the same either way. `examples` (see `shown_examples`) come first, each under
+    the same question, its letter given.
     """
-    return render("cai.critique", "comparison.jinja", messages=messages, question=question(p), a=a, b=b, reasoning=cot)
+    return render(
+        "cai.critique",
+        "comparison.jinja",
+        messages=messages,
+        question=question(p),
+        a=a,
+        b=b,
+        reasoning=cot,
+        examples=examples or [],
+    )
 
 
 def orders_agree(judgements: list[Judgement]) -> bool:
@@ -437,7 +484,11 @@ def read_pair(pair: PairToRead, cfg: ReadingConfig, seed: int, mode: Mode, cache
     reused = [(pair.known or {}).get(rk) if rk else None for rk in run_keys]
     cot = cfg.method == "cot"
     questions = [
-        LetterQuestion(comparison_text(pair.messages, p, a, b, cot=cot), COMPARISON_PREFIX) for p, _, a, b in plan
+        LetterQuestion(
+            comparison_text(pair.messages, p, a, b, cot, shown_examples(p, cfg.few_shot, pair.key, cot)),
+            COMPARISON_PREFIX,
+        )
+        for p, _, a, b in plan
     ]
     reasons: list[str | None] = [None] * len(plan)
     letters: list[LetterReading | None] = [None] * len(plan)
