@@ -301,10 +301,47 @@ def _labeler_display(e: dict, scalars: dict) -> tuple[dict, dict]:
     return scalars, by_principle
 
 
+def _reviews(root: Path) -> dict | None:
+    """People's verdicts on the run's own labels (`cai review`), as `cai eval labeler --pairs RUN`
+    last weighed them, and whether verdicts were given or undone since."""
+    from cai.review import AGREEMENT_FILE, ReviewFile, standing
+    from cai.tables import rate_text
+
+    r = _read_json(root / AGREEMENT_FILE)
+    if r is None or r.get("kind") != "reviews":
+        return None
+    file = ReviewFile(root, writer=False)
+    now = len(standing(file.read())) if file.path.is_file() else 0
+    rates = r["rates"]
+    summary = {
+        "pairs reviewed": r["pairs_reviewed"],
+        "reviewers": ", ".join(f"{who} ({n})" for who, n in r["reviewers"].items()),
+        "agreement (can't tell left out)": rate_text(rates["agreement"]),
+        "can't tell": f"{r['cant_tell']}: {rate_text(rates['cant_tell'])}",
+    }
+    if rates.get("between_reviewers"):
+        summary["reviewers agreeing with each other"] = rate_text(rates["between_reviewers"])
+    if r.get("not_in_run"):
+        summary["verdicts on pairs no longer in the run"] = r["not_in_run"]
+    return {
+        "written": r.get("written"),
+        "stale": now != r["reviews"],
+        "now": now,
+        "summary": summary,
+        "by_principle": {
+            pid: {**v, "agreement": rate_text(v["agreement"]), "own_reading": rate_text(v["own_reading"])}
+            for pid, v in r["by_principle"].items()
+        },
+        "by_confidence": [{**row, "agreement": rate_text(row["agreement"])} for row in r["by_confidence"]],
+    }
+
+
 def _evals(root: Path) -> list[dict]:
     out = []
     for path in sorted(root.glob("eval-*.json")):
         e = _read_json(path) or {}
+        if e.get("kind") == "reviews":  # a copy of review-agreement.json (--out-json): shown in its own section
+            continue
         e = {k: v for k, v in e.items() if k not in ("per_reading", "samples")}
         scalars = {k: v for k, v in e.items() if not isinstance(v, (dict, list))}
         over_refusal = e.get("over_refusal") or {}
@@ -389,6 +426,7 @@ def build_context(run_dir: str | Path) -> dict:
         "training": _training(root),
         "training_summary": _read_json(root / "training-summary.json"),
         "evals": _evals(root),
+        "reviews": _reviews(root),
     }
 
 

@@ -115,7 +115,11 @@ def eval_labeler(
     out_json: OutJsonOpt = None,
 ) -> None:
     """Agreement of the feedback model's ranking with human labels, each rate with its 95% interval,
-    and the judge's biases: position, length (slope and padded twins) and self-preference."""
+    and the judge's biases: position, length (slope and padded twins) and self-preference.
+
+    With --pairs RUN_DIR: the run's own labels against people's verdicts from `cai review RUN_DIR`."""
+    if pairs.is_dir():
+        return _labeler_against_reviews(pairs, bins, seed, as_json, out_json)
     import time
 
     from cai.constitution import load_constitution
@@ -214,6 +218,14 @@ def _labeler_failures(pairs: Path, what: str, failed: int, total: int, first: st
         raise RunFailed(
             f"{pairs}: {failed} of {total} {what} failed to read (more than --max-failures {most:g}); first: {first}"
         )
+
+
+def _labeler_against_reviews(run_dir: Path, bins: int, seed: int, as_json: bool, out_json: Path | None) -> None:
+    """No model is asked: the labels are in the run's comparisons, the verdicts in its reviews.jsonl.
+    The result is also written to RUN_DIR/review-agreement.json, which `cai report` shows."""
+    from cai.review import agreement_result, agreement_tables
+
+    emit(agreement_result(run_dir, bins, seed), as_json, out_json, agreement_tables)
 
 
 @app.command("reward-model")
