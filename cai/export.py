@@ -10,7 +10,7 @@ from cai.generators.queries import Deduplicator
 from cai.generators.records import Query
 from cai.training.export import LengthControl, build_rows, length_points, write_export
 
-from .history import lagging_shards
+from .history import lagging_shards, layers
 from .lock import RunLock
 from .reader import RunReader
 
@@ -65,7 +65,7 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
         )
         card = {
             "title": f"cai: {c.name}",
-            "constitution": {"name": c.name, "version": c.version, "hash": c.content_hash()},
+            "constitution": {"name": c.name, "version": c.version, "hash": c.content_hash(), **card_layers(out)},
             "policy": cfg.policy.model_dump(),
             "feedback": cfg.feedback_backend.model_dump(),
             "config": cfg.model_dump(mode="json"),
@@ -87,6 +87,13 @@ def _export(run: RunReader, out: Path, dest: Path, fmt: str | None) -> dict[str,
         return write_export(rows, dest, card, fmt, cfg.export.shard_rows, source=str(source), home=home)
     finally:
         texts.close()
+
+
+def card_layers(out: Path) -> dict:
+    """The layers the constitution was merged from, bases first, each with its content hash (and
+    the ranking constitution's, where the comparisons read another)."""
+    got = layers(out) or {}
+    return {k: v for k, v in (("layers", got.get("constitution")), ("ranking_layers", got.get("ranking"))) if v}
 
 
 def length_control(run: RunReader, texts) -> LengthControl:

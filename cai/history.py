@@ -43,6 +43,7 @@ class Snapshot:
     digest: str
     identities: dict[str, str]
     models: dict[str, dict]
+    layers: dict[str, list[dict]] | None = None  # the files the constitution(s) merge, each with its hash
 
 
 @dataclass
@@ -171,6 +172,8 @@ def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool]
             last.setdefault("digest", snap.digest)
             last.setdefault("identities", snap.identities)
             last.setdefault("models", snap.models)
+            if snap.layers:
+                last.setdefault("layers", snap.layers)
             _mark_shard(root, index, shard)
         return ConfigChange(last["version"], None)
     if last is None:
@@ -195,6 +198,8 @@ def _record(root: Path, snap: Snapshot, shard: str, has_records: dict[str, bool]
         "identities": snap.identities,
         "models": snap.models,
     }
+    if snap.layers:
+        entry["layers"] = snap.layers
     index.append(_save(root, entry, snap.config, snap.constitution))
     _write(cfg_path, snap.config)
     _write(con_path, snap.constitution)
@@ -211,6 +216,8 @@ def _legacy(root: Path, index: list[dict], snap: Snapshot, shard: str, dry: bool
         return change
     entry = _entry(change.version, NAMES[0], ["record ids"])
     entry |= {"digest": snap.digest, "identities": snap.identities, "models": snap.models}
+    if snap.layers:
+        entry["layers"] = snap.layers
     index.append(_save(root, entry, snap.config, snap.constitution))
     _mark_shard(root, index, shard)
     return change
@@ -257,3 +264,10 @@ def _write(path: Path, text: str) -> None:
     with writing(path):
         tmp.write_text(text, encoding="utf-8")
         os.replace(tmp, path)
+
+
+def layers(root: Path) -> dict[str, list[dict]] | None:
+    """The layers the run's latest constitution was merged from (path or shipped name, name and
+    content hash of each, bases first), as its config history records them."""
+    index = read_index(root)
+    return index[-1].get("layers") if index else None

@@ -89,8 +89,18 @@ class Pipeline:
         identities = {s.name: self.identity(s) for s in STAGES if s.enabled(self.ctx)}
         whole = {"config": identity(cfg, "config"), "constitution": self.constitution.content_hash()}
         return history.Snapshot(
-            dump_config(cfg), dump_constitution(self.constitution), digest(whole), identities, models
+            dump_config(cfg), dump_constitution(self.constitution), digest(whole), identities, models, self.layers()
         )
+
+    def layers(self) -> dict[str, list[dict]]:
+        """The files the frozen constitution.yaml was merged from, each with its content hash; the
+        ranking constitution's too where the comparisons read another."""
+        from cai.constitution.layers import layer_records
+
+        out = {"constitution": layer_records(self.cfg.constitution)}
+        if self.cfg.comparisons.constitution:
+            out["ranking"] = layer_records(self.cfg.comparisons.constitution)
+        return out
 
     def start(self) -> history.ConfigChange:
         """Take this shard's lock, then keep the config (a new version if it changed)."""

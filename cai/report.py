@@ -366,6 +366,16 @@ def _evals(root: Path) -> list[dict]:
     return out
 
 
+def _layers(root: Path) -> list[dict]:
+    """The files the run's constitution was merged from, bases first, each with its content hash
+    (the ranking constitution's marked so, where the comparisons read another)."""
+    from .history import layers
+
+    got = layers(root) or {}
+    rows = [{**x, "role": "constitution"} for x in got.get("constitution", [])]
+    return rows + [{**x, "role": "ranking"} for x in got.get("ranking", [])]
+
+
 def build_context(run_dir: str | Path) -> dict:
     root = Path(run_dir)
     run = RunReader(root)
@@ -395,7 +405,7 @@ def build_context(run_dir: str | Path) -> dict:
         "generated": time.strftime("%Y-%m-%d %H:%M:%S"),
         "run_dir": str(root),
         "config": run.config.model_dump(mode="json"),
-        "constitution": {"name": c.name, "principles": len(c.principles)},
+        "constitution": {"name": c.name, "principles": len(c.principles), "layers": _layers(root)},
         "manifest": times,
         "shards": len(manifests),
         "stages": _stages(run.stages()),
