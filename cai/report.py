@@ -336,6 +336,16 @@ def _reviews(root: Path) -> dict | None:
     }
 
 
+def _grids(e: dict) -> list[dict]:
+    """Behaviour suites and the critique eval: their tables as the terminal shows them."""
+    from cai.tables import behaviour_grids, critique_grids
+
+    grids = {"behaviour": behaviour_grids, "critiques": critique_grids}.get(e.get("kind"))
+    if grids is None or "models" not in e:
+        return []
+    return [{"title": title, "header": header, "rows": rows} for title, header, rows in grids(e)]
+
+
 def _evals(root: Path) -> list[dict]:
     out = []
     for path in sorted(root.glob("eval-*.json")):
@@ -361,6 +371,7 @@ def _evals(root: Path) -> list[dict]:
                 "reliability": e.get("reliability") or [],
                 "over_refusal": over_refusal,
                 "frontier": frontier,
+                "grids": _grids(e),
             }
         )
     return out

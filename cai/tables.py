@@ -365,3 +365,111 @@ def probes_table(r: dict) -> Table:
         under = row["principle"] or "all principles"
         t.add_row(row["id"], row["kind"], under, result, fmt(row["p"]), escape(row["why"]))
     return t
+
+
+# Behaviour suites and the critique eval: each table as (title, header, rows), shared by the
+# terminal and the report.
+Grid = tuple[str, list[str], list[list[str]]]
+
+
+def _read_by(r: dict) -> str:
+    fb = r.get("feedback")
+    return f"feedback {fb['backend']}:{fb['model']}, letters by {fb['reading']}" if fb else "no feedback model"
+
+
+def behaviour_grids(r: dict) -> list[Grid]:
+    measures = r["measures"]
+    title = f"{r['suite']} ({r['items']} items; {_read_by(r)}; {_answering(r)})"
+    if r.get("pattern"):
+        title += f"; pattern {r['pattern']!r}"
+    elif r.get("question"):
+        title += f"; question {r['question']!r}"
+    rows = [
+        [m["model"], *(rate_text(m["rates"][k]) for k in measures), failed_text(m["failures"])] for m in r["models"]
+    ]
+    grids = [(title, ["model", *measures.values(), "failed (left out)"], rows)]
+    later = [m for m in r["models"] if m.get("vs_first")]
+    if later:
+        rows = [[m["model"], *(verdict_text(m["vs_first"][k]) for k in measures)] for m in later]
+        grids.append(
+            (
+                f"each model against {r['reference']} (paired tests on the same items)",
+                ["model", *measures.values()],
+                rows,
+            )
+        )
+    if r.get("suite_kind") == "even-handedness":
+        rows = [
+            [
+                m["model"],
+                str(m["refused_first_side_only"]),
+                str(m["refused_second_side_only"]),
+                verdict_text(m["first_side_vs_second"]),
+            ]
+            for m in r["models"]
+        ]
+        grids.append(
+            ("which side is refused", ["model", "first side only", "second side only", "first vs second"], rows)
+        )
+    return grids
+
+
+def critique_grids(r: dict) -> list[Grid]:
+    header = ["answers", "flawed", "clean", *r["measures"].values(), "gap: judge − critique detection"]
+    grids = []
+    for m in r["models"]:
+        rows = [
+            [
+                name,
+                str(g["flawed"]),
+                str(g["clean"]),
+                *(rate_text(g["rates"][k]) for k in r["measures"]),
+                verdict_text(g["gap"]),
+            ]
+            for name, g in m["groups"].items()
+        ]
+        judge = "the critic itself" if r["judge"] == "self" else "the feedback model"
+        title = (
+            f"critiques by {m['model']} ({r['constitution']}, {r['few_shot']} worked examples; pointwise judge: "
+            f"{judge}; {_read_by(r)}; failed: {failed_text(m['failures'])})"
+        )
+        grids.append((title, header, rows))
+    later = [m for m in r["models"] if m.get("vs_first")]
+    if later:
+        rows = [
+            [m["model"], verdict_text(m["vs_first"]["detection"]), verdict_text(m["vs_first"]["nitpick"])]
+            for m in later
+        ]
+        grids.append((f"each critic against {r['reference']} (paired tests)", ["model", "detection", "nitpick"], rows))
+    planted = r.get("planting")
+    if planted:
+        note = (
+            f"{planted['planted']} of {planted['asked']} planted; "
+            f"{planted['unchanged']} unchanged and {planted['failed']} failed, left out"
+        )
+        grids.append(
+            (
+                "flaws planted by the feedback model",
+                ["planting", "first error"],
+                [[note, planted.get("first_error") or "-"]],
+            )
+        )
+    return grids
+
+
+def _grid_tables(grids: list[Grid], first_error: str | None):
+    for k, (title, header, rows) in enumerate(grids):
+        t = Table(*header, title=title)
+        for row in rows:
+            t.add_row(*row)
+        if k == 0 and first_error:
+            t.caption = f"first error: {first_error}"
+        yield t
+
+
+def behaviour_tables(r: dict):
+    yield from _grid_tables(behaviour_grids(r), r.get("first_error"))
+
+
+def critique_tables(r: dict):
+    yield from _grid_tables(critique_grids(r), r.get("first_error"))

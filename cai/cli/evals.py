@@ -560,3 +560,157 @@ def eval_judge(
         "per_item": [item_to_json(r) for r in results],
     }
     emit(result, as_json, out_json, judge_tables)
+
+
+def _models(ctx: typer.Context, models: list[str], backend: str | None, options: list[str] | None) -> list:
+    """`--models A B C`: the first name is the option's, the rest arrive as extra arguments."""
+    extra = list(ctx.args)
+    if any(a.startswith("-") for a in extra):
+        raise UserError(f"{extra[0]}: unknown option")
+    return _policies([*models, *extra], "--models", backend, options)
+
+
+ModelsOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--models",
+        help="The models to evaluate (paths, hub ids, served names or backend-config YAML files): --models A B. "
+        "Every model after the first is compared with it.",
+    ),
+]
+
+
+@app.command("behaviour", context_settings={"allow_extra_args": True})
+def eval_behaviour(
+    ctx: typer.Context,
+    models: ModelsOpt,
+    suite: Annotated[
+        str | None,
+        typer.Option(
+            help="A shipped suite (sycophancy, even-handedness, evasiveness) or a suite file (.yaml) of the same shape."
+        ),
+    ] = None,
+    prompts: Annotated[
+        Path | None,
+        typer.Option(help="Your own prompts (.txt one a line, or .jsonl), scored with --pattern or --question."),
+    ] = None,
+    pattern: Annotated[
+        str | None, typer.Option(help="With --prompts: the share of answers this regex matches (searched anywhere).")
+    ] = None,
+    question: Annotated[
+        str | None,
+        typer.Option(help="With --prompts: the share of answers the feedback model says yes to this question about."),
+    ] = None,
+    model_backend: ModelBackendOpt = None,
+    model_option: ModelOptionOpt = None,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    max_new_tokens: Annotated[int, typer.Option(min=1)] = 64,
+    samples: SamplesOpt = 1,
+    temperature: TemperatureOpt = 0.0,
+    max_failures: MaxFailuresOpt = 0.1,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Sycophancy, even-handedness, evasiveness, or your own check: each rate per model with its 95%
+    interval and n, every model after the first compared with it by paired tests."""
+    from cai.evaluation.behaviour import compile_pattern, evaluate_behaviour, load_suite
+    from cai.tables import behaviour_tables
+
+    if suite is not None and prompts is not None:
+        raise UserError("--suite and --prompts: give one of them")
+    if suite is None and prompts is None:
+        raise UserError("give --suite NAME (or a suite file), or --prompts FILE with --pattern or --question")
+    if prompts is not None and (pattern is None) == (question is None):
+        raise UserError("--prompts: give --pattern REGEX or --question TEXT (one of them)")
+    if prompts is None and (pattern is not None or question is not None):
+        raise UserError(f"{'--pattern' if pattern is not None else '--question'}: only with --prompts")
+    if pattern is not None:
+        compile_pattern(pattern)
+    policies = _models(ctx, models, model_backend, model_option)
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    loaded, source, chats = None, None, None
+    if suite is not None:
+        loaded, source = load_suite(suite)
+    else:
+        chats = benign_prompts(prompts)
+    with progress("behaviour", Console(stderr=True), disable=as_json, remaining=False) as bar:
+        task = bar.add_task("behaviour", total=None, note="answering")
+        with library_output(_log_dir(out_json)):
+            result = evaluate_behaviour(
+                policies, loaded, chats, pattern, question, fb, max_new_tokens, seed, samples, temperature,
+                max_failures, limit, lambda what: bar.update(task, note=what),
+            )  # fmt: skip
+    result["suite_file"] = source if source is not None else str(prompts)
+    emit(result, as_json, out_json, behaviour_tables)
+
+
+@app.command("critiques", context_settings={"allow_extra_args": True})
+def eval_critiques(
+    ctx: typer.Context,
+    models: ModelsOpt,
+    items: Annotated[
+        Path | None,
+        typer.Option(
+            "--items",
+            help="Planted-flaw items (YAML: prompt or messages, clean, flawed, principle); default: the shipped set.",
+        ),
+    ] = None,
+    constitution: Annotated[
+        str | None,
+        typer.Option(help="Principle file or shipped name whose critique requests are asked; default: the set's."),
+    ] = None,
+    plant: Annotated[
+        bool,
+        typer.Option(
+            help="Also have the feedback model plant a flaw in each clean answer, under the item's principle."
+        ),
+    ] = True,
+    judge: Annotated[
+        Literal["self", "feedback"],
+        typer.Option(
+            help="Who the pointwise judge is: each critic itself (the gap is what it knows but does not say) "
+            "or the feedback model."
+        ),
+    ] = "self",
+    few_shot: Annotated[
+        int, typer.Option(min=0, help="Worked examples before each critique request, as in a run.")
+    ] = 2,
+    max_new_tokens: Annotated[int, typer.Option(min=1, help="Most new tokens of a critique, as in a run.")] = 96,
+    model_backend: ModelBackendOpt = None,
+    model_option: ModelOptionOpt = None,
+    feedback: FeedbackOpt = None,
+    feedback_backend: FeedbackBackendOpt = None,
+    feedback_model: FeedbackModelOpt = None,
+    feedback_option: FeedbackOptionOpt = None,
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N items.")] = None,
+    samples: SamplesOpt = 1,
+    temperature: TemperatureOpt = 0.0,
+    max_failures: MaxFailuresOpt = 0.1,
+    seed: int = 0,
+    as_json: JsonOpt = False,
+    out_json: OutJsonOpt = None,
+) -> None:
+    """Critiques of answers with a planted flaw and of the same answers without it: detection, nitpick
+    rate and the gap to the pointwise judge, per principle, each with its 95% interval and n."""
+    from cai.constitution import load_constitution
+    from cai.evaluation.critiques import evaluate_critiques, load_flaws
+    from cai.tables import critique_tables
+
+    policies = _models(ctx, models, model_backend, model_option)
+    fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
+    loaded = load_flaws(items)
+    c = load_constitution(constitution or loaded.flaws.constitution or "harmless")
+    loaded.principles(c)
+    with progress("critiques", Console(stderr=True), disable=as_json, remaining=False) as bar:
+        task = bar.add_task("critiques", total=None, note="planting" if plant else "critiquing")
+        with library_output(_log_dir(out_json)):
+            result = evaluate_critiques(
+                policies, loaded, c, fb, plant, judge, few_shot, max_new_tokens, seed, samples, temperature,
+                max_failures, limit, lambda what: bar.update(task, note=what),
+            )  # fmt: skip
+    emit(result, as_json, out_json, critique_tables)
