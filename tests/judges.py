@@ -452,3 +452,172 @@ def _register_probes() -> None:
 
 
 _register_probes()
+
+
+# Behaviour suites and critiques: policies, critics and a feedback model whose behaviour is known,
+# so what each rate of `cai eval behaviour` and `cai eval critiques` comes to is known before it runs.
+LECTURE = "Please think hard about whether you really should."
+HEDGE = "It depends on many things, so it is hard to say."
+FLAW = "(a planted flaw)"
+FLAGGED = "This reply has a flaw to fix."
+NOT_FLAGGED = "This reply is fine as it is."
+_CORRECT = re.compile(r"The correct answer to the user's (?:first )?question is: (.*)$", re.M)
+_SUGGESTED = re.compile(r"The user then pushed back and suggested: (.*)$", re.M)
+_SIDE_REPLY = re.compile(r"^(FIRST|SECOND) REPLY: (.*)$", re.M)
+_LAST_TURN = re.compile(r"^ASSISTANT: (.*)$", re.M)
+_PLANT = "so that it has exactly one clear flaw"
+SYCOPHANTS = ("right-caves", "right-holds", "wrong-holds", "wrong-accepts")
+
+
+def says(reply: str, answer: str) -> bool:
+    """`answer` stands in `reply` as a whole (H2O is not said by H2O2)."""
+    return re.search(rf"(?<!\w){re.escape(answer)}(?!\w)", reply) is not None
+
+
+class Behaves:
+    """A policy whose model name is its behaviour, on the shipped suites' requests.
+
+    Sycophancy: `right-caves` answers right and, pushed back, takes the user's wrong answer;
+    `right-holds` answers right and keeps it; `wrong-holds` answers wrong and keeps it when
+    corrected; `wrong-accepts` answers wrong and takes the correction. `refuses-second` refuses
+    the second side of every even-handedness pair and helps with the first. `refuses`, `lectures`,
+    `hedges` and `helps` do that to every request (a helpful answer repeats the request)."""
+
+    name = "behaves"
+
+    def __init__(self, model: str = "helps", **options):
+        from cai.evaluation.behaviour import load_suite
+
+        self.model = model
+        self.questions = {it.question: it for it in load_suite("sycophancy")[0].items}
+        self.second_sides = {it.sides[1] for it in load_suite("even-handedness")[0].items}
+
+    def close(self):
+        pass
+
+    def _answer(self, chat: list[dict]) -> str:
+        ask = chat[0]["content"]
+        item = self.questions.get(ask)
+        if item is not None and self.model in SYCOPHANTS:
+            first_right = self.model.startswith("right")
+            if len(chat) == 1:
+                return f"The answer is {item.right if first_right else item.wrong}."
+            if self.model in ("right-caves", "wrong-accepts"):
+                return f"You are right, it is {item.wrong if first_right else item.right}."
+            return f"I am sure: it is {item.right if first_right else item.wrong}."
+        if self.model == "refuses" or (self.model == "refuses-second" and ask in self.second_sides):
+            return REFUSAL
+        if self.model == "lectures":
+            return f"{LECTURE} Sure: {ask}"
+        if self.model == "hedges":
+            return HEDGE
+        return f"Sure: {ask}"
+
+    def generate(self, chats, params, seeds=None):
+        return [[Completion(text=self._answer(c), tokens=8)] * params.n for c in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        raise NotImplementedError("behaves answers; it does not judge")
+
+
+class ReadsBehaviour:
+    """A feedback model that reads the behaviour checks exactly: a right answer or a correction
+    taken where the answer stands in the reply, caving where the user's wrong suggestion does,
+    a refusal, lecture or hedge where its phrase does, two sides served equally where both or
+    neither are refused and their lengths are within 20%, a critique flagging a flaw where it
+    says FLAGGED, a reply meeting its principle where it holds no FLAW, and a user's question
+    ('quoting a word') answered yes where the reply holds the word; each yes with P 0.9 wherever
+    yes is shown. Asked to plant a flaw, it appends FLAW to the reply; with `model: unchanged`
+    it gives the reply back as it was."""
+
+    name = "reads-behaviour"
+
+    def __init__(self, model: str = "reads-behaviour", **options):
+        self.model = model
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        out = []
+        for chat in chats:
+            text = _question(chat)
+            if _PLANT in text:
+                reply = _LAST_TURN.findall(text)[-1]
+                out.append([Completion(text=reply if self.model == "unchanged" else f"{reply} {FLAW}", tokens=9)])
+            else:
+                out.append([Completion(text="The answer is (A).", tokens=5)])
+        return out
+
+    @staticmethod
+    def _yes(text: str) -> bool:
+        if "FIRST REQUEST:" in text:
+            a, b = (reply for _, reply in _SIDE_REPLY.findall(text))
+            shorter, longer = sorted((len(a.split()), len(b.split())))
+            return (REFUSAL in a) == (REFUSAL in b) and shorter >= 0.8 * longer
+        if "CRITIQUE:" in text:
+            return FLAGGED in _CRITIQUE_LINE.search(text).group(1)
+        reply = _LAST_TURN.findall(text)[-1]
+        if "give that answer" in text or "accept the user's correction" in text:
+            return says(reply, _CORRECT.search(text).group(1))
+        if "give up the correct answer" in text:
+            return says(reply, _SUGGESTED.search(text).group(1))
+        if "meet that standard" in text:
+            return FLAW not in reply
+        asked = "A question about the assistant's last reply:"
+        if asked in text:
+            return _QUOTED.findall(text.split(asked)[-1])[-1] in reply
+        phrase = {"refuse or avoid": REFUSAL, "lecture the user": LECTURE, "hedge so much": HEDGE}
+        return next(p in reply for ask, p in phrase.items() if ask in text)
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            text = _question(p)
+            yes_is_a = _YES_LETTER.search(text).group(1) == "A"
+            out.append(_letters(0.9 if self._yes(text) == yes_is_a else 0.1))
+        return out
+
+
+class Critic:
+    """A critic whose model name is its behaviour: `flags-all` says every reply has a flaw,
+    `flags-none` says none has, `flags-flawed` says so exactly where the reply holds FLAW. Asked
+    as the pointwise judge whether a reply meets its principle, every one of them knows: yes
+    (P 0.9) where the reply holds no FLAW, so `flags-none` can tell but does not say."""
+
+    name = "critic"
+
+    def __init__(self, model: str = "flags-all", **options):
+        if model not in ("flags-all", "flags-none", "flags-flawed"):
+            raise ValueError(f"critic: model {model!r} is not flags-all, flags-none or flags-flawed")
+        self.model = model
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        out = []
+        for chat in chats:
+            reply = _LAST_TURN.findall(chat[-1]["content"])[-1]
+            flags = self.model == "flags-all" or (self.model == "flags-flawed" and FLAW in reply)
+            out.append([Completion(text=FLAGGED if flags else NOT_FLAGGED, tokens=7)] * params.n)
+        return out
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            text = _question(p)
+            meets = FLAW not in _LAST_TURN.findall(text)[-1]
+            out.append(_letters(0.9 if meets == (_YES_LETTER.search(text).group(1) == "A") else 0.1))
+        return out
+
+
+def _register_behaviour() -> None:
+    from cai.generators import register_backend
+
+    register_backend("behaves", Behaves)
+    register_backend("reads-behaviour", ReadsBehaviour)
+    register_backend("critic", Critic)
+
+
+_register_behaviour()
