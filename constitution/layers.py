@@ -475,3 +475,32 @@ def layer_records(path: str | Path) -> list[dict]:
     """Each layer of a principle file (itself alone, when it extends nothing), bases first: how it
     is named, what it calls itself and its content hash, as runs and dataset cards record them."""
     return load_layered(path).records()
+
+
+def dump_effective(layered: Layered) -> str:
+    """The merged constitution as YAML a run would read, each principle, trait and example under
+    a comment naming the layer it comes from and the layers that changed its fields."""
+    c = layered.constitution
+    data = c.model_dump(mode="json", exclude_defaults=True, exclude_none=True)
+    lines = [f"# The merged constitution of {layered.top.path}; its layers, bases first:"]
+    lines += [f"#   {x.label} ({x.name}) {x.hash}" for x in layered.layers]
+    out = ["\n".join(lines) + "\n", _yaml({"name": c.name, "version": c.version, **_pick(data, ("description",))})]
+    origins = {s: list(layered.state.items[s].values()) for s in ITEMS} | {s: layered.state.lists[s] for s in LISTS}
+    for key in ("principles", "traits", "few_shot", "comparison_examples", "query_generation", "probes"):
+        if key not in data:
+            continue
+        if key not in origins:
+            out.append(_yaml({key: data[key]}))
+            continue
+        out.append(f"{key}:\n")
+        for item, origin in zip(data[key], origins[key]):
+            out.append(f"# {origin.describe()}\n" + _yaml([item]))
+    return "".join(out)
+
+
+def _pick(data: dict, keys: tuple[str, ...]) -> dict:
+    return {k: data[k] for k in keys if k in data}
+
+
+def _yaml(value: object) -> str:
+    return yaml.safe_dump(value, sort_keys=False, allow_unicode=True, width=100)

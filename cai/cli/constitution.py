@@ -70,12 +70,26 @@ def constitution_lint(
 
 
 @app.command("show")
-def constitution_show(file: Annotated[str, typer.Argument(help="A principle file or a shipped name.")]) -> None:
-    """Print a constitution's principles and traits as tables."""
-    from cai.constitution import load_constitution
+def constitution_show(
+    file: Annotated[str, typer.Argument(help="A principle file or a shipped name.")],
+    effective: Annotated[
+        bool,
+        typer.Option(
+            "--effective", help="Print the merged file (YAML) of a layered one, each principle's layer noted."
+        ),
+    ] = False,
+) -> None:
+    """Print a constitution's principles and traits as tables (of a file that extends others: merged)."""
+    from cai.constitution.layers import dump_effective, load_layered
 
-    c = load_constitution(file)
+    layered = load_layered(file)
+    if effective:
+        typer.echo(dump_effective(layered), nl=False)
+        return
+    c = layered.constitution
     console.print(f"[bold]{c.name}[/bold] v{c.version}  hash {c.content_hash()}")
+    for layer in layered.layers if layered.layered else []:
+        console.print(f"  layer {escape(layer.label)} ({escape(layer.name)}) {layer.hash}")
     if c.description:
         console.print(c.description)
     if c.principles:
@@ -88,7 +102,7 @@ def constitution_show(file: Annotated[str, typer.Argument(help="A principle file
         for tr in c.traits:
             t.add_row(tr.id, tr.text, str(len(tr.questions)))
         console.print(t)
-    console.print(f"{len(c.few_shot)} few-shot example(s)")
+    console.print(f"{len(c.few_shot)} few-shot example(s), {len(c.comparison_examples)} comparison example(s)")
 
 
 @app.command("diff")
@@ -97,7 +111,9 @@ def constitution_diff(
     new: Annotated[str, typer.Argument(help="The later principle file, or a shipped name.")],
     as_json: Annotated[bool, typer.Option("--json", help="Print the changes as JSON.")] = False,
 ) -> None:
-    """What changed, principle by principle; exit 0 when equal, 1 when different (like diff)."""
+    """What changed, principle by principle; exit 0 when equal, 1 when different (like diff).
+
+    A file that extends others is compared as merged: what a run would read."""
     import json
     import re
 
@@ -149,7 +165,8 @@ def constitution_import(
         typer.Argument(
             metavar="FILE...",
             help="The CAI paper's prompt files (critique/revision instructions, ranking principles, few-shot "
-            "prompts), the open CAI recipe's JSON, or cai files; several become one constitution.",
+            "prompts, ranking few-shot prompts with or without reasoning), the open CAI recipe's JSON, or cai "
+            "files; several become one constitution.",
         ),
     ],
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Write YAML here (default: stdout).")] = None,
@@ -165,7 +182,8 @@ def constitution_import(
         typer.echo(text, nl=False)
     else:
         out.write_text(text, encoding="utf-8")
-        console.print(f"wrote {out} ({len(c.principles)} principles, {len(c.few_shot)} few-shot)")
+        examples = f", {len(c.comparison_examples)} comparison examples" if c.comparison_examples else ""
+        console.print(f"wrote {out} ({len(c.principles)} principles, {len(c.few_shot)} few-shot{examples})")
 
 
 class _Steps:
@@ -305,8 +323,10 @@ def _progress() -> tuple[Progress, Callable[[dict], None]]:
 @app.command("compare")
 def constitution_compare(
     old: ConstitutionArg,
-    new: ConstitutionArg,
     pairs: PairsOpt,
+    new: Annotated[
+        str | None, typer.Argument(help="The edited principle file or shipped name (not with --examples).")
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="Only the first N pairs.")] = 200,
     ablate: Annotated[bool, typer.Option("--ablate", help="Also leave each principle out, one at a time.")] = False,
     ablate_version: Annotated[
@@ -318,6 +338,13 @@ def constitution_compare(
     method: MethodOpt = "logprob",
     seed: int = 0,
     top: Annotated[int, typer.Option(min=0, help="How many of the pairs that moved most to show.")] = 5,
+    examples: Annotated[
+        bool,
+        typer.Option("--examples", help="Compare OLD without its comparison examples (old) and with them (new)."),
+    ] = False,
+    few_shot: Annotated[
+        int | None, typer.Option(min=0, help="Comparison examples shown before each pair (default: as a run does).")
+    ] = None,
     feedback: FeedbackOpt = None,
     feedback_backend: FeedbackBackendOpt = None,
     feedback_model: FeedbackModelOpt = None,
@@ -329,15 +356,24 @@ def constitution_compare(
     """Rank the same pairs under OLD and NEW and show what the edit does to the labels.
 
     Label flips, mean |Δp|, order consistency, position bias and agreement with the file's labels,
-    overall and per principle, and the pairs that moved most; --ablate leaves each principle out."""
+    overall and per principle, and the pairs that moved most; --ablate leaves each principle out.
+    With a layered file, each flip is put down to the layer whose principle moved it; with
+    --examples, one constitution is measured with and without its comparison examples."""
+    from cai.constitution.layers import load_layered
     from cai.generators import load_backend
     from cai.workbench import compare
-    from cai.workbench.compare import load_labeled
+    from cai.workbench.compare import load_labeled, without_examples
     from cai.workbench.tables import compare_tables
-    from cai.workbench.trying import as_constitution
 
     fb = feedback_config(feedback, feedback_backend, feedback_model, feedback_option)
-    c_old, c_new = as_constitution(old), as_constitution(new)
+    if examples == (new is not None):
+        raise UserError("give OLD and NEW, or one constitution with --examples (with and without its examples)")
+    c_old = load_layered(old)
+    c_new = c_old if examples else load_layered(new)
+    if examples:
+        if not c_old.constitution.comparison_examples:
+            raise UserError(f"--examples: {old} has no comparison examples")
+        c_old = without_examples(c_old.constitution)
     data, source = load_labeled(pairs, limit)
     if source.get("skipped"):
         typer.echo(f"{pairs}: skipped {source['skipped']} records ({source['skip_reasons']})", err=True)
@@ -360,6 +396,7 @@ def constitution_compare(
                     seed=seed,
                     top=top,
                     on_progress=None if as_json else update,
+                    few_shot=few_shot,
                 )
         finally:
             b.close()
@@ -368,6 +405,12 @@ def constitution_compare(
         typer.echo(json.dumps(result, indent=2, ensure_ascii=False))
         return
     for t in compare_tables(result):
+        console.print(t)
+    if result.get("by_layer"):
+        t = Table("layer", "principles it changed", "flips it accounts for", "share", title="flips by layer")
+        for row in result["by_layer"]:
+            share = "-" if row["share"] is None else f"{row['share']:.0%}"
+            t.add_row(escape(row["layer"]), escape(", ".join(row["principles"]) or "-"), str(row["flips"]), share)
         console.print(t)
     n = result["readings"]
     flips = "-" if result["flip_rate"] is None else f"{result['flips']} ({result['flip_rate']:.0%})"

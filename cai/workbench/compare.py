@@ -11,6 +11,11 @@ By default every ranking principle reads every pair (not k sampled ones as in a 
 principle's effect is measured on every pair and leaving one out (`ablate`) is a recombination of
 readings already made, at no extra cost. Readings go through a `ReadingCache`: after one more
 edit only the edited principle's readings are made again.
+
+A version given as a layered file (`extends:`) names the layer each principle comes from, and
+each label flip is put down to a layer: the flips that go away when that layer's principles are
+read as the other version reads them. `without_examples` makes the version a constitution is
+measured against when the edit is its comparison examples.
 """
 
 from __future__ import annotations
@@ -23,9 +28,10 @@ from typing import Literal
 
 from cai.constitution import Constitution, Principle
 from cai.constitution.diff import diff_constitutions
+from cai.constitution.layers import Layered, load_layered
 from cai.critique.cache import ReadingCache, backend_identity
 from cai.critique.rank import ranking_principles
-from cai.critique.reading import ReadingConfig, question
+from cai.critique.reading import ReadingConfig, examples_read, question
 from cai.evaluation.labeler import (
     PairLabel,
     Reading,
@@ -124,8 +130,36 @@ class Version:
         }
 
 
-def _matching(old: Constitution, new: Constitution) -> list[dict]:
-    """Ranking principles of both versions matched by id (renames followed): status and both ids."""
+def without_examples(c: Constitution) -> Constitution:
+    """The constitution with no comparison examples: what its examples are measured against."""
+    return Constitution.model_validate(c.model_dump(mode="json") | {"comparison_examples": []})
+
+
+def _layers_of(version: Constitution | Layered | str | Path) -> tuple[Constitution, Layered | None]:
+    """A version as a constitution, with its layers where it was given as a file (or merged)."""
+    if isinstance(version, Layered):
+        return version.constitution, version
+    if isinstance(version, Constitution):
+        return version, None
+    layered = load_layered(version)
+    return layered.constitution, layered
+
+
+def _layer_of(layered: Layered | None, pid: str | None, removed: bool = False) -> str | None:
+    """The layer that gives a principle the question it is read under (or that removed it)."""
+    if layered is None or pid is None:
+        return None
+    if removed:
+        return layered.state.removed.get(pid)
+    item = layered.origin("principles", pid) or layered.origin("traits", pid)
+    if item is None:
+        return None
+    return next((label for label, fields, _ in reversed(item.changed) if "comparison" in fields), item.origin)
+
+
+def _matching(old: Constitution, new: Constitution, few_shot: int = 0, cot: bool = False) -> list[dict]:
+    """Ranking principles of both versions matched by id (renames followed): status and both ids.
+    A principle read under the same question with other comparison examples shown is `examples`."""
     renamed = {
         ch.new: ch.old for ch in diff_constitutions(old, new) if ch.kind == "renamed" and ch.section != "few_shot"
     }
@@ -139,6 +173,8 @@ def _matching(old: Constitution, new: Constitution) -> list[dict]:
             status = "renamed" if oid != pid else "unchanged"
             if question(before[oid]) != question(p):
                 status = "edited"
+            elif examples_read(before[oid], few_shot, cot) != examples_read(p, few_shot, cot):
+                status = "examples"
             rows.append({"id": pid, "old_id": oid, "status": status})
         else:
             rows.append({"id": pid, "old_id": None, "status": "added"})
@@ -208,9 +244,36 @@ def _ablation(side: str, versions: dict[str, Version], matching: list[dict]) -> 
     return {"version": side, "principles": rows}
 
 
+def _by_layer(versions: dict[str, Version], matching: list[dict]) -> list[dict]:
+    """Each layer's share of the label flips: the flipped pairs whose label goes back when the
+    principles that layer gives (or removed) are read as the old version reads them."""
+    a, b = versions["old"], versions["new"]
+    flipped = [i for i in a.p if i in b.p and _label(a.p[i]) != _label(b.p[i])]
+    rows = []
+    for layer in dict.fromkeys(m["layer"] for m in matching if m.get("layer")):
+        mine = [m for m in matching if m.get("layer") == layer]
+        back = 0
+        for i in flipped:
+            vals = []
+            for m in matching:
+                side, pid = (a, m["old_id"]) if m.get("layer") == layer else (b, m["id"])
+                vals += side.by_principle.get(pid, {}).get(i, []) if pid else []
+            back += bool(vals) and _label(sum(vals) / len(vals)) == _label(a.p[i])
+        rows.append(
+            {
+                "layer": layer,
+                "principles": [m["id"] or m["old_id"] for m in mine if m["status"] != "unchanged"],
+                "flips": back,
+                "share": back / len(flipped) if flipped else None,
+            }
+        )
+    rows.sort(key=lambda r: (-r["flips"], r["layer"]))
+    return rows
+
+
 def compare(
-    old: Constitution | str | Path,
-    new: Constitution | str | Path,
+    old: Constitution | Layered | str | Path,
+    new: Constitution | Layered | str | Path,
     pairs: list[LabeledPair] | str | Path,
     backend,
     limit: int | None = None,
@@ -224,11 +287,13 @@ def compare(
     top: int = 5,
     batch_pairs: int = 8,
     on_progress: OnProgress | None = None,
+    few_shot: int | None = None,
 ) -> dict:
     """Rank the same pairs under two versions of a constitution and say what changed.
 
     Arguments:
-        old, new: `Constitution`s, shipped names or paths.
+        old, new: `Constitution`s, shipped names or paths (a layered file's layers are then known),
+            or merged `Layered` files.
         pairs: `LabeledPair`s, or a pairs file (HH-RLHF, TRL or CAI-paper layout); `limit` keeps the first N.
         backend: the feedback model's backend.
         ablate: leave-one-principle-out for the new version (True or "new") or the old one ("old").
@@ -237,6 +302,7 @@ def compare(
         method: "logprob" or "cot"; principles: read each pair under k sampled principles as a run
             does (default: every ranking principle); seed: the run seed the readings use.
         top: how many of the pairs that moved most to return.
+        few_shot: comparison examples shown before each pair (default: as a run shows them).
         on_progress: called with {version, done, total, cache: {hits, misses} | None} after each
             batch of `batch_pairs` pairs.
 
@@ -245,10 +311,13 @@ def compare(
     chosen answer)), by_principle rows (id, old_id, status, flip_rate, mean_abs_dp, agreement /
     order consistency / position bias per version), moved (the pairs that moved most), ablation
     (when asked), changes (the principle-file diff), readings {planned, read, cached}, errors,
-    seconds.
+    seconds; with a layered version, each principle row's layer, the layers of both versions and
+    by_layer rows (layer, its changed principles, the flips it accounts for and their share).
     """
     start = time.perf_counter()
-    cs = {"old": as_constitution(old), "new": as_constitution(new)}
+    (c_old, l_old), (c_new, l_new) = _layers_of(old), _layers_of(new)
+    cs = {"old": as_constitution(c_old), "new": as_constitution(c_new)}
+    shots = {} if few_shot is None else {"few_shot": few_shot}
     data, source = load_labeled(pairs, limit)
     own_cache = not isinstance(cache_dir, ReadingCache)
     cache = open_cache(cache_dir, backend, identity)
@@ -258,7 +327,7 @@ def compare(
         for name in VERSIONS:
             c = cs[name]
             k = principles or len(ranking_principles(c))
-            cfg = ReadingConfig(method=method, principles=k)
+            cfg = ReadingConfig(method=method, principles=k, **shots)
             before = cache.stats() if cache is not None else None
             labels = _read(backend, c, data, cfg, seed, cache, name, on_progress, batch_pairs)
             versions[name] = Version(c, labels)
@@ -274,7 +343,12 @@ def compare(
         if cache is not None and own_cache:
             cache.close()
     a, b = versions["old"], versions["new"]
-    matching = _matching(cs["old"], cs["new"])
+    shown = ReadingConfig(method=method, **shots).few_shot
+    matching = _matching(cs["old"], cs["new"], shown, method == "cot")
+    layered = any(x is not None and x.layered for x in (l_old, l_new))
+    for m in matching if layered else []:
+        gone = m["id"] is None
+        m["layer"] = _layer_of(l_new, m["old_id"], removed=True) if gone else _layer_of(l_new, m["id"])
     rows = []
     for m in matching:
         pa = a.principle_p(m["old_id"]) if m["old_id"] else {}
@@ -301,6 +375,9 @@ def compare(
         "readings": counts,
         "errors": {"old": a.errors, "new": b.errors},
     }
+    if layered:
+        result["layers"] = {k: x.records() if x is not None else None for k, x in (("old", l_old), ("new", l_new))}
+        result["by_layer"] = _by_layer(versions, matching)
     if ablate:
         result["ablation"] = _ablation("old" if ablate == "old" else "new", versions, matching)
     result["seconds"] = round(time.perf_counter() - start, 2)
