@@ -40,13 +40,13 @@ def lint_file(path: str | Path) -> tuple[Constitution, list[str]]:
 
 
 def lint_text(
-    text: str, source: str, as_json: bool = False, folder: str | Path | None = None
+    text: str, source: str, as_json: bool = False, path: str | Path | None = None
 ) -> tuple[Constitution, list[str]]:
     """`lint_file` on an editor's unsaved text, reported under the name `source`; the bases it
-    `extends:` are found beside it in `folder` (default: the working folder)."""
+    `extends:` are found beside `path`, the file the text is for (default: `source`)."""
     data, node = parse_text(text, source, as_json)
     if is_layered(data):
-        return _lint_layered(resolve_layers(Path(folder or ".") / source, data, node, source=source))
+        return _lint_layered(resolve_layers(Path(path or source), data, node, source=source))
     c = validate(data, node, source)
     return c, [f"{source}:{line_of(node, loc)}: {msg}" for loc, msg in lint(c)]
 

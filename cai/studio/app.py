@@ -148,13 +148,13 @@ def create_app(studio: Studio) -> FastAPI:
             "text": text,
             "base": base,
             "json": doc.is_json(p),
-            "check": doc.check(text, name(p), doc.is_json(p)),
+            "check": doc.check(text, name(p), doc.is_json(p), p),
         }
 
     @app.post("/api/lint")
     def lint(body: TextBody):
         p = studio.path(body.path)
-        return doc.check(body.text, name(p), doc.is_json(p))
+        return doc.check(body.text, name(p), doc.is_json(p), p)
 
     @app.post("/api/diff")
     def diff(body: TextBody):
@@ -165,7 +165,7 @@ def create_app(studio: Studio) -> FastAPI:
     def edit(body: EditBody):
         p = studio.path(body.path)
         text = doc.edit(body.text, name(p), doc.is_json(p), body.op, body.id, body.value)
-        return {"text": text, "check": doc.check(text, name(p), doc.is_json(p))}
+        return {"text": text, "check": doc.check(text, name(p), doc.is_json(p), p)}
 
     @app.post("/api/save")
     def save(body: SaveBody):
@@ -181,7 +181,7 @@ def create_app(studio: Studio) -> FastAPI:
     @app.post("/api/try")
     def try_message(body: TryBody):
         p = studio.path(body.path)
-        c = doc.validated(body.text, name(p), doc.is_json(p))
+        c = doc.validated(body.text, name(p), doc.is_json(p), path=p)
         if body.principle is not None and body.principle not in {x.id for x in c.principles}:
             raise doc.StudioError(422, f"principle: no principle has id {body.principle!r}")
         job = studio.jobs.get("try")
@@ -194,15 +194,15 @@ def create_app(studio: Studio) -> FastAPI:
             raise doc.StudioError(409, "no pair file: start the studio with --pairs FILE to compare")
         if not p.exists():
             raise doc.StudioError(409, f"{name(p)} is not on disk yet: there is no saved version to compare with")
-        new = doc.validated(body.text, name(p), doc.is_json(p))
-        old = doc.validated(doc.load(p)[0], name(p), doc.is_json(p), "the saved file")
+        new = doc.validated(body.text, name(p), doc.is_json(p), path=p)
+        old = doc.validated(doc.load(p)[0], name(p), doc.is_json(p), "the saved file", p)
         job = studio.jobs.get("compare")
         return job_stream("compare", job and (lambda emit: job(studio.models, old, new, studio.pairs, emit)))
 
     @app.post("/api/probes")
     def probes(body: TextBody):
         p = studio.path(body.path)
-        c = doc.with_probes(p, doc.validated(body.text, name(p), doc.is_json(p)))
+        c = doc.with_probes(p, doc.validated(body.text, name(p), doc.is_json(p), path=p))
         if not c.probes:
             raise doc.StudioError(409, "no probes: add `probes:` to the file, or a sibling NAME.probes.yaml")
         job = studio.jobs.get("probes")

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from cai.constitution import Constitution
 from cai.constitution.diff import diff_constitutions
+from cai.constitution.layers import ITEMS, Layered, is_layered, resolve_layers
 from cai.constitution.lint import lint_text
 from cai.constitution.loader import probes_path, validate_probes
 from cai.core.errors import UserError
@@ -86,9 +87,14 @@ def _located(line: str, source: str) -> dict:
 
 
 def principle_rows(text: str, source: str, as_json: bool, c: Constitution) -> list[dict]:
-    _, node = parse_text(text, source, as_json)
+    """The principles and traits the text itself writes (of a layer: its own, not its bases')."""
+    data, node = parse_text(text, source, as_json)
     rows = []
     for kind, items in (("principles", c.principles), ("traits", c.traits)):
+        if is_layered(data):
+            own = [x.get("id") for x in data.get(kind) or [] if isinstance(x, dict)]
+            written = [i.strip() for i in own if isinstance(i, str)]
+            items = [c.principle(i) if kind == "principles" else c.trait(i) for i in written]
         for i, item in enumerate(items):
             uses = [f for f in ("critique", "comparison") if getattr(item, f, None)] if kind == "principles" else []
             rows.append(
@@ -102,6 +108,38 @@ def principle_rows(text: str, source: str, as_json: bool, c: Constitution) -> li
                 }
             )
     return rows
+
+
+def effective_view(text: str, source: str, as_json: bool, path: Path | None) -> dict | None:
+    """A layer's merged constitution, read-only: its layers, and each principle and trait with the
+    layer it comes from and the layers that changed it. None for a file that extends nothing."""
+    data, node = parse_text(text, source, as_json)
+    if not is_layered(data):
+        return None
+    layered: Layered = resolve_layers(path or Path(source), data, node, source=source)
+    rows = []
+    for section in ITEMS:
+        for ident, item in layered.state.items[section].items():
+            rows.append(
+                {
+                    "kind": section[:-1],
+                    "id": ident,
+                    "layer": item.origin,
+                    "changed_by": [{"layer": label, "fields": list(fields)} for label, fields, _ in item.changed],
+                    "from": item.describe(),
+                    "weight": item.data.get("weight", 1.0),
+                    "question": item.data.get("comparison") or item.data.get("text"),
+                    "here": item.place.path == source or any(p.path == source for _, _, p in item.changed),
+                }
+            )
+    c = layered.constitution
+    return {
+        "layers": layered.records(),
+        "hash": c.content_hash(),
+        "principles": rows,
+        "comparison_examples": len(c.comparison_examples),
+        "removed": [{"id": i, "layer": label} for i, label in layered.state.removed.items()],
+    }
 
 
 def probe_rows(text: str, source: str, as_json: bool, c: Constitution) -> list[dict]:
@@ -126,12 +164,13 @@ def with_probes(path: Path, c: Constitution) -> Constitution:
         raise StudioError(422, e.problems[0]) from None
 
 
-def check(text: str, source: str, as_json: bool = False) -> dict:
-    """Errors and warnings of unsaved text at their lines, and its principles when it validates.
+def check(text: str, source: str, as_json: bool = False, path: Path | None = None) -> dict:
+    """Errors and warnings of unsaved text at their lines, and its principles when it validates;
+    of a layer (`extends:`, its bases found beside `path`), the merged view too.
 
     A text past the loader's size, nesting or alias bounds is refused whole (422), not linted."""
     try:
-        c, warnings = lint_text(text, source, as_json)
+        c, warnings = lint_text(text, source, as_json, path)
     except FileLimitError as e:
         raise StudioError(422, e.problems[0]) from None
     except UserError as e:
@@ -145,13 +184,17 @@ def check(text: str, source: str, as_json: bool = False) -> dict:
         "warnings": [_located(w, source) for w in warnings],
         "principles": principle_rows(text, source, as_json, c),
         "probes": probe_rows(text, source, as_json, c),
+        "effective": effective_view(text, source, as_json, path),
     }
 
 
-def validated(text: str, source: str, as_json: bool, what: str = "the editor's text") -> Constitution:
-    """The constitution the text holds, or a 422 naming its first problem."""
+def validated(
+    text: str, source: str, as_json: bool, what: str = "the editor's text", path: Path | None = None
+) -> Constitution:
+    """The constitution the text holds (of a layer: merged with its bases beside `path`), or a 422
+    naming its first problem."""
     try:
-        return lint_text(text, source, as_json)[0]
+        return lint_text(text, source, as_json, path)[0]
     except FileLimitError as e:
         raise StudioError(422, e.problems[0]) from None
     except UserError as e:
@@ -167,8 +210,8 @@ def diff(path: Path, source: str, text: str) -> dict:
         out["note"] = f"{source} is not on disk yet"
         return out
     try:
-        old = validated(on_disk, source, is_json(path), "the file on disk")
-        new = validated(text, source, is_json(path), "the editor's text")
+        old = validated(on_disk, source, is_json(path), "the file on disk", path)
+        new = validated(text, source, is_json(path), "the editor's text", path)
     except StudioError as e:
         out["note"] = e.message
         return out
@@ -225,7 +268,7 @@ def save(path: Path, source: str, text: str, base: str) -> dict:
     The text is written as typed, so comments, key order and quoting are the user's own. A file
     that does not validate is not written: a run reading it would stop on it."""
     try:
-        result = check(text, source, is_json(path))
+        result = check(text, source, is_json(path), path)
     except StudioError as e:  # past the loader's bounds
         raise StudioError(e.status, f"not saved: {e.message}") from None
     if not result["ok"]:

@@ -99,6 +99,7 @@ function showCheck(check) {
     ? `valid${check.warnings.length ? `, ${check.warnings.length} warning(s)` : ""}`
     : `${check.errors.length} error(s)`;
   if (check.ok) showPrinciples(check.principles);
+  if (check.ok) showEffective(check.effective);
   if (check.ok) showProbes();
   $("#tab-principles .empty").hidden = check.ok;
 }
@@ -408,6 +409,33 @@ async function runProbes() {
   }
 }
 $("#probes-run").addEventListener("click", runProbes);
+
+// ---------------------------------------------------------------------------------------------
+// Effective view: a layer merged with its bases, read-only
+
+function showEffective(view) {
+  const body = $("#effective tbody");
+  const layers = $("#effective-layers");
+  body.replaceChildren();
+  layers.replaceChildren();
+  $("#effective-tab").textContent = view ? `Effective (${view.layers.length} layers)` : "Effective";
+  if (!view) {
+    $("#effective-note").textContent = "This file extends no other: it is what a run reads.";
+    return;
+  }
+  $("#effective-note").textContent = `${view.principles.length} principles and traits, ` +
+    `${view.comparison_examples} comparison example(s); hash ${view.hash}. Layers, bases first:`;
+  for (const l of view.layers) layers.append(el("li", { text: `${l.layer} (${l.name}) ${l.hash}` }));
+  for (const p of view.principles) {
+    body.append(el("tr", { "data-id": p.id, "data-layer": p.layer, class: p.here ? "here" : "" },
+      el("td", { class: "id-ro", text: p.kind === "trait" ? `${p.id} (trait)` : p.id }),
+      el("td", { text: p.from }), el("td", { text: String(p.weight) }), el("td", { text: p.question || "–" })));
+  }
+  for (const r of view.removed) {
+    body.append(el("tr", { "data-id": r.id, class: "removed" }, el("td", { class: "id-ro", text: r.id }),
+      el("td", { text: `removed by ${r.layer}` }), el("td", { text: "" }), el("td", { text: "" })));
+  }
+}
 
 // ---------------------------------------------------------------------------------------------
 // Diff against the file on disk
