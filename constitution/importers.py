@@ -341,6 +341,7 @@ def from_cai_paper_ranking_cot_examples(data: object, source: str, known: dict[s
             (options.group("a"), options.group("b")) if letter == "A" else (options.group("b"), options.group("a"))
         )
         reasoning = letters_as_marks(_STEP_BY_STEP.sub("", argued.group("reasoning").strip()), letter).strip()
+        reasoning = reasoning[:1].upper() + reasoning[1:]  # the cue it continued is gone
         example = {**_conversation(turns), "better": better.strip(), "worse": worse.strip()}
         examples.append(example | ({"reasoning": reasoning} if reasoning else {}))
     return {"comparison_examples": examples}

@@ -621,3 +621,75 @@ def _register_behaviour() -> None:
 
 
 _register_behaviour()
+
+
+# Ranking examples: a judge that learns from the worked examples its prompt shows, and from nothing
+# else, so where those examples sit and what they teach can be read off its answers.
+_SHOWN_EXAMPLE = re.compile(
+    r"EXAMPLE \d+\n\n.*?\n\n\(A\) (?P<a>[^\n]*)\n\n\(B\) (?P<b>[^\n]*)\n\n"
+    r".*?The better reply is \((?P<letter>[AB])\)\.",
+    re.S,
+)
+_TASK_START = "NOW THE TASK ITSELF"
+
+
+def examples_in(prompt) -> list[tuple[str, str, str]]:
+    """The worked examples a ranking prompt shows, in order: (letter of the better reply, better, worse)."""
+    text = _question(prompt).split(_TASK_START)[0] if _TASK_START in _question(prompt) else ""
+    out = []
+    for m in _SHOWN_EXAMPLE.finditer(text):
+        better, worse = (m.group("a"), m.group("b")) if m.group("letter") == "A" else (m.group("b"), m.group("a"))
+        out.append((m.group("letter"), better, worse))
+    return out
+
+
+class FollowsExamples:
+    """Ranks only by what the comparison examples in its prompt teach.
+
+    A word that every example's better reply holds and no worse reply does is what it looks for:
+    of the two replies ranked, it prefers the one holding such a word with P 0.9. Where neither
+    or both do, it gives the letter the last example was answered with, P 0.8 (a judge that copies
+    the examples' letters); with no examples it cannot tell (1/2). It keeps every prompt it reads."""
+
+    name = "follows-examples"
+
+    def __init__(self, model: str = "follows-examples", **options):
+        self.model = model
+        self.prompts: list[str] = []
+
+    def close(self):
+        pass
+
+    def generate(self, chats, params, seeds=None):
+        self.prompts += [_question(c) for c in chats]
+        return [[Completion(text="Weighing both replies against the examples.", tokens=6)] * params.n for _ in chats]
+
+    def choice_logprobs(self, prompts, choices):
+        out = []
+        for p in prompts:
+            text = _question(p)
+            self.prompts.append(text)
+            examples = examples_in(text)
+            if not examples:
+                out.append(_letters(0.5))
+                continue
+            words = lambda s: set(re.findall(r"[a-z]+", s.lower()))  # noqa: E731
+            marks = set.intersection(*(words(b) for _, b, _ in examples)) - set.union(
+                *(words(w) for _, _, w in examples)
+            )
+            task = _PAIR.search(text.split(_TASK_START)[-1])
+            a, b = (bool(words(task.group(k)) & marks) for k in ("a", "b"))
+            if a != b:
+                out.append(_letters(0.9 if a else 0.1))
+            else:
+                out.append(_letters(0.8 if examples[-1][0] == "A" else 0.2))
+        return out
+
+
+def _register_examples() -> None:
+    from cai.generators import register_backend
+
+    register_backend("follows-examples", FollowsExamples)
+
+
+_register_examples()
