@@ -32,7 +32,8 @@ from cai.workbench.compare import compare
 from tests.cli import cai
 from tests.judges import FollowsWording
 from tests.test_hostile_files import alias_bomb
-from tests.testing_utils import CALLS, CONSTITUTION, records, setup
+from tests.test_studio import _js, _lint_state, _wait, serving
+from tests.testing_utils import CALLS, CHROMIUM, CONSTITUTION, records, setup
 
 LAYERS = Path(__file__).parent / "fixtures" / "layers"
 
@@ -383,3 +384,50 @@ def test_the_studio_edits_one_layer_and_shows_the_merged_view(layers):
     assert "cannot override 'nobody'" in lint["errors"][0]["message"]
     flat = _client(layers / "base.yaml").get("/api/doc").json()["check"]
     assert flat["effective"] is None and [p["id"] for p in flat["principles"]] == ["no-harm", "honest", "polite"]
+
+
+@pytest.fixture
+def page():
+    """A headless Chromium, as the studio's own page tests drive it."""
+    driver_path = shutil.which("chromedriver")
+    if not (CHROMIUM and driver_path):
+        pytest.skip("needs Debian's chromium and chromium-driver (make setup installs them as root)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--window-size=1440,900"):
+        options.add_argument(arg)
+    driver = webdriver.Chrome(service=Service(driver_path), options=options)
+    yield driver
+    driver.quit()
+
+
+def test_the_page_shows_the_effective_tab(layers, page):
+    """In a real browser: the Effective tab lists the merged principles with their layers, and an
+    edit of the layer in the editor shows there once it lints."""
+    from selenium.webdriver.common.by import By
+
+    studio = Studio(file=layers / "product.yaml")
+    d = page
+    with serving(studio):
+        d.get(f"http://127.0.0.1:{studio.port}/?token={studio.token}")
+        _wait(d, "the file to load and lint clean", lambda d: _lint_state(d) == "ok")
+        d.find_element(By.CSS_SELECTOR, "nav [data-tab='effective']").click()
+        assert d.find_element(By.ID, "effective-tab").text == "Effective (3 layers)"
+        ids = "return [...document.querySelectorAll('#effective tbody tr')].map((r) => r.dataset.id)"
+        assert _js(d, ids) == ["no-harm", "honest", "privacy", "brief", "polite"]
+        row = "return document.querySelector(`#effective tr[data-id='${arguments[0]}']`)"
+        assert "from base.yaml; comparison, weight from org.yaml" in _js(d, row + ".textContent", "honest")
+        assert _js(d, row + ".className", "brief") == "here"
+        assert "removed by org.yaml" in _js(d, row + ".textContent", "polite")
+        edited = (layers / "product.yaml").read_text().replace("  - id: privacy\n    tags", "  - id: no-harm\n    tags")
+        _js(d, "window.studioEditor.setValue(arguments[0])", edited)
+        _wait(d, "the edit to lint clean", lambda d: _lint_state(d) == "ok")
+        _wait(
+            d,
+            "the merged view to follow the edit",
+            lambda d: "tags from product.yaml" in _js(d, row + ".textContent", "no-harm"),
+        )
+        assert (layers / "product.yaml").read_text() != edited, "the view is read-only: nothing was saved"
