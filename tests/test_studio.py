@@ -635,10 +635,13 @@ def browser():
 
 
 def _wait(driver, what: str, condition, timeout: float = 60):
+    from selenium.common.exceptions import StaleElementReferenceException
     from selenium.webdriver.support.ui import WebDriverWait
 
+    # The page redraws its tables as results arrive: an element found a moment before can be gone.
+    waiting = WebDriverWait(driver, timeout, poll_frequency=0.2, ignored_exceptions=(StaleElementReferenceException,))
     try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.2).until(lambda d: condition(d))
+        return waiting.until(lambda d: condition(d))
     except Exception as e:
         notice = driver.execute_script("return document.querySelector('#notice').textContent")
         raise AssertionError(f"waited {timeout:.0f} s for {what}; the page says {notice!r}") from e
@@ -816,7 +819,8 @@ def test_the_page_shows_probe_verdicts_and_reruns_them_after_a_save(browser, tmp
     d = browser
 
     def status(pid: str) -> str:
-        return d.find_element(By.CSS_SELECTOR, f"#probes tr[data-id='{pid}']").get_attribute("data-status")
+        # read in one script: the table is redrawn as verdicts arrive
+        return _js(d, "return document.querySelector(`#probes tr[data-id='${arguments[0]}']`).dataset.status", pid)
 
     with serving(studio):
         d.get(f"http://127.0.0.1:{studio.port}/?token={studio.token}")

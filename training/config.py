@@ -48,6 +48,40 @@ class JudgeConfig(BaseModel):
         return self
 
 
+class GuardrailsConfig(BaseModel):
+    """RL only: what to watch beside the training reward, and when to sound an alarm."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    judge: JudgeConfig | None = Field(
+        None, description="Held-out judge: another constitution, or another reading of one, on a feedback backend."
+    )
+    reward_model: str | None = Field(None, description="Held-out judge: another trained reward model folder.")
+    divergence_steps: int | None = Field(
+        None,
+        ge=4,
+        description="Alarm when, over this many logged steps, the training reward rises while the held-out "
+        "reward falls (each trend over two standard errors from flat).",
+    )
+    length_bound: float | None = Field(
+        None, gt=0, description="Alarm when a step's mean completion length passes this (see length_unit)."
+    )
+    length_unit: Literal["ratio", "tokens"] = Field(
+        "ratio", description="ratio: of the first step's mean completion length; tokens: an absolute length."
+    )
+    stop: bool = Field(False, description="End training at the first alarm (the model of that step is saved).")
+
+    @model_validator(mode="after")
+    def _coherent(self) -> GuardrailsConfig:
+        if self.judge is not None and self.reward_model is not None:
+            raise ValueError("judge and reward_model: choose one held-out judge")
+        if self.length_bound is not None and self.length_unit == "ratio" and self.length_bound <= 1:
+            raise ValueError("length_bound: a ratio of the first step's length must be above 1")
+        if self.stop and self.divergence_steps is None and self.length_bound is None:
+            raise ValueError("stop: no alarm to stop on (set divergence_steps or length_bound)")
+        return self
+
+
 class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -63,6 +97,9 @@ class TrainConfig(BaseModel):
     algorithm: Literal["rloo", "grpo"] = Field("rloo", description="RL only.")
     reward_model: str | None = Field(None, description="RL: a trained reward model folder.")
     judge: JudgeConfig | None = Field(None, description="RL: score completions with the constitution instead.")
+    guardrails: GuardrailsConfig | None = Field(
+        None, description="RL: a held-out judge, length and KL logged per step, and alarms on them."
+    )
     lora: bool = Field(False, description="Train LoRA adapters (peft) instead of all weights.")
     lora_r: int = Field(16, ge=1)
     trl: dict[str, Any] = Field(default_factory=dict, description="Fields of the trainer's TRL config.")
@@ -117,6 +154,11 @@ def load_train_config(path: str | Path | None, sets: list[str] | None = None, **
         check_model(cfg.reward_model, f"{source}: reward_model")
     if cfg.judge is not None and cfg.judge.backend.backend != "openai":
         check_model(cfg.judge.backend.model, f"{source}: judge.backend.model")
+    g = cfg.guardrails
+    if g is not None and g.reward_model is not None:
+        check_model(g.reward_model, f"{source}: guardrails.reward_model")
+    if g is not None and g.judge is not None and g.judge.backend.backend != "openai":
+        check_model(g.judge.backend.model, f"{source}: guardrails.judge.backend.model")
     return cfg
 
 
