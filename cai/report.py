@@ -197,8 +197,49 @@ def _training(root: Path) -> list[dict]:
         if isinstance(held, dict):
             scalars.update({f"held-out {k}": v for k, v in held.items()})
         plot = curve_plot(series, f"{title} training") if any(series.values()) else None
-        out.append({"name": title, "scalars": scalars, "plot": plot})
+        out.append({"name": title, "scalars": scalars, "plot": plot, "guardrails": _guardrails(s)})
     return out
+
+
+def guardrail_plot(log: list[dict], series: dict[str, str], alarms: list[dict]) -> str:
+    """The training and held-out rewards on one axis, completion length and KL on their own,
+    with a line at each alarm's step: the two ways a proxy reward goes wrong, side by side."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = [("reward", ("reward", "held_out")), ("completion length", ("length",)), ("KL", ("kl",))]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3))
+    for ax, (title, names) in zip(axes, panels):
+        for name in names:
+            key = series.get(name)
+            points = [(h["step"], h[key]) for h in log if isinstance(h.get(key), (int, float)) and "step" in h]
+            if points:
+                xs, ys = zip(*points)
+                ax.plot(xs, ys, label="held-out" if name == "held_out" else name)
+        for a in alarms:
+            ax.axvline(a["step"], color="#c44e52", linestyle="--", linewidth=1)
+        ax.set_title(title)
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        if len(names) > 1:
+            ax.legend()
+    return _png(fig)
+
+
+def _guardrails(s: dict) -> dict | None:
+    g = s.get("guardrails")
+    if not isinstance(g, dict):
+        return None
+    log = [h for h in s.get("log") or [] if isinstance(h, dict) and "reward" in h]
+    alarms = [a for a in g.get("alarms") or [] if isinstance(a, dict) and "step" in a]
+    return {
+        "held_out": g.get("held_out"),
+        "alarms": alarms,
+        "stopped": s.get("stopped"),
+        "plot": guardrail_plot(log, g.get("series") or {}, alarms) if log else None,
+    }
 
 
 def _split(v: dict | None) -> tuple[str, str]:
