@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 from rich.console import Console
 
 from cai.core.errors import UserError
@@ -36,12 +36,32 @@ STATE = "iterate.json"
 MEASURES = {"harmful_compliance": True, "over_refusal": True, "helpfulness": False}
 
 
+class RewardStep(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    config: Annotated[str, Source()] = Field(description="A reward-model training config (relative to this file).")
+    set: list[str] = Field(default_factory=list, description="key=value overrides, as `cai train --set`.")
+
+
 class TrainStep(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    kind: Literal["dpo", "sft"] = Field("dpo", description="dpo: on the round's AI-ranked pairs (soft labels).")
+    kind: Literal["dpo", "sft", "rl"] = Field(
+        "dpo",
+        description="dpo: on the round's AI-ranked pairs (soft labels); rl: RLOO/GRPO on the round's prompts, "
+        "rewarded by a reward model trained on its pairs (reward:) or the config's judge; its guardrails apply.",
+    )
     config: Annotated[str, Source()] = Field(description="A training config (relative to this file).")
     set: list[str] = Field(default_factory=list, description="key=value overrides, as `cai train --set`.")
+    reward: RewardStep | None = Field(
+        None, description="rl only: train a reward model on the round's pairs first, and reward with it."
+    )
+
+    @model_validator(mode="after")
+    def _reward_for_rl(self) -> TrainStep:
+        if self.reward is not None and self.kind != "rl":
+            raise ValueError("reward: only a kind: rl step trains a reward model")
+        return self
 
 
 class FrontierEval(BaseModel):
@@ -52,6 +72,20 @@ class FrontierEval(BaseModel):
     principles: int = Field(1, ge=1)
     max_new_tokens: int = Field(48, ge=1)
     helpful_constitution: str = "hhh"
+
+
+class BehaviourEval(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["behaviour"] = "behaviour"
+    suite: str = Field(description="A shipped suite name (sycophancy, even-handedness, evasiveness) or a suite file.")
+    limit: int | None = Field(None, ge=1, description="The suite's first items only.")
+    max_new_tokens: int = Field(64, ge=1)
+    samples: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0)
+
+
+Eval = Annotated[FrontierEval | BehaviourEval, Field(discriminator="kind")]
 
 
 class StopRule(BaseModel):
@@ -71,7 +105,7 @@ class IterateConfig(BaseModel):
     rounds: int = Field(2, ge=1, description="At most this many rounds.")
     limit: int | None = Field(None, ge=1, description="Queries per round, as `cai run --limit`.")
     train: TrainStep
-    evals: list[FrontierEval] = Field(default_factory=lambda: [FrontierEval()])
+    evals: list[Eval] = Field(default_factory=lambda: [FrontierEval()])
     stop: StopRule | None = Field(None, description="Stop early when a round gains nothing significant.")
 
 
@@ -79,8 +113,19 @@ def load_iterate_config(path: Path) -> IterateConfig:
     data, node = read_structured(path)
     cfg = validate_model(IterateConfig, data, node, str(path))
     base = path.parent.resolve()
-    train = cfg.train.model_copy(update={"config": str(base / cfg.train.config)})
-    return cfg.model_copy(update={"run": str(base / cfg.run), "train": train})
+    reward = cfg.train.reward
+    if reward is not None:
+        reward = reward.model_copy(update={"config": str(base / reward.config)})
+    train = cfg.train.model_copy(update={"config": str(base / cfg.train.config), "reward": reward})
+    evals = [
+        e.model_copy(update={"suite": str(base / e.suite)})
+        if isinstance(e, BehaviourEval) and (base / e.suite).is_file()
+        else e
+        for e in cfg.evals
+    ]
+    if cfg.stop is not None and not any(isinstance(e, FrontierEval) for e in evals):
+        raise UserError(f"{path}: stop: measures a frontier eval, and evals: names none")
+    return cfg.model_copy(update={"run": str(base / cfg.run), "train": train, "evals": evals})
 
 
 @contextlib.contextmanager
@@ -172,19 +217,33 @@ def _run(base, k: int, policy: str, limit: int | None, console: Console) -> None
     export_run(out)
 
 
+def _trained(out: Path, train) -> dict:
+    """A trainer's summary, without its log: from disk where it finished already (a killed
+    training has no summary and trains again), else by training."""
+    summary = out / "summary.json"
+    result = json.loads(summary.read_text()) if summary.is_file() else train()
+    return {k: v for k, v in result.items() if k != "log"}
+
+
 def _train(step: TrainStep, k: int, policy: str) -> dict:
     from cai.training.config import load_train_config
-    from cai.training.run import train_dpo, train_sft
+    from cai.training.run import train_dpo, train_reward, train_rl, train_sft
 
     out = Path(f"round-{k}/checkpoint")
-    summary = out / "summary.json"
-    if summary.is_file():  # trained already; a killed training has no summary and trains again
-        return {k2: v for k2, v in json.loads(summary.read_text()).items() if k2 != "log"}
     data = f"round-{k}/run/datasets"
     sets = [*step.set, f"model={policy}", f"dataset={data}", f"trl.output_dir={out}"]
+    if step.kind != "rl":
+        cfg = load_train_config(step.config, sets)
+        return _trained(out, lambda: (train_dpo if step.kind == "dpo" else train_sft)(cfg, resume=True))
+    reward = None
+    if step.reward is not None:  # the round's own reward model, trained on its pairs
+        rm = Path(f"round-{k}/reward-model")
+        rm_cfg = load_train_config(step.reward.config, [*step.reward.set, f"dataset={data}", f"trl.output_dir={rm}"])
+        reward = _trained(rm, lambda: train_reward(rm_cfg, resume=True))
+        sets = [*sets, f"reward_model={rm}", "judge=null"]
     cfg = load_train_config(step.config, sets)
-    result = (train_dpo if step.kind == "dpo" else train_sft)(cfg, resume=True)
-    return {k2: v for k2, v in result.items() if k2 != "log"}
+    result = _trained(out, lambda: train_rl(cfg, resume=True))
+    return result | ({"reward_model": reward} if reward is not None else {})
 
 
 def _evals(cfg: IterateConfig, base, k: int, policy: str, console: Console) -> dict:
@@ -195,14 +254,17 @@ def _evals(cfg: IterateConfig, base, k: int, policy: str, console: Console) -> d
 
     out: dict = {}
     new = f"round-{k}/checkpoint"
+    against = {"round0": [base.policy.model, new]}
+    if k > 1:
+        against["previous"] = [policy, new]
     for n, ev in enumerate(cfg.evals):
+        if isinstance(ev, BehaviourEval):
+            out |= _behaviour(ev, n, base, k, against, console)
+            continue
         c = load_constitution(f"round-{k}/run/constitution.yaml")
         helpful = helpful_principles(load_constitution(ev.helpful_constitution), "helpful")
         red = _prompts(Path(f"round-{k}/run"), ev.limit)
         benign = benign_chats()[: ev.limit]
-        against = {"round0": [base.policy.model, new]}
-        if k > 1:
-            against["previous"] = [policy, new]
         for name, models in against.items():
             path = Path(f"round-{k}/eval-frontier-{n}-{name}.json")
             if not path.is_file():
@@ -218,10 +280,40 @@ def _evals(cfg: IterateConfig, base, k: int, policy: str, console: Console) -> d
                     max_new_tokens=ev.max_new_tokens,
                     seed=base.seed,
                 )
-                tmp = path.with_suffix(".tmp")
-                tmp.write_text(json.dumps(result, indent=2))
-                os.replace(tmp, path)
+                _write(path, result)
             out[f"frontier-{n}-{name}"] = str(path)
+    return out
+
+
+def _write(path: Path, result: dict) -> None:
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(result, indent=2))
+    os.replace(tmp, path)
+
+
+def _behaviour(ev: BehaviourEval, n: int, base, k: int, against: dict, console: Console) -> dict:
+    """A behaviour suite on the round's checkpoint against round 0 and the round before, read by
+    the same feedback model as the rounds' labels."""
+    from cai.evaluation.behaviour import evaluate_behaviour, load_suite
+
+    suite, _ = load_suite(ev.suite)
+    out = {}
+    for name, models in against.items():
+        path = Path(f"round-{k}/eval-behaviour-{n}-{name}.json")
+        if not path.is_file():
+            console.print(f"eval behaviour {suite.name}: {' vs '.join(models)}")
+            result = evaluate_behaviour(
+                [base.policy.model_copy(update={"model": m}) for m in models],
+                suite=suite,
+                feedback=base.feedback_backend,
+                max_new_tokens=ev.max_new_tokens,
+                samples=ev.samples,
+                temperature=ev.temperature,
+                seed=base.seed,
+                limit=ev.limit,
+            )
+            _write(path, result)
+        out[f"behaviour-{n}-{name}"] = str(path)
     return out
 
 
@@ -236,9 +328,15 @@ def _prompts(run: Path, limit: int) -> list[list[dict]]:
         return [list(r["prompt"]) for r in load_split(str(run / "datasets"), "prompts", "train")][:limit]
 
 
+def _frontier(entry: dict, against: str) -> str | None:
+    """The round's first frontier result against round 0 or the round before, if it has one."""
+    evals = (entry.get("evals") or {}).items()
+    return next((v for k, v in evals if k.startswith("frontier-") and k.endswith(f"-{against}")), None)
+
+
 def _gained(entry: dict, measure: str) -> bool:
     """Whether the round's checkpoint moved the measure the good way beyond noise, against the last one."""
-    path = entry["evals"].get("frontier-0-previous")
+    path = _frontier(entry, "previous")
     if path is None:
         return True
     rows = json.loads(Path(path).read_text())["models"]
@@ -267,7 +365,7 @@ def write_iterate_report(folder: Path, out: Path | None = None) -> Path:
     state = json.loads((folder / STATE).read_text(encoding="utf-8"))
     rows, points = [], []
     for entry in state["rounds"]:
-        path = folder / (entry.get("evals") or {}).get("frontier-0-round0", "-")
+        path = folder / (_frontier(entry, "round0") or "-")
         result = json.loads(path.read_text()) if path.is_file() else None
         mine = result["models"][-1] if result else {}
         if result and not points:
@@ -277,9 +375,12 @@ def write_iterate_report(folder: Path, out: Path | None = None) -> Path:
         rates = mine.get("rates") or {}
         gain = entry.get("gain") or {}
         training = entry.get("train") or {}
+        alarms = (training.get("guardrails") or {}).get("alarms") or []
         rows.append(
             {
                 "round": entry["round"],
+                "alarms": [f"{a['alarm']} at step {a['step']}: {a['message']}" for a in alarms],
+                "stopped": training.get("stopped"),
                 "policy": entry["policy"],
                 "checkpoint": entry["checkpoint"],
                 "training": f"{training.get('steps', '-')} steps, loss {training.get('train_loss', float('nan')):.3f}"
@@ -291,6 +392,7 @@ def write_iterate_report(folder: Path, out: Path | None = None) -> Path:
                 "gain": f"{gain['measure']} {gain['diff']:+.3f} (p={gain['p']:.3g})" if gain else "-",
             }
         )
+    behaviour = _behaviour_rows(folder, state["rounds"])
     env = jinja2.Environment(
         loader=jinja2.PackageLoader("cai", "templates"), autoescape=True, undefined=jinja2.StrictUndefined
     )
@@ -299,8 +401,39 @@ def write_iterate_report(folder: Path, out: Path | None = None) -> Path:
         base=state.get("base_policy", "?"),
         stopped=state.get("stopped"),
         rounds=rows,
+        behaviour=behaviour,
         plot=frontier_plot(points, "round 0") if len(points) > 1 else None,
     )
     path = out or folder / "report.html"
     path.write_text(html, encoding="utf-8")
     return path
+
+
+def _behaviour_rows(folder: Path, rounds: list[dict]) -> list[dict]:
+    """Per behaviour suite, each measure's rate at round 0 and after each round, with the paired
+    test of each round against round 0."""
+    tables: dict[str, dict] = {}
+    for entry in rounds:
+        for key, rel in (entry.get("evals") or {}).items():
+            if not (key.startswith("behaviour-") and key.endswith("-round0")):
+                continue
+            path = folder / rel
+            if not path.is_file():
+                continue
+            result = json.loads(path.read_text())
+            table = tables.setdefault(key, {"suite": result["suite"], "measures": result["measures"], "rows": []})
+            first, mine = result["models"][0], result["models"][-1]
+            if not table["rows"]:
+                rates = {m: _rate(first["rates"].get(m)) for m in table["measures"]}
+                table["rows"].append({"round": 0, "rates": rates})
+            vs = mine.get("vs_first") or {}
+            table["rows"].append(
+                {
+                    "round": entry["round"],
+                    "rates": {
+                        m: _rate(mine["rates"].get(m)) + (" *" if (vs.get(m) or {}).get("significant") else "")
+                        for m in table["measures"]
+                    },
+                }
+            )
+    return list(tables.values())

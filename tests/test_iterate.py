@@ -87,3 +87,44 @@ def test_two_rounds_killed_in_the_second_training_resume_to_what_an_unkilled_run
     assert report.returncode == 0, report.stderr
     html = (killed / "report.html").read_text()
     assert "round-1/checkpoint" in html and "round-2/checkpoint" in html and "data:image/png" in html
+
+
+@pytest.mark.slow
+def test_a_round_of_rl_trains_its_own_reward_model_watches_guardrails_and_runs_a_behaviour_suite(tmp_path, tiny_model):
+    cfg = files(tmp_path / "cfg", tiny_model)
+    folder = cfg.parent
+    (folder / "reward.yaml").write_text(
+        "trl: {max_steps: 2, per_device_train_batch_size: 2, max_length: 128, save_strategy: 'no', report_to: []}\n"
+    )
+    (folder / "rl.yaml").write_text(
+        "guardrails: {length_bound: 1000, length_unit: ratio}\n"
+        "trl: {max_steps: 2, num_generations: 2, per_device_train_batch_size: 2, max_completion_length: 8, "
+        "beta: 0.05, save_strategy: 'no', report_to: []}\n"
+    )
+    (folder / "rl-iterate.yaml").write_text(
+        "run: run.yaml\nrounds: 1\n"
+        "train: {kind: rl, config: rl.yaml, reward: {config: reward.yaml}}\n"
+        "evals: [{kind: behaviour, suite: sycophancy, limit: 2, max_new_tokens: 6}]\n"
+    )
+    out = tmp_path / "rl"
+    r = cai("iterate", folder / "rl-iterate.yaml", "--out", out)
+    assert r.returncode == 0, r.stderr
+    [entry] = json.loads((out / "iterate.json").read_text())["rounds"]
+    assert entry["phase"] == "done" and entry["train"]["kind"] == "rl"
+    # the round's reward model was trained on the round's pairs, and RL was rewarded by it
+    assert entry["train"]["reward_model"]["kind"] == "reward"
+    assert (out / "round-1/reward-model/config.json").is_file()
+    rl = json.loads((out / "round-1/checkpoint/summary.json").read_text())
+    assert rl["guardrails"]["alarms"] == [] and rl["guardrails"]["length_bound"] == 1000
+    assert all("completions/mean_length" in h and "kl" in h for h in rl["log"] if "reward" in h)
+    # the behaviour suite compared the round's checkpoint with round 0, rates with intervals
+    result = json.loads((out / entry["evals"]["behaviour-0-round0"]).read_text())
+    assert [m["model"] for m in result["models"]] == [str(tiny_model), "round-1/checkpoint"]
+    assert result["models"][1]["vs_first"] is not None and set(result["models"][1]["rates"]) == set(result["measures"])
+    html = (out / "report.html").read_text()
+    assert "Behaviour: sycophancy" in html and "caves when pushed back" in html
+    # a second call finds everything done and trains nothing again
+    before = (out / "round-1/checkpoint/summary.json").stat().st_mtime_ns
+    again = cai("iterate", folder / "rl-iterate.yaml", "--out", out)
+    assert again.returncode == 0, again.stderr
+    assert (out / "round-1/checkpoint/summary.json").stat().st_mtime_ns == before
